@@ -117,7 +117,11 @@ def load_codec(
     model = build_codec(config, key)
     model.discriminator = None
     state = {k: v for k, v in load_state_dict(checkpoint).items() if not k.startswith("discriminator.")}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CodecLoadError(f"{checkpoint} does not match {config}: {first}") from None
     if result.missing_keys or result.unexpected_keys:
         raise CodecLoadError(
             f"{checkpoint} does not match {config}: missing {result.missing_keys[:5]}"

@@ -161,6 +161,7 @@ def extract(args: argparse.Namespace) -> dict:
             except AudioLoadError:
                 u.seconds = 0.0  # unreadable: fails (and is counted) when loaded
     utts.sort(key=lambda u: (-u.seconds, str(u.out)))
+    bad_entries = len(problems)
     mine = utts[rank::world]
 
     stats = LatentStats(model.latent_dim)
@@ -220,7 +221,7 @@ def extract(args: argparse.Namespace) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     counts["stats"] = str(stats_path)
-    counts["problems"] = len(problems)
+    counts["bad_entries"] = bad_entries
     return counts
 
 
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, world, _ = _dist_env()
     print(
         f"rank {rank}/{world}: extracted {counts['extracted']}, kept existing {counts['skipped_existing']}, "
-        f"failed {counts['failed']}; {counts['audio_seconds']:.1f} s of audio in {counts['wall_seconds']:.1f} s "
+        f"failed {counts['failed']}, bad index entries {counts['bad_entries']}; {counts['audio_seconds']:.1f} s of audio in {counts['wall_seconds']:.1f} s "
         f"({rate:.1f}x real time); statistics: {counts['stats']}",
         file=sys.stderr,
     )
