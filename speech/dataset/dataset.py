@@ -171,7 +171,11 @@ class Dataset(IterableDataset):
         self.events: Counter[str] = Counter()
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the shard order, the range dealing and every seeded processor for a new epoch."""
+        """Reseed the shard order, the range dealing and every seeded processor for a new epoch.
+
+        Call it before iterating a DataLoader for that epoch. Workers copy the dataset when they
+        start, so with ``persistent_workers=True`` they would keep the old epoch: leave it False.
+        """
         self.epoch = epoch
 
     def context(self) -> PipelineContext:
