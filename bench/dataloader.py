@@ -11,6 +11,7 @@ several times so an epoch is long enough to time.
     python bench/dataloader.py                       # committed corpus, synthetic features
     python bench/dataloader.py --data_list exp/data/train/data.list --workers 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,17 @@ from speech.dataset import processors as P
 from speech.text import load_text_tokenizer, train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
+ROW = "{:<14}{:>8}{:>10}{:>11}{:>17}{:>13}{:>9}"
 
 
 def tool(name: str, *args: str) -> None:
     """Run one of the data tools as its CLI (they live outside the installed package)."""
-    subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / f"{name}.py"), *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def synthetic_corpus(folder: Path, corpus: Path, latent_dim: int, ratio: int) -> tuple[Path, list[str]]:
@@ -50,12 +57,37 @@ def synthetic_corpus(folder: Path, corpus: Path, latent_dim: int, ratio: int) ->
         out.mkdir(parents=True, exist_ok=True)
         torch.save(torch.randint(0, 6561, (n_tok,), generator=gen, dtype=torch.int32), out / f"{e['utt']}_fsq.pt")
         mu = torch.randn(latent_dim, n_tok * ratio + 1, generator=gen)
-        torch.save({"mu": mu, "logs": torch.zeros_like(mu), "sample_rate": 24000, "hop": 480, "n_samples": 0, "checkpoint": "synthetic"},
-                   out / f"{e['utt']}_latent{ratio}x.pt")
+        torch.save(
+            {
+                "mu": mu,
+                "logs": torch.zeros_like(mu),
+                "sample_rate": 24000,
+                "hop": 480,
+                "n_samples": 0,
+                "checkpoint": "synthetic",
+            },
+            out / f"{e['utt']}_latent{ratio}x.pt",
+        )
         texts.append(e["text"])
-    tool("generate_json_index", "--index", str(folder / "index" / "train.jsonl"), "--out", str(folder / "train"),
-         "--token_dir", str(folder / "feat"), "--latent_dir", str(folder / "feat"), "--latent_suffix", f"_latent{ratio}x.pt",
-         "--token_latent_ratio", str(ratio), "--num_shards", "4", "--num_workers", "0")
+    tool(
+        "generate_json_index",
+        "--index",
+        str(folder / "index" / "train.jsonl"),
+        "--out",
+        str(folder / "train"),
+        "--token_dir",
+        str(folder / "feat"),
+        "--latent_dir",
+        str(folder / "feat"),
+        "--latent_suffix",
+        f"_latent{ratio}x.pt",
+        "--token_latent_ratio",
+        str(ratio),
+        "--num_shards",
+        "4",
+        "--num_workers",
+        "0",
+    )
     return folder / "train" / "data.list", texts
 
 
@@ -63,20 +95,43 @@ def pipelines(tokenizer, ratio: int, budget_tokens: int, budget_latent: int, sor
     """The chains the LM, flow and codec configs use, with the key whose padded frames are counted."""
     sort_stage = lambda key: [partial(P.sort, buffer_size=200, key=key)] if sort else []  # noqa: E731
     ref = partial(P.speaker_reference, sample_rate=24000, min_seconds=2.0, max_seconds=6.0)
-    llm = [partial(P.tokenize_text, tokenizer=tokenizer), P.filter_items, P.load_speech_token, ref,
-           partial(P.shuffle, buffer_size=1000), *sort_stage("speech_token"),
-           partial(P.batch, max_frames_in_batch=budget_tokens, frame_key="speech_token"), P.padding]
-    flow = [P.filter_items, P.load_speech_token, P.load_latent, partial(P.align_lengths, token_latent_ratio=ratio), ref,
-            partial(P.shuffle, buffer_size=1000), *sort_stage("latent"),
-            partial(P.batch, max_frames_in_batch=budget_latent, frame_key="latent"), P.padding]
-    codec = [P.filter_items, P.load_audio, partial(P.random_crop, seconds=1.0, sample_rate=24000), partial(P.shuffle, buffer_size=1000),
-             partial(P.batch, batch_type="static", batch_size=16), P.padding]
+    llm = [
+        partial(P.tokenize_text, tokenizer=tokenizer),
+        P.filter_items,
+        P.load_speech_token,
+        ref,
+        partial(P.shuffle, buffer_size=1000),
+        *sort_stage("speech_token"),
+        partial(P.batch, max_frames_in_batch=budget_tokens, frame_key="speech_token"),
+        P.padding,
+    ]
+    flow = [
+        P.filter_items,
+        P.load_speech_token,
+        P.load_latent,
+        partial(P.align_lengths, token_latent_ratio=ratio),
+        ref,
+        partial(P.shuffle, buffer_size=1000),
+        *sort_stage("latent"),
+        partial(P.batch, max_frames_in_batch=budget_latent, frame_key="latent"),
+        P.padding,
+    ]
+    codec = [
+        P.filter_items,
+        P.load_audio,
+        partial(P.random_crop, seconds=1.0, sample_rate=24000),
+        partial(P.shuffle, buffer_size=1000),
+        partial(P.batch, batch_type="static", batch_size=16),
+        P.padding,
+    ]
     return {"llm": (llm, "speech_token"), "flow": (flow, "latent"), "codec": (codec, "audio")}
 
 
 def run(data_list: Path, chain: list, key: str, workers: int) -> dict[str, float]:
     """One epoch through a DataLoader; counts items, batches, real and padded frames of ``key``."""
-    loader = DataLoader(Dataset(data_list, chain, seed=0), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        Dataset(data_list, chain, seed=0), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     items = batches = real = padded = 0
     start = time.perf_counter()
     for batch in loader:
@@ -90,16 +145,23 @@ def run(data_list: Path, chain: list, key: str, workers: int) -> dict[str, float
 
 
 def main() -> None:
+    """Time every chain with 0 and N workers and print one row per run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_list", type=Path, help="a prepared data.list with tokens and latents (default: synthetic)")
+    parser.add_argument(
+        "--data_list", type=Path, help="a prepared data.list with tokens and latents (default: synthetic)"
+    )
     parser.add_argument("--corpus", type=Path, default=REPO / "data", help="corpus for the synthetic default")
     parser.add_argument("--repeat", type=int, default=8, help="list every shard this many times (longer epochs)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers of the multi-process runs")
     parser.add_argument("--ratio", type=int, default=2, help="token_latent_ratio")
     parser.add_argument("--latent_dim", type=int, default=80, help="latent dimension of the synthetic features")
     parser.add_argument("--max_tokens", type=int, default=2000, help="LM dynamic batch budget (padded speech tokens)")
-    parser.add_argument("--max_latent_frames", type=int, default=4000, help="flow dynamic batch budget (padded latent frames)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (workers always use 1)")
+    parser.add_argument(
+        "--max_latent_frames", type=int, default=4000, help="flow dynamic batch budget (padded latent frames)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the main process (workers always use 1)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -119,20 +181,32 @@ def main() -> None:
         tokenizer_file = tmp / "bpe.json"
         train_bpe(texts, vocab_size=1000).save(str(tokenizer_file))
         tokenizer = load_text_tokenizer(tokenizer_file)
-        print(f"data: {source} x{args.repeat}; torch threads {torch.get_num_threads()}; budgets: LM {args.max_tokens} tokens, "
-              f"flow {args.max_latent_frames} latent frames, codec 16 x 1 s crops")
-        print(f"{'pipeline':<14}{'workers':>8}{'items/s':>10}{'batches/s':>11}{'padded frames/s':>17}{'items/batch':>13}{'padding':>9}")
+        print(f"data: {source} x{args.repeat}; main-process torch threads {torch.get_num_threads()}")
+        print(
+            f"budgets: LM {args.max_tokens} tokens, flow {args.max_latent_frames} latent frames, codec 16 x 1 s crops"
+        )
+        header = ("pipeline", "workers", "items/s", "batches/s", "padded frames/s", "items/batch", "padding")
+        print(ROW.format(*header))
         for sort in (True, False):
-            for name, (chain, key) in pipelines(tokenizer, args.ratio, args.max_tokens, args.max_latent_frames, sort).items():
+            chains = pipelines(tokenizer, args.ratio, args.max_tokens, args.max_latent_frames, sort)
+            for name, (chain, key) in chains.items():
                 if not sort and name == "codec":
                     continue  # fixed crops: nothing to sort
                 for workers in (0, args.workers):
                     r = run(repeated, chain, key, workers)
-                    label = name if sort else f"{name} (no sort)"
-                    print(f"{label:<14}{workers:>8}{r['items'] / r['seconds']:>10.1f}{r['batches'] / r['seconds']:>11.2f}"
-                          f"{r['padded'] / r['seconds']:>17,.0f}{r['items'] / r['batches']:>13.1f}{1 - r['real'] / r['padded']:>9.1%}")
-        print("padding = share of padded frames that are padding (codec: zero-padded short clips); frames: LM speech tokens, "
-              "flow latent frames, codec samples")
+                    print(
+                        ROW.format(
+                            name if sort else f"{name} (no sort)",
+                            workers,
+                            f"{r['items'] / r['seconds']:.1f}",
+                            f"{r['batches'] / r['seconds']:.2f}",
+                            f"{r['padded'] / r['seconds']:,.0f}",
+                            f"{r['items'] / r['batches']:.1f}",
+                            f"{1 - r['real'] / r['padded']:.1%}",
+                        )
+                    )
+        print("frames: LM speech tokens, flow latent frames, codec samples; padding: share of padded frames that are")
+        print("padding (codec: zero-padded clips shorter than the crop); times include dataloader worker start-up")
 
 
 if __name__ == "__main__":

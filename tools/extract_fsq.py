@@ -12,9 +12,10 @@ soundfile in ``--num_workers`` loader processes. Under torchrun every process ta
 atomically; ``--skip_existing`` leaves finished ones alone, so a killed run simply resumes.
 Nothing is ever deleted. Unreadable audio is skipped and counted.
 
-    python tools/extract_fsq.py --index exp/data/train.jsonl --checkpoint ~/models/speech_tokenizer_v2.onnx --skip_existing
+    python tools/extract_fsq.py --index exp/data/train.jsonl --checkpoint speech_tokenizer_v2.onnx --skip_existing
     torchrun --nproc_per_node 8 tools/extract_fsq.py --index ... --checkpoint ... --skip_existing
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,11 +90,16 @@ def save_atomic(tensor: torch.Tensor, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Tokenize this rank's share of the index; returns the exit status (errors exit with one line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", type=Path, nargs="+", required=True, help="JSON-lines index file(s) (tools/prepare_data.py)")
+    parser.add_argument(
+        "--index", type=Path, nargs="+", required=True, help="JSON-lines index file(s) (tools/prepare_data.py)"
+    )
     parser.add_argument("--tokenizer", default="s3", help="backend: s3 | own (or module:Class)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="local weights of the tokenizer")
-    parser.add_argument("--config", help="backend config (s3: optional YAML of ModelConfig fields; own: its training config)")
+    parser.add_argument(
+        "--config", help="backend config (s3: optional YAML of ModelConfig fields; own: its training config)"
+    )
     parser.add_argument("--out_dir", type=Path, help="write OUT/<spk>/<utt>_fsq.pt instead of beside the wav")
     parser.add_argument("--skip_existing", action="store_true", help="leave utterances whose token file exists")
     parser.add_argument("--batch_seconds", type=float, default=300.0, help="padded seconds of audio per batch")
@@ -134,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     written, seconds, start = 0, 0.0, time.perf_counter()
-    progress = tqdm(total=sum(float(x.get("duration") or 0.0) for x in todo), unit="s", desc="tokenizing", disable=rank != 0)
+    progress = tqdm(
+        total=sum(float(x.get("duration") or 0.0) for x in todo), unit="s", desc="tokenizing", disable=rank != 0
+    )
     for batch in loader:
         good = []
         for item, wav in batch:
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 good.append((item, wav))
         codes = tokenizer.tokenize([wav for _, wav in good]) if good else []
-        for (item, wav), ids in zip(good, codes):
+        for (item, wav), ids in zip(good, codes, strict=False):
             if ids.numel() == 0:
                 skips.skip("too short to tokenize", item["wav"], f"{wav.shape[0] / tokenizer.sample_rate:.3f} s")
                 continue

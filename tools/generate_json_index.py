@@ -12,6 +12,7 @@ Entries keep the input order (speaker-grouped). Nothing is deleted or modified o
 
     python tools/generate_json_index.py --index exp/data/train.jsonl --out exp/data/train --num_shards 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,13 @@ def count_tokens(path: str, vocab_size: int) -> int:
     try:
         tokens = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise Inconsistent("corrupt token file", path, f"{type(exc).__name__}: {exc}")
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.dtype.is_floating_point or tokens.numel() == 0:
+        raise Inconsistent("corrupt token file", path, f"{type(exc).__name__}: {exc}") from None
+    if (
+        not isinstance(tokens, torch.Tensor)
+        or tokens.dim() != 1
+        or tokens.dtype.is_floating_point
+        or tokens.numel() == 0
+    ):
         raise Inconsistent("token file is not a non-empty 1-D integer tensor", path)
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= vocab_size:
@@ -64,10 +70,17 @@ def count_latent_frames(path: str, key: str, dim: int | None) -> int:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise Inconsistent("corrupt latent file", path, f"{type(exc).__name__}: {exc}")
+        raise Inconsistent("corrupt latent file", path, f"{type(exc).__name__}: {exc}") from None
     latent = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(latent, torch.Tensor) or latent.dim() != 2 or latent.shape[1] == 0 or (dim is not None and latent.shape[0] != dim):
-        raise Inconsistent("latent has the wrong shape", path, f"found {getattr(latent, 'shape', type(latent).__name__)}")
+    if (
+        not isinstance(latent, torch.Tensor)
+        or latent.dim() != 2
+        or latent.shape[1] == 0
+        or (dim is not None and latent.shape[0] != dim)
+    ):
+        raise Inconsistent(
+            "latent has the wrong shape", path, f"found {getattr(latent, 'shape', type(latent).__name__)}"
+        )
     if not bool(torch.isfinite(latent).all()):
         raise Inconsistent("non-finite latent values", path)
     return int(latent.shape[1])
@@ -110,6 +123,7 @@ def write_jsonl(path: Path, entries: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Join, check and shard; returns the exit status (errors exit with one line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, nargs="+", required=True, help="JSON-lines index file(s)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for shards and data.list")
@@ -121,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token_latent_ratio", type=int, default=2, help="latent frames per token")
     parser.add_argument("--tolerance", type=int, default=4, help="largest |T_lat // ratio - n_tokens| accepted")
     parser.add_argument("--vocab_size", type=int, default=SPEECH_VOCAB, help="speech token ids must be below this")
-    parser.add_argument("--require", nargs="*", choices=["tokens", "latents"], default=[], help="drop items lacking these")
+    parser.add_argument(
+        "--require", nargs="*", choices=["tokens", "latents"], default=[], help="drop items lacking these"
+    )
     parser.add_argument("--num_shards", type=int, help="number of shard files (default: ceil(items / shard_size))")
     parser.add_argument("--shard_size", type=int, default=1000, help="items per shard when --num_shards is not given")
     parser.add_argument("--num_workers", type=int, default=4, help="processes reading feature files (0: inline)")
@@ -147,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.num_workers > 0:
         with ProcessPoolExecutor(args.num_workers) as pool:
-            results = list(tqdm(pool.map(join_item, items, [opts] * len(items), chunksize=64), total=len(items), desc="checking", unit="utt"))
+            results = list(
+                tqdm(
+                    pool.map(join_item, items, [opts] * len(items), chunksize=64),
+                    total=len(items),
+                    desc="checking",
+                    unit="utt",
+                )
+            )
     else:
         results = [join_item(item, opts) for item in tqdm(items, desc="checking", unit="utt")]
 

@@ -17,6 +17,7 @@ and paths are written relative to OUT, so the index moves with the corpus.
 
     python tools/prepare_data.py data --out exp/data --split data/splits/train.txt data/splits/dev.txt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def probe_audio(path: str) -> float:
     try:
         info = sf.info(path)
     except Exception as exc:  # libsndfile raises several error types
-        raise EntryError("undecodable audio", str(exc))
+        raise EntryError("undecodable audio", str(exc)) from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise EntryError("audio without samples")
     if path.endswith(".wav"):
@@ -81,7 +82,7 @@ def read_transcript(path: str) -> str:
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise EntryError("non-UTF-8 transcript", str(exc))
+        raise EntryError("non-UTF-8 transcript", str(exc)) from None
     return normalize_text(text)
 
 
@@ -146,7 +147,11 @@ class SpeakerRule:
 
 def build_entry(raw: dict, speaker: SpeakerRule) -> dict:
     """Probe one raw entry into an index entry; raises :class:`EntryError` when it is unusable."""
-    text = normalize_text(raw["text"]) if raw.get("text") is not None else (read_transcript(raw["txt"]) if "txt" in raw else None)
+    text = (
+        normalize_text(raw["text"])
+        if raw.get("text") is not None
+        else (read_transcript(raw["txt"]) if "txt" in raw else None)
+    )
     if text is None:
         raise EntryError("no transcript")
     spk = speaker(raw)
@@ -167,11 +172,13 @@ def collect(root: Path, layout: str, speaker: SpeakerRule, skips: SkipCounter, n
 
     with ThreadPoolExecutor(max(1, num_workers)) as pool:  # header reads are I/O bound
         results = pool.map(probe, raws)
-        for raw, result in tqdm(zip(raws, results), total=len(raws), desc="probing", unit="utt"):
+        for raw, result in tqdm(zip(raws, results, strict=False), total=len(raws), desc="probing", unit="utt"):
             if isinstance(result, EntryError):
                 skips.skip(result.reason, raw["wav"], result.detail)
             elif result["utt"] in entries:
-                skips.skip("duplicate utterance id", raw["wav"], f"{result['utt']} also at {entries[result['utt']]['wav']}")
+                skips.skip(
+                    "duplicate utterance id", raw["wav"], f"{result['utt']} also at {entries[result['utt']]['wav']}"
+                )
             else:
                 entries[result["utt"]] = result
     return entries
@@ -200,13 +207,18 @@ def read_split(path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Index the corpus (one file per split); returns the exit status (errors exit with one line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", type=Path, help="corpus root (tree of wav+txt, or a Kaldi data dir)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the .jsonl indexes")
     parser.add_argument("--split", type=Path, nargs="*", default=[], help="utterance-id lists; one index per file")
-    parser.add_argument("--layout", choices=["auto", "tree", "kaldi"], default="auto", help="auto: kaldi if wav.scp exists")
+    parser.add_argument(
+        "--layout", choices=["auto", "tree", "kaldi"], default="auto", help="auto: kaldi if wav.scp exists"
+    )
     parser.add_argument("--utt2spk", type=Path, help="utt2spk file (default: <corpus>/utt2spk when present)")
-    parser.add_argument("--speaker_rule", choices=["parent", "regex"], default="parent", help="speaker when there is no utt2spk")
+    parser.add_argument(
+        "--speaker_rule", choices=["parent", "regex"], default="parent", help="speaker when there is no utt2spk"
+    )
     parser.add_argument("--speaker_regex", help="with --speaker_rule regex: group 1 of this regex on the relative path")
     parser.add_argument("--num_workers", type=int, default=4, help="threads reading audio headers")
     args = parser.parse_args(argv)
@@ -223,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.exit(f"error: split file not found: {missing[0]}")
     try:
-        speaker = SpeakerRule(root, read_table(utt2spk_path) if utt2spk_path else None, args.speaker_rule, args.speaker_regex)
+        speaker = SpeakerRule(
+            root, read_table(utt2spk_path) if utt2spk_path else None, args.speaker_rule, args.speaker_regex
+        )
     except (ValueError, re.error) as exc:
         sys.exit(f"error: {exc}")
 

@@ -7,6 +7,7 @@ Train on the training split only, so dev/test text stays unseen. Load the result
 
     python tools/train_bpe.py exp/data/train.jsonl --vocab_size 4096 --out exp/bpe/tokenizer.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def read_texts(inputs: list[Path], skips: SkipCounter) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train, save, reload and round-trip check; returns 1 if any transcript does not round-trip."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", type=Path, nargs="+", help="index .jsonl files or folders of .txt transcripts")
     parser.add_argument("--out", type=Path, required=True, help="output tokenizer.json")
@@ -73,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     loaded = BPETextTokenizer(args.out)
     lengths = [len(loaded.encode(t)) for t in texts]
     exact = sum(loaded.decode(loaded.encode(t)) == t for t in texts)
+    per_text, per_token = sum(lengths) / len(lengths), sum(map(len, texts)) / sum(lengths)
     print(
-        f"{args.out}: {loaded.vocab_size} ids from {len(texts)} transcripts; {sum(lengths) / len(lengths):.1f} tokens per "
-        f"transcript ({sum(map(len, texts)) / sum(lengths):.2f} chars per token); round-trip exact for {exact}/{len(texts)}; "
-        f"{skips.summary()}"
+        f"{args.out}: {loaded.vocab_size} ids from {len(texts)} transcripts; {per_text:.1f} tokens per transcript "
+        f"({per_token:.2f} chars per token); round-trip exact for {exact}/{len(texts)}; {skips.summary()}"
     )
     return 0 if exact == len(texts) else 1
 

@@ -35,7 +35,9 @@ class SkipCounter:
             lines = str(detail).strip().splitlines() if detail else []
             extra = f" ({lines[0][:200]})" if lines else ""  # one short log line, whatever the exception says
             prefix = f"{self.where}: " if self.where else ""
-            log.warning("%sskipping %s: %s%s [later skips for this reason are only counted]", prefix, example, reason, extra)
+            log.warning(
+                "%sskipping %s: %s%s [later skips for this reason are only counted]", prefix, example, reason, extra
+            )
         self.counts[reason] += 1
 
     @property

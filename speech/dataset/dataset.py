@@ -206,4 +206,9 @@ class Dataset(IterableDataset):
         if ctx.skips.total:
             log.warning("%s: epoch %d: %s", ctx.skips.where, ctx.epoch, ctx.skips.summary())
         if ctx.events:
-            log.info("%s: epoch %d: %s", ctx.skips.where, ctx.epoch, ", ".join(f"{k}: {n}" for k, n in sorted(ctx.events.items())))
+            log.info(
+                "%s: epoch %d: %s",
+                ctx.skips.where,
+                ctx.epoch,
+                ", ".join(f"{k}: {n}" for k, n in sorted(ctx.events.items())),
+            )

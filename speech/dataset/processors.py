@@ -80,7 +80,9 @@ def item_length(item: Item, key: str) -> float:
 
 
 def _lengths(item: Item, keys: Sequence[str]) -> list[int]:
-    return [int(item[k].shape[-1]) if isinstance(item.get(k), torch.Tensor) else int(item_length(item, k)) for k in keys]
+    return [
+        int(item[k].shape[-1]) if isinstance(item.get(k), torch.Tensor) else int(item_length(item, k)) for k in keys
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +113,12 @@ def filter_items(
     skips = _context(ctx).skips
     for item in items:
         duration = item.get("duration")
-        if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not math.isfinite(duration) or duration <= 0:
+        if (
+            not isinstance(duration, (int, float))
+            or isinstance(duration, bool)
+            or not math.isfinite(duration)
+            or duration <= 0
+        ):
             skips.skip("missing or invalid duration", _where(item), f"duration={duration!r}")
             continue
         if not min_duration <= duration <= max_duration:
@@ -138,7 +145,9 @@ def filter_items(
             yield item
 
 
-def tokenize_text(items: Iterable[Item], tokenizer: Any, key: str = "text", ctx: PipelineContext | None = None) -> Iterator[Item]:
+def tokenize_text(
+    items: Iterable[Item], tokenizer: Any, key: str = "text", ctx: PipelineContext | None = None
+) -> Iterator[Item]:
     """Add ``text_token`` ``[L]`` int64 from ``item[key]``; empty or non-UTF-8 text is skipped."""
     skips = _context(ctx).skips
     for item in items:
@@ -178,6 +187,12 @@ def _load_pt(item: Item, path_key: str, what: str, skips) -> Any:
         return None
 
 
+def _is_int_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and not (
+        x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool
+    )
+
+
 def load_speech_token(
     items: Iterable[Item],
     vocab_size: int = SPEECH_VOCAB,
@@ -191,7 +206,7 @@ def load_speech_token(
         if tokens is None:
             continue
         path = item[path_key]
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        if not _is_int_tensor(tokens) or tokens.dim() != 1:
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             skips.skip("token file is not a 1-D integer tensor", path, f"found {shape} {getattr(tokens, 'dtype', '')}")
             continue
@@ -224,7 +239,12 @@ def load_latent(
             skips.skip(f"latent file has no {key!r} tensor", path, f"found {type(data).__name__}")
             continue
         latent = data[key]
-        if latent.dim() != 2 or not latent.dtype.is_floating_point or (dim is not None and latent.shape[0] != dim) or latent.shape[1] == 0:
+        if (
+            latent.dim() != 2
+            or not latent.dtype.is_floating_point
+            or (dim is not None and latent.shape[0] != dim)
+            or latent.shape[1] == 0
+        ):
             want = f"[{dim if dim is not None else 'D'}, T>0] float"
             skips.skip("latent has the wrong shape", path, f"found {tuple(latent.shape)} {latent.dtype}, want {want}")
             continue
@@ -260,7 +280,11 @@ def load_audio(
         if duration_tolerance is not None and isinstance(duration, (int, float)):
             actual = wav.shape[0] / sample_rate
             if abs(actual - duration) > duration_tolerance:
-                skips.skip("audio length disagrees with the index (truncated?)", path, f"{actual:.2f} s read, index says {duration:.2f} s")
+                skips.skip(
+                    "audio length disagrees with the index (truncated?)",
+                    path,
+                    f"{actual:.2f} s read, index says {duration:.2f} s",
+                )
                 continue
         item["audio"] = wav
         item["sample_rate"] = sample_rate
@@ -313,10 +337,16 @@ def align_lengths(
     for item in items:
         tokens, latent = item.get("speech_token"), item.get("latent")
         if not isinstance(tokens, torch.Tensor) or not isinstance(latent, torch.Tensor):
-            raise ValueError("align_lengths: items need speech_token and latent; put load_speech_token and load_latent before it")
+            raise ValueError(
+                "align_lengths: items need speech_token and latent; put load_speech_token and load_latent before it"
+            )
         n_tok, n_lat = tokens.shape[-1], latent.shape[-1]
         if abs(n_lat // token_latent_ratio - n_tok) > tolerance:
-            skips.skip("token/latent lengths disagree", _where(item, "latent_path"), f"{n_tok} tokens vs {n_lat} frames at ratio {token_latent_ratio}")
+            skips.skip(
+                "token/latent lengths disagree",
+                _where(item, "latent_path"),
+                f"{n_tok} tokens vs {n_lat} frames at ratio {token_latent_ratio}",
+            )
             continue
         n = min(n_lat // token_latent_ratio, n_tok)
         if n == 0:
@@ -376,9 +406,11 @@ def speaker_reference(
 
     def emit(item: Item) -> Item | None:
         spk = item.get("spk")
-        candidates = {utt: wav for utt, wav in seen.get(spk, ())}
-        candidates.update({o["utt"]: o["wav"] for o in window if o.get("spk") == spk and o.get("wav")})
-        candidates.pop(item["utt"], None)
+        candidates = {}
+        if spk is not None:  # an item without a speaker can only reference itself
+            candidates = {utt: wav for utt, wav in seen.get(spk, ())}
+            candidates.update({o["utt"]: o["wav"] for o in window if o.get("spk") == spk and o.get("wav")})
+            candidates.pop(item["utt"], None)
         options = sorted(wav for wav in candidates.values() if wav not in bad)
         rng.shuffle(options)
         for wav_path in options:
@@ -390,7 +422,11 @@ def speaker_reference(
             item["ref_audio"] = _crop(ref, sample_rate, min_seconds, max_seconds, rng)
             ctx.events["reference from another utterance"] += 1
             return item
-        usable = isinstance(item.get("audio"), torch.Tensor) and item.get("sample_rate") == sample_rate and "audio_len" not in item
+        usable = (
+            isinstance(item.get("audio"), torch.Tensor)
+            and item.get("sample_rate") == sample_rate
+            and "audio_len" not in item
+        )
         own = item["audio"] if usable else None
         if own is None:
             try:
@@ -434,7 +470,9 @@ def shuffle(items: Iterable[Item], buffer_size: int = 10000, ctx: PipelineContex
     yield from buffer
 
 
-def sort(items: Iterable[Item], buffer_size: int = 500, key: str = "speech_token", reverse: bool = False) -> Iterator[Item]:
+def sort(
+    items: Iterable[Item], buffer_size: int = 500, key: str = "speech_token", reverse: bool = False
+) -> Iterator[Item]:
     """Sort each run of ``buffer_size`` items by the length of ``key``, so batches pad little."""
     buffer: list[Item] = []
     for item in items:
@@ -482,9 +520,11 @@ def batch(
     for item in items:
         lengths = _lengths(item, keys)
         if sum(lengths) > max_frames_in_batch:
-            skips.skip("longer than max_frames_in_batch", _where(item), f"{sum(lengths)} > {max_frames_in_batch} frames")
+            skips.skip(
+                "longer than max_frames_in_batch", _where(item), f"{sum(lengths)} > {max_frames_in_batch} frames"
+            )
             continue
-        grown = [max(a, b) for a, b in zip(longest, lengths)]
+        grown = [max(a, b) for a, b in zip(longest, lengths, strict=False)]
         full = max_batch_size is not None and len(buf) >= max_batch_size
         if buf and (full or (len(buf) + 1) * sum(grown) > max_frames_in_batch):
             yield buf
@@ -509,7 +549,9 @@ def padding(batches: Iterable[list[Item]]) -> Iterator[dict[str, Any]]:
             if have == 0:
                 continue
             if have != len(items):
-                raise ValueError(f"padding: only {have} of {len(items)} items carry {key!r}; the pipeline is inconsistent")
+                raise ValueError(
+                    f"padding: only {have} of {len(items)} items carry {key!r}; the pipeline is inconsistent"
+                )
             tensors = [x[key] for x in items]
             lengths = torch.tensor([item_length(x, key) for x in items], dtype=torch.long)
             if key == "latent":  # [D, T] -> [B, D, T_max]

@@ -22,7 +22,9 @@ def tokenizer_class(name: str) -> type:
     target = BACKENDS.get(name, name)
     module_name, sep, attr = target.partition(":")
     if not sep:
-        raise SpeechTokenizerError(f"unknown speech tokenizer {name!r}; choose one of {sorted(BACKENDS)} or module:Class")
+        raise SpeechTokenizerError(
+            f"unknown speech tokenizer {name!r}; choose one of {sorted(BACKENDS)} or module:Class"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -33,7 +33,12 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     except KeyError:
         raise SpeechTokenizerError("weights lack encoder.conv1.weight: not an s3tokenizer v2 state dict") from None
     blocks = {int(m.group(1)) for k in state for m in [re.match(r"encoder\.blocks\.(\d+)\.", k)] if m}
-    return {"n_mels": int(n_mels), "n_audio_state": int(width), "n_audio_layer": len(blocks), "n_audio_head": max(1, int(width) // HEAD_DIM)}
+    return {
+        "n_mels": int(n_mels),
+        "n_audio_state": int(width),
+        "n_audio_layer": len(blocks),
+        "n_audio_head": max(1, int(width) // HEAD_DIM),
+    }
 
 
 def _read_config(config: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -22,7 +22,9 @@ def level_of(k: int) -> float:
     return 0.02 + 0.01 * k
 
 
-def write_corpus(root: Path, speakers: dict[str, int], seconds: tuple[float, float] = (0.6, 1.4), sample_rate: int = SR) -> list[dict]:
+def write_corpus(
+    root: Path, speakers: dict[str, int], seconds: tuple[float, float] = (0.6, 1.4), sample_rate: int = SR
+) -> list[dict]:
     """``root/<spk>/<spk>_NNN.wav`` + ``.txt``; returns index entries (absolute wav paths)."""
     entries = []
     k = 0
@@ -35,7 +37,9 @@ def write_corpus(root: Path, speakers: dict[str, int], seconds: tuple[float, flo
             save_audio(wav, torch.full((n_samples,), level_of(k)), sample_rate)
             text = f"utterance {k} of speaker {spk}, café №{i}."
             (root / spk / f"{utt}.txt").write_text(text + "\n", encoding="utf-8")
-            entries.append({"utt": utt, "spk": spk, "wav": str(wav), "text": text, "duration": n_samples / sample_rate, "k": k})
+            entries.append(
+                {"utt": utt, "spk": spk, "wav": str(wav), "text": text, "duration": n_samples / sample_rate, "k": k}
+            )
             k += 1
     return entries
 
@@ -58,7 +62,17 @@ def write_features(entry: dict, folder: Path, ratio: int = 2, dim: int = 8, extr
     latent_path = folder / f"{entry['utt']}_latent{ratio}x.pt"
     torch.save(torch.arange(n_tok, dtype=torch.int32) % 6561, token_path)
     mu = torch.arange(n_lat, dtype=torch.float32).expand(dim, n_lat).clone()
-    torch.save({"mu": mu, "logs": torch.zeros(dim, n_lat), "sample_rate": SR, "hop": 480, "n_samples": 0, "checkpoint": "test"}, latent_path)
+    torch.save(
+        {
+            "mu": mu,
+            "logs": torch.zeros(dim, n_lat),
+            "sample_rate": SR,
+            "hop": 480,
+            "n_samples": 0,
+            "checkpoint": "test",
+        },
+        latent_path,
+    )
     return dict(entry, token_path=str(token_path), n_tokens=n_tok, latent_path=str(latent_path), n_latent_frames=n_lat)
 
 

@@ -9,7 +9,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 import speech.dataset.dataset as dataset_module
-from speech.dataset import Dataset, DataListError, read_data_list
+from speech.dataset import DataListError, Dataset, read_data_list
 from speech.dataset.context import PipelineContext
 from speech.dataset.dataset import iter_index_range
 
@@ -18,7 +18,10 @@ from .synth import write_data_list, write_index
 
 def _entries(n: int) -> list[dict]:
     # Varied line lengths, so byte ranges cut lines at arbitrary points.
-    return [{"utt": f"u{i:03d}", "spk": f"s{i % 3}", "wav": f"w/{i}.wav", "text": "x" * (i * 7 % 23), "duration": 1.0} for i in range(n)]
+    return [
+        {"utt": f"u{i:03d}", "spk": f"s{i % 3}", "wav": f"w/{i}.wav", "text": "x" * (i * 7 % 23), "duration": 1.0}
+        for i in range(n)
+    ]
 
 
 def _utts_per_rank(data_list, rank: int, world: int, workers: int, epoch: int, monkeypatch, **kw) -> list[str]:
@@ -73,7 +76,9 @@ def test_shard_order_is_seeded_by_epoch(tmp_path):
 
 def test_relative_paths_resolve_against_the_shard_and_items_carry_their_origin(tmp_path):
     folder = tmp_path / "idx"
-    write_index(folder / "a.jsonl", [{"utt": "x", "wav": "../wavs/x.wav", "token_path": "/abs/x_fsq.pt", "duration": 1.0}])
+    write_index(
+        folder / "a.jsonl", [{"utt": "x", "wav": "../wavs/x.wav", "token_path": "/abs/x_fsq.pt", "duration": 1.0}]
+    )
     (folder / "data.list").write_text("a.jsonl\n")
     (item,) = list(Dataset(folder / "data.list", []))
     assert item["wav"] == str(tmp_path / "wavs" / "x.wav")
@@ -83,7 +88,9 @@ def test_relative_paths_resolve_against_the_shard_and_items_carry_their_origin(t
 
 def test_unreadable_index_lines_are_counted_and_the_rest_read(tmp_path):
     path = tmp_path / "s.jsonl"
-    path.write_bytes(b'{"utt": "a", "duration": 1}\nnot json\n\xff\xfe{"utt": 1}\n[1, 2]\n{"utt": "b", "duration": 1}\n')
+    path.write_bytes(
+        b'{"utt": "a", "duration": 1}\nnot json\n\xff\xfe{"utt": 1}\n[1, 2]\n{"utt": "b", "duration": 1}\n'
+    )
     (tmp_path / "data.list").write_text("s.jsonl\n")
     ds = Dataset(tmp_path / "data.list", [])
     assert [item["utt"] for item in ds] == ["a", "b"]

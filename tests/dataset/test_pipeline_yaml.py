@@ -58,10 +58,19 @@ codec_pipeline:
 @pytest.fixture(scope="module")
 def prepared(corpus_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    assert prepare([str(corpus_dir), "--out", str(root / "index"), "--split", str(corpus_dir / "splits" / "dev.txt")]) == 0
+    assert (
+        prepare([str(corpus_dir), "--out", str(root / "index"), "--split", str(corpus_dir / "splits" / "dev.txt")]) == 0
+    )
     for e in read_index(root / "index" / "dev.jsonl"):
         write_features(e, root / "feat" / e["spk"], ratio=2, dim=8)
-    args = ["--index", str(root / "index" / "dev.jsonl"), "--out", str(root / "train"), "--token_dir", str(root / "feat")]
+    args = [
+        "--index",
+        str(root / "index" / "dev.jsonl"),
+        "--out",
+        str(root / "train"),
+        "--token_dir",
+        str(root / "feat"),
+    ]
     assert generate_index(args + ["--latent_dir", str(root / "feat"), "--num_shards", "2", "--num_workers", "0"]) == 0
     from speech.text import train_bpe
 
@@ -73,13 +82,25 @@ def prepared(corpus_dir, tmp_path_factory):
 
 def test_yaml_pipeline_gives_contract_batches_with_workers(prepared, corpus_dir):
     conf = load_config(prepared / "conf.yaml", [f"bpe_path={prepared / 'bpe.json'}"])
-    loader = DataLoader(Dataset(prepared / "train" / "data.list", conf["data_pipeline"]), batch_size=None, num_workers=2)
+    loader = DataLoader(
+        Dataset(prepared / "train" / "data.list", conf["data_pipeline"]), batch_size=None, num_workers=2
+    )
     utts = []
     for batch in loader:
         b = len(batch["utt"])
         utts += batch["utt"]
-        assert set(batch) == {"utt", "spk", "text_token", "text_token_len", "speech_token", "speech_token_len",
-                              "latent", "latent_len", "ref_audio", "ref_audio_len"}
+        assert set(batch) == {
+            "utt",
+            "spk",
+            "text_token",
+            "text_token_len",
+            "speech_token",
+            "speech_token_len",
+            "latent",
+            "latent_len",
+            "ref_audio",
+            "ref_audio_len",
+        }
         assert batch["latent"].shape[:2] == (b, 8) and batch["latent"].shape[2] * b <= 3000
         assert (batch["speech_token_len"] * 2 == batch["latent_len"]).all()
         assert batch["latent_len"].max() == batch["latent"].shape[2]
@@ -96,7 +117,9 @@ def test_yaml_codec_pipeline_gives_fixed_crops(prepared):
     for batch in batches:
         assert set(batch) == {"utt", "spk", "audio", "audio_len"}
         assert batch["audio"].shape[1] == 12000 and (batch["audio_len"] == 12000).all()  # every dev clip is > 0.5 s
-        for utt, crop in zip(batch["utt"], batch["audio"]):
+        for utt, crop in zip(batch["utt"], batch["audio"], strict=False):
             full, _ = load_audio(wavs[utt], 24000)
             starts = torch.nonzero(full[: len(full) - 12000 + 1] == crop[0]).flatten().tolist()
-            assert any(torch.equal(full[s : s + 12000], crop) for s in starts), f"{utt}: the crop is not a window of its audio"
+            assert any(torch.equal(full[s : s + 12000], crop) for s in starts), (
+                f"{utt}: the crop is not a window of its audio"
+            )

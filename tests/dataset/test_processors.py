@@ -36,14 +36,18 @@ def test_dynamic_batches_never_exceed_the_padded_frame_budget(budget):
     assert kept == fits
     assert ctx.skips.counts.get("longer than max_frames_in_batch", 0) == len(lengths) - len(fits)
     # Greedy: the next item would not have fitted in the previous batch.
-    for b, nxt in zip(batches, batches[1:]):
+    for b, nxt in zip(batches, batches[1:], strict=False):
         longest = max(len(x["speech_token"]) for x in b + [nxt[0]])
         assert (len(b) + 1) * longest > budget
 
 
 def test_dynamic_batch_budget_over_several_keys_and_batch_cap():
-    items = [{"utt": str(i), "text_token": torch.zeros(i + 1), "speech_token": torch.zeros(10 * (i + 1))} for i in range(30)]
-    for b in P.batch(items, "dynamic", max_frames_in_batch=400, frame_key=["text_token", "speech_token"], max_batch_size=3):
+    items = [
+        {"utt": str(i), "text_token": torch.zeros(i + 1), "speech_token": torch.zeros(10 * (i + 1))} for i in range(30)
+    ]
+    for b in P.batch(
+        items, "dynamic", max_frames_in_batch=400, frame_key=["text_token", "speech_token"], max_batch_size=3
+    ):
         cost = len(b) * (max(len(x["text_token"]) for x in b) + max(len(x["speech_token"]) for x in b))
         assert cost <= 400 and len(b) <= 3
 
@@ -116,7 +120,10 @@ def test_shuffle_is_a_permutation_seeded_by_epoch():
 @pytest.mark.parametrize("ratio", [2, 3])
 def test_align_lengths_gives_n_min_of_latent_over_ratio_and_tokens(ratio):
     cases = [(10, 10 * ratio), (10, 10 * ratio + ratio - 1), (10, 9 * ratio + 1), (8, 9 * ratio), (5, 7 * ratio)]
-    items = [{"utt": str(i), "speech_token": torch.arange(n), "latent": torch.arange(t).float().expand(3, t)} for i, (n, t) in enumerate(cases)]
+    items = [
+        {"utt": str(i), "speech_token": torch.arange(n), "latent": torch.arange(t).float().expand(3, t)}
+        for i, (n, t) in enumerate(cases)
+    ]
     ctx = PipelineContext()
     out = list(P.align_lengths(items, token_latent_ratio=ratio, tolerance=1, ctx=ctx))
     assert [x["utt"] for x in out] == ["0", "1", "2", "3"]  # 5 tokens vs 7·ratio frames: off by 2 > tolerance
@@ -143,7 +150,9 @@ def test_random_crop_fixed_length_pads_short_clips_and_is_seeded():
     assert torch.equal(long["audio"], torch.arange(start, start + 100.0))
     assert short["audio"].shape == (100,) and short["audio_len"] == 30
     assert torch.equal(short["audio"][:30], torch.arange(30.0)) and not short["audio"][30:].any()
-    starts = {int(next(P.random_crop(items(), 0.01, 10000, ctx=PipelineContext(epoch=e)))["audio"][0]) for e in range(6)}
+    starts = {
+        int(next(P.random_crop(items(), 0.01, 10000, ctx=PipelineContext(epoch=e)))["audio"][0]) for e in range(6)
+    }
     assert len(starts) > 1
     (padded,) = list(P.padding([out]))
     assert padded["audio_len"].tolist() == [100, 30]
@@ -194,7 +203,9 @@ def test_loaders_read_what_the_files_hold(tmp_path):
     (entry,) = write_corpus(tmp_path / "wavs", {"a": 1})
     entry = write_features(entry, tmp_path / "feat", ratio=3, dim=6)
     ctx = PipelineContext()
-    stream = P.load_audio(P.load_latent(P.load_speech_token([dict(entry)], ctx=ctx), dim=6, ctx=ctx), sample_rate=16000, ctx=ctx)
+    stream = P.load_audio(
+        P.load_latent(P.load_speech_token([dict(entry)], ctx=ctx), dim=6, ctx=ctx), sample_rate=16000, ctx=ctx
+    )
     (item,) = list(stream)
     assert item["speech_token"].dtype == torch.int64 and item["speech_token"].tolist() == list(range(entry["n_tokens"]))
     assert item["latent"].shape == (6, entry["n_latent_frames"])
@@ -214,7 +225,11 @@ def _which_utterance(ref: torch.Tensor, entries: list[dict]) -> str:
 def test_speaker_reference_takes_another_utterance_of_the_same_speaker(tmp_path):
     entries = write_corpus(tmp_path, {"a": 3, "b": 2, "c": 1}, seconds=(1.0, 2.0))
     ctx = PipelineContext()
-    out = list(P.speaker_reference([dict(e) for e in entries], sample_rate=SR, min_seconds=0.5, max_seconds=0.8, lookahead=2, ctx=ctx))
+    out = list(
+        P.speaker_reference(
+            [dict(e) for e in entries], sample_rate=SR, min_seconds=0.5, max_seconds=0.8, lookahead=2, ctx=ctx
+        )
+    )
     assert [x["utt"] for x in out] == [e["utt"] for e in entries]
     spk_of = {e["utt"]: e["spk"] for e in entries}
     for x in out:

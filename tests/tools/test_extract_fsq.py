@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_s3(tmp_path_factory):
     """A 2-layer, 128-wide speech_tokenizer_v2 with random weights, saved as a state dict."""
     torch.manual_seed(0)
-    model = S3TokenizerV2("speech_tokenizer_v2_25hz", ModelConfig(n_audio_state=128, n_audio_head=2, n_audio_layer=2)).eval()
+    model = S3TokenizerV2(
+        "speech_tokenizer_v2_25hz", ModelConfig(n_audio_state=128, n_audio_head=2, n_audio_layer=2)
+    ).eval()
     path = tmp_path_factory.mktemp("s3") / "tiny_s3.pt"
     torch.save(model.state_dict(), path)
     return model, path
@@ -48,7 +50,18 @@ def test_tokens_at_25_hz_in_range_equal_to_the_model_and_resumable(tiny_s3, inde
     model, weights = tiny_s3
     index_path, entries = index
     out_dir = tmp_path / "fsq"
-    argv = ["--index", str(index_path), "--checkpoint", str(weights), "--out_dir", str(out_dir), "--batch_seconds", "4", "--num_workers", "1"]
+    argv = [
+        "--index",
+        str(index_path),
+        "--checkpoint",
+        str(weights),
+        "--out_dir",
+        str(out_dir),
+        "--batch_seconds",
+        "4",
+        "--num_workers",
+        "1",
+    ]
     assert main(argv) == 0
     assert "wrote 7 token files" in capsys.readouterr().out
     for e in entries:
@@ -92,7 +105,7 @@ def test_batched_tokenize_equals_one_by_one(tiny_s3):
     assert isinstance(tok, S3Tokenizer) and tok.sample_rate == 16000 and tok.token_rate == 25
     wavs = [torch.randn(n) * 0.1 for n in (16000, 5000, 40000, 100, 12345)]
     batched = tok.tokenize(wavs)
-    for wav, ids in zip(wavs, batched):
+    for wav, ids in zip(wavs, batched, strict=False):
         assert torch.equal(ids, tok.tokenize([wav])[0])
         assert ids.dtype == torch.int64
     assert batched[3].numel() == 0  # 100 samples: shorter than one token
@@ -113,7 +126,14 @@ def test_missing_weights_is_one_error_line(index, tmp_path):
     index_path, _ = index
     missing = tmp_path / "speech_tokenizer_v2.onnx"
     run = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "extract_fsq.py"), "--index", str(index_path), "--checkpoint", str(missing)],
+        [
+            sys.executable,
+            str(REPO / "tools" / "extract_fsq.py"),
+            "--index",
+            str(index_path),
+            "--checkpoint",
+            str(missing),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -127,7 +147,9 @@ def test_unavailable_backend_is_one_error_line(index, tiny_s3):
     index_path, weights = index[0], tiny_s3[1]
     with pytest.raises(SystemExit) as exc:
         main(["--index", str(index_path), "--checkpoint", str(weights), "--tokenizer", "speech.no_such_module:Tok"])
-    assert str(exc.value.code).startswith("error: speech tokenizer 'speech.no_such_module:Tok'") and "\n" not in str(exc.value.code)
+    assert str(exc.value.code).startswith("error: speech tokenizer 'speech.no_such_module:Tok'") and "\n" not in str(
+        exc.value.code
+    )
     if importlib.util.find_spec("speech.tokenizer.own") is None:  # until the own FSQ tokenizer lands
         with pytest.raises(SystemExit, match="^error: speech tokenizer 'own' .* is not available"):
             main(["--index", str(index_path), "--checkpoint", str(weights), "--tokenizer", "own"])

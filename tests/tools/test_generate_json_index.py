@@ -32,7 +32,7 @@ def test_join_shards_and_data_list_feed_the_dataset(tmp_path, capsys):
     assert data_list.read_text().split() == ["shard_00000.jsonl", "shard_00001.jsonl", "shard_00002.jsonl"]
     rows = _rows(data_list)
     assert [r["utt"] for r in rows] == [f["utt"] for f in feats]  # input (speaker-grouped) order kept
-    for r, f in zip(rows, feats):
+    for r, f in zip(rows, feats, strict=False):
         assert (r["n_tokens"], r["n_latent_frames"]) == (f["n_tokens"], f["n_latent_frames"])
         assert not r["token_path"].startswith("/")  # relative to the shard folder
     pipeline = [P.load_speech_token, P.load_latent, lambda items: P.align_lengths(items, token_latent_ratio=3)]
@@ -48,9 +48,27 @@ def test_inconsistent_items_are_reported_and_left_out(tmp_path, capsys):
     torch.save({"mu": torch.full((8, 10), float("nan"))}, feats[2]["latent_path"])
     torch.save(torch.tensor([0, 7000]), feats[3]["token_path"])
     before = hash_tree(tmp_path / "feat")
-    main(["--index", str(index), "--out", str(tmp_path / "out"), "--token_dir", str(tmp_path / "feat"), "--latent_dir", str(tmp_path / "feat"), "--num_workers", "2"])
+    main(
+        [
+            "--index",
+            str(index),
+            "--out",
+            str(tmp_path / "out"),
+            "--token_dir",
+            str(tmp_path / "feat"),
+            "--latent_dir",
+            str(tmp_path / "feat"),
+            "--num_workers",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
-    for reason in ("token/latent lengths disagree: 1", "corrupt latent file: 1", "non-finite latent values: 1", "token id outside 0..6560: 1"):
+    for reason in (
+        "token/latent lengths disagree: 1",
+        "corrupt latent file: 1",
+        "non-finite latent values: 1",
+        "token id outside 0..6560: 1",
+    ):
         assert reason in out
     assert [r["utt"] for r in _rows(tmp_path / "out" / "data.list")] == [f["utt"] for f in feats[4:]]
     assert hash_tree(tmp_path / "feat") == before

@@ -45,10 +45,14 @@ def test_speaker_from_utt2spk_or_regex_never_a_fixed_prefix(corpus, tmp_path):
     root, entries = corpus
     (root / "utt2spk").write_text("".join(f"{e['utt']} talker{i % 2}\n" for i, e in enumerate(entries)))
     main([str(root), "--out", str(tmp_path / "u")])
-    assert {g["utt"]: g["spk"] for g in _read(tmp_path / "u" / "all.jsonl")} == {e["utt"]: f"talker{i % 2}" for i, e in enumerate(entries)}
+    assert {g["utt"]: g["spk"] for g in _read(tmp_path / "u" / "all.jsonl")} == {
+        e["utt"]: f"talker{i % 2}" for i, e in enumerate(entries)
+    }
     (root / "utt2spk").unlink()
     main([str(root), "--out", str(tmp_path / "r"), "--speaker_rule", "regex", "--speaker_regex", r"_(\d)\d\d\.wav$"])
-    assert {g["utt"]: g["spk"] for g in _read(tmp_path / "r" / "all.jsonl")} == {e["utt"]: e["utt"][-3] for e in entries}
+    assert {g["utt"]: g["spk"] for g in _read(tmp_path / "r" / "all.jsonl")} == {
+        e["utt"]: e["utt"][-3] for e in entries
+    }
 
 
 def test_kaldi_layout_gives_the_same_index_as_the_tree(corpus, tmp_path):
@@ -56,11 +60,15 @@ def test_kaldi_layout_gives_the_same_index_as_the_tree(corpus, tmp_path):
     main([str(root), "--out", str(tmp_path / "tree")])
     kaldi = tmp_path / "kaldi"
     kaldi.mkdir()
-    (kaldi / "wav.scp").write_text("".join(f"{e['utt']} {e['wav']}\n" for e in entries) + "piped sox x.wav -t wav - |\n")
+    (kaldi / "wav.scp").write_text(
+        "".join(f"{e['utt']} {e['wav']}\n" for e in entries) + "piped sox x.wav -t wav - |\n"
+    )
     (kaldi / "text").write_text("".join(f"{e['utt']} {e['text']}\n" for e in entries), encoding="utf-8")
     (kaldi / "utt2spk").write_text("".join(f"{e['utt']} {e['spk']}\n" for e in entries))
     main([str(kaldi), "--out", str(tmp_path / "k")])
-    assert _read(tmp_path / "k" / "all.jsonl") == [dict(g, shard=str(tmp_path / "k" / "all.jsonl")) for g in _read(tmp_path / "tree" / "all.jsonl")]
+    assert _read(tmp_path / "k" / "all.jsonl") == [
+        dict(g, shard=str(tmp_path / "k" / "all.jsonl")) for g in _read(tmp_path / "tree" / "all.jsonl")
+    ]
 
 
 def test_bad_entries_are_skipped_with_reasons_and_the_corpus_is_untouched(corpus, tmp_path, capsys):
@@ -79,8 +87,14 @@ def test_bad_entries_are_skipped_with_reasons_and_the_corpus_is_untouched(corpus
     out = capsys.readouterr().out
     got = _read(tmp_path / "out" / "all.jsonl")
     assert [g["utt"] for g in got] == [entries[4]["utt"]]
-    for reason in ("truncated audio: 1", "empty audio file (0 bytes): 1", "non-UTF-8 transcript: 1", "empty transcript: 1",
-                   "no transcript file: 1", "undecodable audio: 1"):
+    for reason in (
+        "truncated audio: 1",
+        "empty audio file (0 bytes): 1",
+        "non-UTF-8 transcript: 1",
+        "empty transcript: 1",
+        "no transcript file: 1",
+        "undecodable audio: 1",
+    ):
         assert reason in out, reason
     assert hash_tree(root) == before
 
