@@ -17,18 +17,22 @@ raise ``ValueError`` at once. Seeded processors (``shuffle``, ``random_crop``, `
 draw from ``ctx.rng(...)``, fixed by (seed, epoch, reader); the Dataset passes ``ctx``, and a
 processor called by hand without one gets a default context (epoch 0, seed 0).
 """
+
 from __future__ import annotations
 
 import math
 import os
+import random
 from collections import OrderedDict, deque
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from speech.audio import AudioError
+from speech.audio import AudioError, resample
 from speech.audio import load_audio as _read_audio
 
 from .context import PipelineContext
@@ -311,8 +315,7 @@ def random_crop(
             raise ValueError(f"random_crop: item has no {key!r} tensor; put load_audio before it")
         n = wav.shape[-1]
         if n >= crop:
-            start = rng.randint(0, n - crop)
-            item[key] = wav[..., start : start + crop]
+            item[key] = _crop(wav, crop, rng)  # a copy: the full clip is freed before the shuffle buffer
             item[f"{key}_len"] = crop
         else:
             item[key] = F.pad(wav, (0, crop - n))
@@ -357,13 +360,33 @@ def align_lengths(
         yield item
 
 
-def _crop(wav: torch.Tensor, sample_rate: int, min_seconds: float, max_seconds: float, rng) -> torch.Tensor:
-    """A random window of ``U(min, max)`` seconds (the whole clip when it is shorter)."""
-    want = int(rng.uniform(min_seconds, max_seconds) * sample_rate)
-    if wav.shape[-1] <= want:
+def _crop(wav: torch.Tensor, samples: int, rng: random.Random) -> torch.Tensor:
+    """A random window of ``samples`` (the whole clip when shorter), copied so the clip can be freed."""
+    if wav.shape[-1] <= samples:
         return wav
-    start = rng.randint(0, wav.shape[-1] - want)
-    return wav[..., start : start + want]
+    start = rng.randint(0, wav.shape[-1] - samples)
+    return wav[..., start : start + samples].clone()
+
+
+def _read_crop(path: str, seconds: float, sample_rate: int, rng: random.Random) -> torch.Tensor:
+    """Read only a random ``seconds`` window of a file (all of it when shorter): mono float32 at
+    ``sample_rate``. Raises :class:`AudioError` like :func:`speech.audio.load_audio`."""
+    if not path or not os.path.isfile(path):
+        raise AudioError(path, "file not found")
+    try:
+        with sf.SoundFile(path) as f:
+            want = int(seconds * f.samplerate)
+            if f.frames > want:
+                f.seek(rng.randint(0, f.frames - want))
+            data = f.read(min(want, f.frames), dtype="float32", always_2d=True)
+            native = f.samplerate
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError(path, f"cannot decode: {exc}") from None
+    if data.shape[0] == 0:
+        raise AudioError(path, "no audio samples")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "non-finite samples")
+    return resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), native, sample_rate)
 
 
 def speaker_reference(
@@ -384,7 +407,8 @@ def speaker_reference(
     ``max_speakers`` are forgotten). Memory is bounded and no reader touches more of the index than
     its own byte ranges; it works because the index lists each speaker's utterances together
     (``tools/prepare_data.py`` sorts by speaker), so a reader holds neighbours of the same voice.
-    Put it before ``shuffle``. Crops are ``U(min_seconds, max_seconds)`` long.
+    Put it before ``shuffle``. Crops are ``U(min_seconds, max_seconds)`` long (the whole clip when
+    shorter); only the crop is read from disk.
     """
     if not 0 < min_seconds <= max_seconds:
         raise ValueError(f"speaker_reference: need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
@@ -413,28 +437,24 @@ def speaker_reference(
             candidates.pop(item["utt"], None)
         options = sorted(wav for wav in candidates.values() if wav not in bad)
         rng.shuffle(options)
+        seconds = rng.uniform(min_seconds, max_seconds)
         for wav_path in options:
             try:
-                ref, _ = _read_audio(wav_path, sample_rate)
+                item["ref_audio"] = _read_crop(wav_path, seconds, sample_rate, rng)
             except AudioError:
                 bad.add(wav_path)
                 continue
-            item["ref_audio"] = _crop(ref, sample_rate, min_seconds, max_seconds, rng)
             ctx.events["reference from another utterance"] += 1
             return item
-        usable = (
-            isinstance(item.get("audio"), torch.Tensor)
-            and item.get("sample_rate") == sample_rate
-            and "audio_len" not in item
-        )
-        own = item["audio"] if usable else None
-        if own is None:
+        loaded = item.get("audio")
+        if isinstance(loaded, torch.Tensor) and item.get("sample_rate") == sample_rate and "audio_len" not in item:
+            item["ref_audio"] = _crop(loaded, int(seconds * sample_rate), rng)
+        else:
             try:
-                own, _ = _read_audio(item.get("wav") or "", sample_rate)
+                item["ref_audio"] = _read_crop(item.get("wav") or "", seconds, sample_rate, rng)
             except AudioError as exc:
                 ctx.skips.skip(f"unreadable audio ({exc.reason.split(':')[0]})", _where(item), exc.reason)
                 return None
-        item["ref_audio"] = _crop(own, sample_rate, min_seconds, max_seconds, rng)
         ctx.events["reference cut from the item itself"] += 1
         return item
 
@@ -456,8 +476,12 @@ def speaker_reference(
 # ---------------------------------------------------------------------------------------------
 
 
-def shuffle(items: Iterable[Item], buffer_size: int = 10000, ctx: PipelineContext | None = None) -> Iterator[Item]:
-    """Shuffle through a buffer: each output is a uniform draw from the next ``buffer_size`` items."""
+def shuffle(items: Iterable[Item], buffer_size: int = 1000, ctx: PipelineContext | None = None) -> Iterator[Item]:
+    """Shuffle through a buffer: each output is a uniform draw from the next ``buffer_size`` items.
+
+    The buffer holds the items with whatever they carry (reference crops, latents): size it for
+    memory, per dataloader worker.
+    """
     rng = _context(ctx).rng("shuffle")
     buffer: list[Item] = []
     for item in items:
