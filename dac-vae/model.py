@@ -4,21 +4,22 @@ Shapes: audio ``[B, S]`` in [-1, 1] with lengths ``[B]``; latents ``[B, D, T]`` 
 ``T = ceil(S / hop)``; decoded audio has exactly the input length.
 
 Training follows the GAN contract of docs/contracts.md: :meth:`DACVAE.parameter_groups` returns
-``{"discriminator": ..., "generator": ...}`` and the trainer calls, every iteration and in that
-order, ``forward(batch, group="discriminator", step=s)`` then ``forward(batch, group="generator",
+``{"generator": ..., "discriminator": ...}`` and the trainer calls, every iteration and in that
+order, ``forward(batch, group="generator", step=s)`` then ``forward(batch, group="discriminator",
 step=s)``, stepping that group's optimizer on the returned ``loss``.
 
-The generator runs once per iteration. The discriminator call computes the reconstruction (with
-its autograd graph), trains the discriminator on a detached copy, and caches the reconstruction;
-the generator call of the same batch object and step consumes the cache (and clears it), so the
-graph built in the first call is back-propagated in the second. Any other call order (a different
-batch object, another step, a cache made without grad) recomputes the reconstruction: slower,
-never wrong. In the generator call the discriminator's parameters are frozen
-(``requires_grad=False`` for the duration of its forward), so the generator loss leaves no
-gradient on them whatever the trainer's zero-grad policy. Under DDP each call leaves the other
-group's parameters without gradient, so the model must be wrapped with
-``find_unused_parameters=True``; the batch must be the same object in both calls (move it to the
-device once per iteration) for the cache to hit.
+The generator runs once per iteration. The generator call reconstructs the batch, takes its
+reconstruction, KL and adversarial / feature-matching losses against the current discriminator,
+and caches the *detached* reconstruction; the discriminator call of the same batch object and step
+trains on that cached fake (no graph is kept between the calls). So, as in DAC, the discriminator
+at iteration t learns from the fakes of the generator before its update of iteration t; the
+generator's adversarial loss sees the discriminator before (DAC: after) that iteration's update.
+Any other call order or batch object recomputes the fake under ``no_grad``: slower, never wrong.
+During the generator call the discriminator's parameters do not collect gradients (they are
+frozen for the duration of its forward, as the shared trainer also does), and the discriminator
+call builds no generator graph, so each group's loss reaches only its own parameters. Under DDP
+each call leaves the other group's parameters unused: wrap with ``find_unused_parameters=True``
+(the shared trainer does so for any model with ``parameter_groups()``).
 """
 from __future__ import annotations
 
@@ -239,7 +240,7 @@ class DACVAE(nn.Module):
         self.latent_norm = bool(latent_norm)
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.disc_start_step = int(disc_start_step)
-        self._cache: tuple[torch.Tensor, int, Reconstruction] | None = None
+        self._fake_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------- inference API
     def latent_length(self, n_samples: torch.Tensor) -> torch.Tensor:
@@ -302,61 +303,35 @@ class DACVAE(nn.Module):
 
     # ----------------------------------------------------------------------------- training API
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Discriminator first: the trainer runs the groups in this order every iteration."""
+        """Generator first: the trainer runs the groups in this order every iteration."""
         if self.discriminator is None:
             raise ValueError("DACVAE has no discriminator: give one in the config to train")
         generator = [*self.encoder.parameters(), *self.posterior.parameters(), *self.decoder.parameters()]
-        return {"discriminator": list(self.discriminator.parameters()), "generator": generator}
+        return {"generator": generator, "discriminator": list(self.discriminator.parameters())}
 
     def forward(self, batch: Mapping[str, Any], group: str | None = None, step: int = 0) -> dict[str, torch.Tensor]:
         """One group's losses for ``batch`` (keys ``audio`` ``[B, S]``, ``audio_len`` ``[B]``).
 
-        ``group=None`` gives the reconstruction objective only (mel, KL, dispersive): a stable
-        validation loss and the loss of a plain autoencoder run.
+        ``group=None`` gives the reconstruction objective only (mel, KL, dispersive): the loss of a
+        plain autoencoder run, and a validation loss free of the adversarial game.
         """
         audio = batch["audio"]
         audio_len = batch.get("audio_len")
-        if group == "discriminator":
-            return self._discriminator_losses(audio, audio_len, step)
         if group == "generator":
             return self._generator_losses(audio, audio_len, step, adversarial=True)
+        if group == "discriminator":
+            return self._discriminator_losses(audio, audio_len, step)
         if group is None:
             return self._generator_losses(audio, audio_len, step, adversarial=False)
-        raise ValueError(f"unknown parameter group {group!r}; expected 'discriminator', 'generator' or None")
-
-    def _reconstruction_for(self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int) -> Reconstruction:
-        """The cached reconstruction of this very batch and step, or a fresh one."""
-        cache, self._cache = self._cache, None
-        if cache is not None:
-            cached_audio, cached_step, rec = cache
-            usable_graph = rec.audio.requires_grad or not torch.is_grad_enabled()
-            if cached_audio is audio and cached_step == step and usable_graph:
-                return rec
-        return self.reconstruct(audio, audio_len)
+        raise ValueError(f"unknown parameter group {group!r}; expected 'generator', 'discriminator' or None")
 
     def _adversarial_on(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.disc_start_step
 
-    def _discriminator_losses(self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
-        if self.discriminator is None:
-            raise ValueError("DACVAE has no discriminator: give one in the config to train")
-        rec = self.reconstruct(audio, audio_len)
-        self._cache = (audio, step, rec)
-        if not self._adversarial_on(step):
-            # Warm-up: the discriminator must not learn. A zero that touches every parameter gives
-            # them exact zero gradients, so the trainer's backward and step stay uniform.
-            zero = sum(p.reshape(-1)[0] for p in self.discriminator.parameters()) * 0.0
-            return {"loss": zero}
-        real = self._masked(audio, audio_len)
-        real_out = self.discriminator(real)
-        fake_out = self.discriminator(rec.audio.detach())
-        loss = discriminator_loss([o[-1] for o in real_out], [o[-1] for o in fake_out])
-        return {"loss": loss, "discriminator": loss.detach()}
-
     def _generator_losses(
         self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int, adversarial: bool
     ) -> dict[str, torch.Tensor]:
-        rec = self._reconstruction_for(audio, audio_len, step)
+        rec = self.reconstruct(audio, audio_len)
         real = self._masked(audio, audio_len)
         w = self.loss_weights
         latent_mask = lengths_to_mask(rec.latent_len, rec.mu.shape[-1], torch.bool).squeeze(1)
@@ -373,6 +348,7 @@ class DACVAE(nn.Module):
                     real_out = self.discriminator(real)
             terms["adversarial"] = generator_adversarial_loss([o[-1] for o in fake_out])
             terms["feature"] = feature_matching_loss([o[:-1] for o in real_out], [o[:-1] for o in fake_out])
+            self._fake_cache = (audio, step, rec.audio.detach())
         loss = sum(w[name] * value for name, value in terms.items())
         out = {name: value.detach() for name, value in terms.items()}
         with torch.no_grad():
@@ -381,6 +357,30 @@ class DACVAE(nn.Module):
             ).clamp_min(1)
         out["loss"] = loss
         return out
+
+    def _fake_for(self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int) -> torch.Tensor:
+        """The generator call's reconstruction of this very batch and step, or a fresh one."""
+        cache, self._fake_cache = self._fake_cache, None
+        if cache is not None and cache[0] is audio and cache[1] == step:
+            return cache[2]
+        with torch.no_grad():
+            return self.reconstruct(audio, audio_len).audio
+
+    def _discriminator_losses(self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        if self.discriminator is None:
+            raise ValueError("DACVAE has no discriminator: give one in the config to train")
+        if not self._adversarial_on(step):
+            self._fake_cache = None
+            # Warm-up: the discriminator must not learn. A zero that touches every parameter gives
+            # them exact zero gradients, so the trainer's backward and step stay uniform (with
+            # AdamW, give the discriminator weight_decay 0 so the step leaves it exactly as is).
+            zero = sum(p.reshape(-1)[0] for p in self.discriminator.parameters()) * 0.0
+            return {"loss": zero}
+        fake = self._fake_for(audio, audio_len, step)
+        real_out = self.discriminator(self._masked(audio, audio_len))
+        fake_out = self.discriminator(fake)
+        loss = discriminator_loss([o[-1] for o in real_out], [o[-1] for o in fake_out])
+        return {"loss": loss, "discriminator": loss.detach()}
 
     @staticmethod
     def _masked(audio: torch.Tensor, audio_len: torch.Tensor | None) -> torch.Tensor:

@@ -37,10 +37,17 @@ def _batch(n_items: int = 2, n: int = 9120):
 
 def test_parameter_groups_partition_the_parameters(tiny_codec_2x):
     groups = tiny_codec_2x.parameter_groups()
-    assert list(groups) == ["discriminator", "generator"]  # the trainer's order
+    assert list(groups) == ["generator", "discriminator"]  # the trainer's order
     ids = [id(p) for ps in groups.values() for p in ps]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in tiny_codec_2x.parameters()}
+
+
+def _step(codec, opts, batch, group, step):
+    out = codec(batch, group=group, step=step)
+    opts[group].zero_grad(set_to_none=True)
+    out["loss"].backward()
+    return out
 
 
 def test_one_gan_iteration_updates_each_group_only_on_its_own_step(tiny_codec_2x):
@@ -53,49 +60,57 @@ def test_one_gan_iteration_updates_each_group_only_on_its_own_step(tiny_codec_2x
     codec.encoder.register_forward_hook(lambda *a: encoder_calls.append(1))
 
     d0, g0 = _snapshot(groups["discriminator"]), _snapshot(groups["generator"])
-    out = codec(batch, group="discriminator", step=0)
-    assert set(out) == {"loss", "discriminator"} and out["loss"].requires_grad
-    opts["discriminator"].zero_grad()
-    out["loss"].backward()
-    assert all(p.grad is None for p in groups["generator"])  # the cached reconstruction was detached
-    opts["discriminator"].step()
-    opts["discriminator"].zero_grad(set_to_none=True)
-    assert _changed(d0, groups["discriminator"]) and not _changed(g0, groups["generator"])
-
-    d1 = _snapshot(groups["discriminator"])
-    out = codec(batch, group="generator", step=0)
+    out = _step(codec, opts, batch, "generator", 0)
     assert {"loss", "mel", "kl", "adversarial", "feature", "posterior_std"} <= set(out)
     assert all(torch.isfinite(v) for v in out.values())
-    opts["generator"].zero_grad()
-    out["loss"].backward()
     assert all(p.grad is None for p in groups["discriminator"])  # frozen during the generator loss
     assert all(p.grad is not None for p in groups["generator"])
+    assert all(p.requires_grad for p in groups["discriminator"])  # and unfrozen afterwards
     opts["generator"].step()
-    assert _changed(g0, groups["generator"]) and not _changed(d1, groups["discriminator"])
-    assert len(encoder_calls) == 1  # the generator ran once for both calls (cache hit)
-    assert codec._cache is None  # and the cache was released
-
+    opts["generator"].zero_grad(set_to_none=True)
+    assert _changed(g0, groups["generator"]) and not _changed(d0, groups["discriminator"])
     # The loss is the weighted sum of its named terms.
     w = codec.loss_weights
     total = sum(w[k] * out[k] for k in ("mel", "kl", "adversarial", "feature"))
     torch.testing.assert_close(out["loss"].detach(), total)
 
+    g1 = _snapshot(groups["generator"])
+    out = _step(codec, opts, batch, "discriminator", 0)
+    assert set(out) == {"loss", "discriminator"} and out["loss"].requires_grad
+    assert all(p.grad is None for p in groups["generator"])  # the cached fake carries no graph
+    assert all(p.grad is not None for p in groups["discriminator"])
+    opts["discriminator"].step()
+    assert _changed(d0, groups["discriminator"]) and not _changed(g1, groups["generator"])
+    assert len(encoder_calls) == 1  # the generator ran once for both calls (cache hit)
+    assert codec._fake_cache is None  # and the cache was released
+
+
+def test_discriminator_trains_on_the_generator_calls_fake(tiny_codec_2x):
+    """The cached fake is exactly what the discriminator call would see (same sampled latent)."""
+    codec = tiny_codec_2x.train()
+    codec.disc_start_step = 0
+    batch = _batch()
+    codec(batch, group="generator", step=7)
+    fake = codec._fake_cache[2]
+    seen = []
+    codec.discriminator.discriminators[0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    codec(batch, group="discriminator", step=7)
+    assert torch.equal(seen[1], fake)  # real first, then the fake
+
 
 def test_cache_misses_recompute_instead_of_reusing(tiny_codec_2x):
     codec = tiny_codec_2x.train()
+    codec.disc_start_step = 0
     batch = _batch()
     calls = []
     codec.encoder.register_forward_hook(lambda *a: calls.append(1))
-    codec(batch, group="discriminator", step=3)
-    codec(dict(batch, audio=batch["audio"].clone()), group="generator", step=3)  # another batch object
+    codec(batch, group="generator", step=3)
+    codec(dict(batch, audio=batch["audio"].clone()), group="discriminator", step=3)  # another batch object
     assert len(calls) == 2
-    codec(batch, group="discriminator", step=4)
-    codec(batch, group="generator", step=5)  # another step
-    assert len(calls) == 4
-    with torch.no_grad():
-        codec(batch, group="discriminator", step=6)
-    out = codec(batch, group="generator", step=6)  # a cache made without grad is never used for training
-    assert len(calls) == 6 and out["loss"].requires_grad
+    codec(batch, group="generator", step=4)
+    out = codec(batch, group="discriminator", step=5)  # another step
+    assert len(calls) == 4 and codec._fake_cache is None
+    assert out["loss"].requires_grad and out["loss"].grad_fn is not None
 
 
 def test_discriminator_warmup(tiny_codec_2x):
@@ -105,21 +120,17 @@ def test_discriminator_warmup(tiny_codec_2x):
     opts = _optimizers(codec)
     batch = _batch()
     for step in range(3):
-        before = _snapshot(groups["discriminator"])
-        out_d = codec(batch, group="discriminator", step=step)
-        opts["discriminator"].zero_grad()
-        out_d["loss"].backward()
-        opts["discriminator"].step()
-        out_g = codec(batch, group="generator", step=step)
-        opts["generator"].zero_grad()
-        out_g["loss"].backward()
+        out_g = _step(codec, opts, batch, "generator", step)
         opts["generator"].step()
+        before = _snapshot(groups["discriminator"])
+        out_d = _step(codec, opts, batch, "discriminator", step)
+        opts["discriminator"].step()
         if step < 2:
-            assert float(out_d["loss"].detach()) == 0.0 and not _changed(before, groups["discriminator"])
             assert "adversarial" not in out_g and "feature" not in out_g
+            assert float(out_d["loss"].detach()) == 0.0 and not _changed(before, groups["discriminator"])
         else:
-            assert float(out_d["loss"].detach()) > 0.0 and _changed(before, groups["discriminator"])
             assert "adversarial" in out_g and "feature" in out_g
+            assert float(out_d["loss"].detach()) > 0.0 and _changed(before, groups["discriminator"])
 
 
 def test_validation_call_without_group_gives_the_reconstruction_objective(tiny_codec_2x):
