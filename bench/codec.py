@@ -4,6 +4,7 @@
     python bench/codec.py                              # tiny 2x and 3x, full size; fp32
     python bench/codec.py --runs tiny full --dtypes fp32 bf16 --steps 5
     python bench/codec.py --measure_peak               # measure the matmul peak instead of --peak_*
+    python bench/codec.py --quality configs/tiny/dac_vae.yaml exp/tiny/step_000000100.pt   # dev-split quality
 
 Per run (a config, batch size and dtype; each in a fresh process so peak RSS is its own):
 - training: median wall time of ``--steps`` iterations (discriminator step + generator step with
@@ -14,6 +15,10 @@ Per run (a config, batch size and dtype; each in a fresh process so peak RSS is 
 - inference (eval mode, weight norm folded, as ``extract_dac_latents.py`` runs it): encoding the
   dev split in length-bucketed batches (x real time, FLOPs per audio second), decoding it back;
 - parameter counts of encoder + posterior, decoder, discriminator; peak RSS.
+
+``--quality CONFIG CHECKPOINT`` instead round-trips the dev split through a trained codec (posterior
+mean) and prints the mean over utterances of: the multi-scale mel distance (the training mel loss,
+DAC's 7 scales), SI-SDR, STOI (``pystoi``) and wide-band PESQ (``pesq``, at 16 kHz).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from pathlib import Path
 import torch
 
 from dac_vae.audio import load_wav
-from dac_vae.checkpoint import build_codec
+from dac_vae.checkpoint import build_codec, load_codec
 from dac_vae.extract_dac_latents import encode_padded
 from dac_vae.inference import decode_latents
 from dac_vae.latents import length_batches
@@ -151,6 +156,40 @@ def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def si_sdr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019), both signals made zero-mean."""
+    ref = reference.double() - reference.double().mean()
+    est = estimate.double() - estimate.double().mean()
+    target = (est @ ref) / (ref @ ref).clamp_min(1e-12) * ref
+    noise = est - target
+    return float(10 * torch.log10((target @ target).clamp_min(1e-12) / (noise @ noise).clamp_min(1e-12)))
+
+
+def quality(config: str, checkpoint: str, split: str, threads: int) -> None:
+    """Print dev-split reconstruction metrics of a trained codec."""
+    import torchaudio
+    from pesq import pesq
+    from pystoi import stoi
+
+    torch.set_num_threads(threads)
+    codec = load_codec(config, checkpoint)
+    ids = (REPO / "data" / "splits" / f"{split}.txt").read_text().split()
+    wavs = _corpus(split)
+    device = torch.device("cpu")
+    from dac_vae.inference import roundtrip
+
+    rows = []
+    for utt, wav in zip(ids, wavs):
+        rec = roundtrip(codec, [wav], device)[0]
+        mel = float(codec.mel_loss(rec.unsqueeze(0), wav.unsqueeze(0)))
+        ref16 = torchaudio.functional.resample(wav, codec.sample_rate, 16000).numpy()
+        rec16 = torchaudio.functional.resample(rec, codec.sample_rate, 16000).numpy()
+        rows.append((mel, si_sdr(wav, rec), stoi(wav.numpy(), rec.numpy(), codec.sample_rate), pesq(16000, ref16, rec16, "wb")))
+    mean = [statistics.fmean(col) for col in zip(*rows)]
+    print(f"{checkpoint} on {split} ({len(rows)} utterances): mel distance {mean[0]:.3f}, SI-SDR {mean[1]:.2f} dB, "
+          f"STOI {mean[2]:.3f}, PESQ-WB {mean[3]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -162,7 +201,12 @@ def main() -> None:
     parser.add_argument("--peak_fp32", type=float, default=179.0, help="matmul peak GFLOP/s (bench/machine.py)")
     parser.add_argument("--peak_bf16", type=float, default=419.0, help="matmul peak GFLOP/s (bench/machine.py)")
     parser.add_argument("--measure_peak", action="store_true", help="measure the peaks here instead")
+    parser.add_argument("--quality", nargs=2, metavar=("CONFIG", "CHECKPOINT"), help="dev-split quality of a trained codec")
+    parser.add_argument("--split", default="dev", help="corpus split for --quality")
     args = parser.parse_args()
+    if args.quality:
+        quality(*args.quality, args.split, args.threads)
+        return
     torch.set_num_threads(args.threads)
     peaks = {"fp32": args.peak_fp32, "bf16": args.peak_bf16}
     if args.measure_peak:
