@@ -1,8 +1,7 @@
 """Rebuilding the codec from config + checkpoint, standing alone (no ``speech`` import)."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import ast
 
 import pytest
 import torch
@@ -22,16 +21,18 @@ def test_config_reduction_keeps_the_codec_and_drops_speech_entries():
         codec_config_text(text, key="flow")
 
 
-def test_loading_never_imports_speech():
-    code = (
-        "import sys\n"
-        "from dac_vae import model, layers, losses, discriminators, checkpoint, latents, audio, inference, extract_dac_latents\n"
-        f"checkpoint.build_codec({str(REPO / 'configs' / 'tiny' / 'dac_vae.yaml')!r})\n"
-        "bad = [m for m in sys.modules if m == 'speech' or m.startswith('speech.')]\n"
-        "assert not bad, bad\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+def test_the_codec_package_never_imports_speech():
+    """dac_vae stands alone: no module of it imports ``speech`` (checked on the source)."""
+    offenders = []
+    for path in sorted((REPO / "dac-vae").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n == "speech" or n.startswith("speech.")]
+    assert not offenders
 
 
 def test_load_codec_accepts_trainer_plain_and_ddp_checkpoints(tmp_path):

@@ -20,13 +20,12 @@ from dac_vae.latents import length_batches, load_latent_file
 from .conftest import REPO, TINY_CONFIGS, speech_like
 
 SR = 24000
-DURATIONS = {"spk1/a": 0.93, "spk1/b": 0.31, "spk2/c": 1.52, "spk2/d": 0.5}
+DURATIONS = {"spk1/a": 0.43, "spk1/b": 0.21, "spk2/c": 0.72, "spk2/d": 0.3}
 
 
-@pytest.fixture(params=["2x", "3x"])
-def setup(request, tmp_path):
+def _setup(ratio: str, tmp_path: Path) -> dict:
     """A tiny codec checkpoint in the trainer's format, a corpus of 4 wavs and its index."""
-    config = TINY_CONFIGS[request.param]
+    config = TINY_CONFIGS[ratio]
     torch.manual_seed(0)
     codec = build_codec(config)
     ckpt = tmp_path / "step_10.pt"
@@ -41,7 +40,19 @@ def setup(request, tmp_path):
         lines.append(json.dumps({"utt": utt, "spk": spk, "wav": f"wavs/{name}.wav", "duration": seconds}))
     index = tmp_path / "index.jsonl"
     index.write_text("\n".join(lines) + "\n")
-    return {"config": config, "ckpt": ckpt, "wavs": wav_dir, "index": index, "tmp": tmp_path, "ratio": request.param[0]}
+    return {"config": config, "ckpt": ckpt, "wavs": wav_dir, "index": index, "tmp": tmp_path, "ratio": ratio[0]}
+
+
+@pytest.fixture(params=["2x", "3x"])
+def both(request, tmp_path):
+    """The setup for each stride set (hop 480 and hop 320)."""
+    return _setup(request.param, tmp_path)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """The setup for the default 2x codec."""
+    return _setup("2x", tmp_path)
 
 
 def _extract(s, *extra: str, out: str = "lat") -> int:
@@ -51,8 +62,8 @@ def _extract(s, *extra: str, out: str = "lat") -> int:
     )
 
 
-def test_extraction_writes_the_documented_format_and_statistics(setup):
-    s = setup
+def test_extraction_writes_the_documented_format_and_statistics(both):
+    s = both
     assert _extract(s) == 0
     codec = load_codec(s["config"], s["ckpt"])
     suffix = f"_latent{s['ratio']}x"
@@ -132,8 +143,8 @@ def test_folder_input_and_default_location_beside_the_wavs(setup):
     assert (s["wavs"] / f"latent{s['ratio']}x_stats.json").is_file()
 
 
-def test_decode_of_extracted_files_reproduces_the_round_trip(setup):
-    s = setup
+def test_decode_of_extracted_files_reproduces_the_round_trip(both):
+    s = both
     assert _extract(s) == 0
     common = ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--batch_seconds", "3", "--quiet"]
     assert inference.main(["decode", *common, "--inputs", str(s["tmp"] / "lat"), "--output_dir", str(s["tmp"] / "dec")]) == 0
@@ -160,7 +171,7 @@ def test_encode_subcommand_writes_latent_files(setup):
     assert inference.main(["encode", *common, "--inputs", str(s["wavs"] / "spk1"), "--output_dir", str(s["tmp"] / "enc")]) == 0
     names = sorted(p.name for p in (s["tmp"] / "enc").iterdir())
     assert names == [f"a_latent{s['ratio']}x.pt", f"b_latent{s['ratio']}x.pt"]
-    assert load_latent_file(s["tmp"] / "enc" / names[0])["n_samples"] == int(0.93 * SR)
+    assert load_latent_file(s["tmp"] / "enc" / names[0])["n_samples"] == int(DURATIONS["spk1/a"] * SR)
 
 
 def test_missing_checkpoint_fails_in_one_line(setup, capsys):
@@ -182,38 +193,29 @@ def test_length_batches_respect_the_budget():
         assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH="")
-    return env
-
-
 @pytest.mark.slow
-def test_script_and_module_entry_points_and_torchrun_sharding(tmp_path):
-    """``python dac-vae/extract_dac_latents.py`` and ``-m dac_vae.extract_dac_latents`` both run;
-    two torchrun ranks write the same files and statistics as one process."""
-    config = TINY_CONFIGS["2x"]
-    torch.manual_seed(0)
-    ckpt = tmp_path / "w.pt"
-    torch.save(build_codec(config).state_dict(), ckpt)  # a plain state dict works too
-    for i, (name, seconds) in enumerate(DURATIONS.items()):
-        path = tmp_path / "wavs" / f"{name}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, speech_like(int(seconds * SR), seed=i).numpy(), SR)
-    args = ["--config", str(config), "--checkpoint", str(ckpt), "--index", str(tmp_path / "wavs"), "--num_workers", "0", "--quiet"]
-    script = subprocess.run(
-        [sys.executable, str(REPO / "dac-vae" / "extract_dac_latents.py"), *args, "--output_dir", str(tmp_path / "one")],
-        env=_env(), capture_output=True, text=True, timeout=120,
-    )
-    assert script.returncode == 0, script.stderr
-    assert "extracted 4" in script.stderr
+@pytest.mark.filterwarnings("ignore:'dac_vae.extract_dac_latents' found in sys.modules:RuntimeWarning")
+def test_script_and_module_entry_points_and_torchrun_sharding(tmp_path, monkeypatch):
+    """``python -m dac_vae.extract_dac_latents`` (run in-process) and the script under torchrun
+    (``dac-vae/extract_dac_latents.py``, 2 ranks) write the same files and statistics."""
+    import runpy
+
+    s = _setup("2x", tmp_path)
+    args = ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--index", str(s["index"]), "--num_workers", "0", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["extract_dac_latents", *args, "--output_dir", str(tmp_path / "one")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("dac_vae.extract_dac_latents", run_name="__main__")
+    assert exit_info.value.code == 0
     sharded = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "dac_vae.extract_dac_latents", *args, "--output_dir", str(tmp_path / "two")],
-        env=_env(), capture_output=True, text=True, timeout=180,
+         str(REPO / "dac-vae" / "extract_dac_latents.py"), *args, "--output_dir", str(tmp_path / "two")],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
     )
     assert sharded.returncode == 0, sharded.stderr
     assert "rank 0/2: extracted 2" in sharded.stderr and "rank 1/2: extracted 2" in sharded.stderr
-    for f in sorted((tmp_path / "one").rglob("*.pt")):
+    one_files = sorted((tmp_path / "one").rglob("*.pt"))
+    assert len(one_files) == 4
+    for f in one_files:
         a = torch.load(f, weights_only=True)
         b = torch.load(tmp_path / "two" / f.relative_to(tmp_path / "one"), weights_only=True)
         torch.testing.assert_close(a["mu"], b["mu"], atol=1e-5, rtol=1e-4)
@@ -221,3 +223,4 @@ def test_script_and_module_entry_points_and_torchrun_sharding(tmp_path):
     two = json.loads((tmp_path / "two" / "latent2x_stats.json").read_text())
     assert one["n_frames"] == two["n_frames"] and one["n_utts"] == two["n_utts"] == 4
     torch.testing.assert_close(torch.tensor(one["mean"]), torch.tensor(two["mean"]), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(one["std"]), torch.tensor(two["std"]), atol=1e-6, rtol=1e-5)
