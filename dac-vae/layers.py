@@ -1,7 +1,8 @@
 """Building blocks of the DAC-style encoder and decoder.
 
-Shapes: activations are ``[B, C, T]``. A ``mask`` is ``[B, 1, T]`` in the activation's dtype with
-1 on valid frames, or ``None`` when every item fills the tensor. Every block zeroes the padded
+Shapes: activations are ``[B, C, T]``. A ``mask`` is ``[B, 1, T]`` bool, True on valid frames (a
+product with it keeps the activation's dtype, fp32 or bf16), or ``None`` when every item fills the
+tensor. Every block zeroes the padded
 frames of its output, so a padded item in a batch sees exactly the zeros that a convolution's own
 zero padding would give it alone: batched encode/decode equals one-by-one encode/decode.
 Snake keeps zeros at zero (snake(0) = 0), so only convolutions (which add a bias) need the mask.
@@ -26,10 +27,10 @@ __all__ = [
 ]
 
 
-def lengths_to_mask(lengths: torch.Tensor, max_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B]`` valid lengths -> ``[B, 1, max_len]`` mask (1 = valid) with no host sync."""
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``[B]`` valid lengths -> ``[B, 1, max_len]`` bool mask (True = valid) with no host sync."""
     steps = torch.arange(max_len, device=lengths.device)
-    return (steps.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(1).to(dtype)
+    return (steps.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(1)
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

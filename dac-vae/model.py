@@ -56,11 +56,11 @@ __all__ = ["Encoder", "Decoder", "GaussianPosterior", "DACVAE", "Reconstruction"
 DEFAULT_LOSS_WEIGHTS = {"mel": 15.0, "adversarial": 1.0, "feature": 2.0, "kl": 0.1, "dispersive": 0.0}
 
 
-def _stage_masks(latent_len: torch.Tensor | None, n_frames: int, factors: Sequence[int], dtype: torch.dtype) -> list:
+def _stage_masks(latent_len: torch.Tensor | None, n_frames: int, factors: Sequence[int]) -> list:
     """Masks ``[B, 1, n_frames * f]`` (valid = ``latent_len * f``) for each upsampling factor ``f``."""
     if latent_len is None:
         return [None] * len(factors)
-    return [lengths_to_mask(latent_len * f, n_frames * f, dtype) for f in factors]
+    return [lengths_to_mask(latent_len * f, n_frames * f) for f in factors]
 
 
 class Encoder(nn.Module):
@@ -91,7 +91,7 @@ class Encoder(nn.Module):
         factors = [self.hop]
         for stride in self.strides:
             factors.append(factors[-1] // stride)
-        masks = _stage_masks(latent_len, n_frames, factors, wav.dtype)
+        masks = _stage_masks(latent_len, n_frames, factors)
         x = apply_mask(self.conv_in(wav.unsqueeze(1)), masks[0])
         for block, mask, out_mask in zip(self.blocks, masks[:-1], masks[1:]):
             x = block(x, mask, out_mask)
@@ -133,7 +133,7 @@ class Decoder(nn.Module):
         factors = [1]
         for stride in self.strides:
             factors.append(factors[-1] * stride)
-        masks = _stage_masks(latent_len, z.shape[-1], factors, z.dtype)
+        masks = _stage_masks(latent_len, z.shape[-1], factors)
         x = apply_mask(self.conv_in(z), masks[0])
         for block, mask in zip(self.blocks, masks[1:]):
             x = block(x, mask)
@@ -257,16 +257,16 @@ class DACVAE(nn.Module):
         """
         n = audio.shape[-1]
         pad = (-n) % self.hop
-        if audio_len is None:
-            audio_len = torch.full((audio.shape[0],), n, dtype=torch.long, device=audio.device)
-        else:
-            audio = audio * lengths_to_mask(audio_len, n, audio.dtype).squeeze(1)
         if pad:
             audio = F.pad(audio, (0, pad))
+        if audio_len is None:  # one length: no masks needed (they would be all True)
+            latent_len = torch.full((audio.shape[0],), audio.shape[-1] // self.hop, dtype=torch.long, device=audio.device)
+            mu, logs = self.posterior(self.encoder(audio))
+            return mu, logs, latent_len
+        audio = audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
         latent_len = self.latent_length(audio_len)
         h = self.encoder(audio, latent_len)
-        mask = lengths_to_mask(latent_len, h.shape[-1], h.dtype)
-        mu, logs = self.posterior(h, mask)
+        mu, logs = self.posterior(h, lengths_to_mask(latent_len, h.shape[-1]))
         return mu, logs, latent_len
 
     def decode(
@@ -280,7 +280,7 @@ class DACVAE(nn.Module):
             # Parameter-free LayerNorm over the latent dimension of each frame (DC-Speech-VAE).
             z = F.layer_norm(z.transpose(1, 2), (z.shape[1],)).transpose(1, 2)
         if latent_len is not None:
-            z = apply_mask(z, lengths_to_mask(latent_len, z.shape[-1], z.dtype))
+            z = apply_mask(z, lengths_to_mask(latent_len, z.shape[-1]))
         audio = self.decoder(z, latent_len)
         return audio if length is None else audio[..., :length]
 
@@ -298,7 +298,7 @@ class DACVAE(nn.Module):
         z = self.sample_latent(mu, logs) if self.training else mu
         out = self.decode(z, latent_len, length=audio.shape[-1])
         if audio_len is not None:
-            out = out * lengths_to_mask(audio_len, out.shape[-1], out.dtype).squeeze(1)
+            out = out * lengths_to_mask(audio_len, out.shape[-1]).squeeze(1)
         return Reconstruction(out, mu, logs, latent_len)
 
     # ----------------------------------------------------------------------------- training API
@@ -334,7 +334,7 @@ class DACVAE(nn.Module):
         rec = self.reconstruct(audio, audio_len)
         real = self._masked(audio, audio_len)
         w = self.loss_weights
-        latent_mask = lengths_to_mask(rec.latent_len, rec.mu.shape[-1], torch.bool).squeeze(1)
+        latent_mask = lengths_to_mask(rec.latent_len, rec.mu.shape[-1]).squeeze(1)
         terms = {
             "mel": self.mel_loss(rec.audio, real, audio_len),
             "kl": gaussian_kl(rec.mu, rec.logs, latent_mask),
@@ -386,7 +386,7 @@ class DACVAE(nn.Module):
     def _masked(audio: torch.Tensor, audio_len: torch.Tensor | None) -> torch.Tensor:
         if audio_len is None:
             return audio
-        return audio * lengths_to_mask(audio_len, audio.shape[-1], audio.dtype).squeeze(1)
+        return audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
 
     @torch.no_grad()
     def media(self, batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,19 @@ def test_discriminator_warmup(tiny_codec_2x):
             assert float(out_d["loss"].detach()) > 0.0 and _changed(before, groups["discriminator"])
 
 
+def test_bf16_autocast_iteration_is_finite(tiny_codec_2x):
+    codec = tiny_codec_2x.train()
+    codec.disc_start_step = 0
+    batch = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_g = codec(batch, group="generator", step=0)
+        out_d = codec(batch, group="discriminator", step=0)
+    for out in (out_g, out_d):
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())  # losses in fp32
+    out_g["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in codec.parameter_groups()["generator"])
+
+
 def test_validation_call_without_group_gives_the_reconstruction_objective(tiny_codec_2x):
     codec = tiny_codec_2x.eval()
     with torch.no_grad():
