@@ -38,11 +38,42 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask
 
 
+class _SnakeFunction(torch.autograd.Function):
+    """``y = x + r sin^2(alpha x)``, ``r = 1 / (alpha + eps)``, saving only ``x`` and ``alpha``.
+
+    Plain autograd would keep ``alpha x``, ``sin(alpha x)`` and its square for every activation of
+    the network (the bulk of a DAC model's activation memory); the backward recomputes instead:
+    ``dy/dx = 1 + r alpha sin(2 alpha x)`` and ``dy/dalpha = r x sin(2 alpha x) - r^2 sin^2(alpha x)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, alpha)
+        return x + (alpha + SNAKE_EPS).reciprocal() * torch.sin(alpha * x).pow(2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, alpha = ctx.saved_tensors
+        r = (alpha + SNAKE_EPS).reciprocal()
+        ax = alpha * x
+        sin2 = torch.sin(2.0 * ax)
+        grad_x = grad * (1.0 + r * alpha * sin2) if ctx.needs_input_grad[0] else None
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            local = r * x * sin2 - r.pow(2) * torch.sin(ax).pow(2)
+            grad_alpha = (grad * local).sum(dim=(0, 2), keepdim=True)
+        return grad_x, grad_alpha
+
+
+SNAKE_EPS = 1e-9  # keeps 1 / alpha finite if an alpha is driven to zero
+
+
 class Snake1d(nn.Module):
     """Snake activation ``x + sin^2(alpha x) / alpha`` with a learned per-channel ``alpha``.
 
     Periodic inductive bias for audio (Ziyin et al. 2020, "Neural networks fail to learn periodic
     functions and how to fix it"; used throughout DAC). ``snake(0) = 0`` keeps padding at zero.
+    The backward recomputes the sines (:class:`_SnakeFunction`) to save activation memory.
     """
 
     def __init__(self, channels: int):
@@ -50,9 +81,7 @@ class Snake1d(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha.to(x.dtype)
-        # 1e-9 keeps the reciprocal finite if an alpha is driven to zero.
-        return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+        return _SnakeFunction.apply(x, self.alpha.to(x.dtype))
 
 
 def WNConv1d(*args, **kwargs) -> nn.Module:  # noqa: N802 (reads as a layer class in model code)

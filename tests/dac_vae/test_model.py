@@ -7,8 +7,17 @@ import pytest
 import torch
 import torch.fx
 
-from dac_vae.layers import Snake1d
+from dac_vae.layers import SNAKE_EPS, Snake1d, _SnakeFunction
 from dac_vae.model import DACVAE, Decoder, Encoder, GaussianPosterior
+
+
+def test_snake_backward_matches_autograd_of_the_formula():
+    x = torch.randn(2, 3, 11, dtype=torch.float64, requires_grad=True)
+    alpha = (torch.rand(1, 3, 1, dtype=torch.float64) + 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(_SnakeFunction.apply, (x, alpha))
+    reference = x + (alpha + SNAKE_EPS).reciprocal() * torch.sin(alpha * x).pow(2)
+    torch.testing.assert_close(_SnakeFunction.apply(x, alpha), reference)
+    assert not Snake1d(4)(torch.zeros(1, 4, 5)).any()  # snake(0) = 0 keeps padding at zero
 
 
 def test_strides_give_the_documented_hops(tiny_codec):
