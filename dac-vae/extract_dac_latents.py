@@ -165,7 +165,7 @@ def extract(args: argparse.Namespace) -> dict:
     mine = utts[rank::world]
 
     stats = LatentStats(model.latent_dim)
-    counts = {"extracted": 0, "skipped_existing": 0, "failed": 0, "audio_seconds": 0.0}
+    counts = {"extracted": 0, "skipped_existing": 0, "failed": 0, "other_checkpoint": 0, "audio_seconds": 0.0}
     todo: list[Utterance] = []
     for u in mine:
         if args.skip_existing and u.out.is_file():
@@ -179,6 +179,9 @@ def extract(args: argparse.Namespace) -> dict:
                 continue
             stats.add(record["mu"])
             counts["skipped_existing"] += 1
+            if record["checkpoint"] != ckpt:  # kept as asked, but the set now mixes two codecs
+                counts["other_checkpoint"] += 1
+                log.warning("%s was written by %s, not %s (kept: --skip_existing)", u.out, record["checkpoint"], ckpt)
         else:
             todo.append(u)
 
@@ -261,9 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rate = counts["audio_seconds"] / max(counts["wall_seconds"], 1e-9)
+    other = f" ({counts['other_checkpoint']} from another checkpoint!)" if counts["other_checkpoint"] else ""
     rank, world, _ = _dist_env()
     print(
-        f"rank {rank}/{world}: extracted {counts['extracted']}, kept existing {counts['skipped_existing']}, "
+        f"rank {rank}/{world}: extracted {counts['extracted']}, kept existing {counts['skipped_existing']}{other}, "
         f"failed {counts['failed']}, bad index entries {counts['bad_entries']}; {counts['audio_seconds']:.1f} s of audio in {counts['wall_seconds']:.1f} s "
         f"({rate:.1f}x real time); statistics: {counts['stats']}",
         file=sys.stderr,

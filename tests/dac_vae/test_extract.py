@@ -96,7 +96,7 @@ def test_extraction_writes_the_documented_format_and_statistics(both):
     torch.testing.assert_close(torch.tensor(stats["std"], dtype=torch.float64), frames.std(1, unbiased=False), atol=1e-6, rtol=1e-5)
 
 
-def test_skip_existing_leaves_files_untouched_and_fills_gaps(setup):
+def test_skip_existing_leaves_files_untouched_and_fills_gaps(setup, capsys):
     s = setup
     assert _extract(s) == 0
     lat = s["tmp"] / "lat"
@@ -112,6 +112,15 @@ def test_skip_existing_leaves_files_untouched_and_fills_gaps(setup):
     assert removed.is_file()  # the gap was filled
     assert json.loads(stats_file.read_text())["n_utts"] == 4  # kept files still count in the statistics
     torch.testing.assert_close(torch.tensor(json.loads(stats_file.read_text())["mean"]), torch.tensor(first_stats["mean"]))
+    # Files of another checkpoint are kept too, but reported.
+    torch.save({"model": build_codec(s["config"]).state_dict()}, s["tmp"] / "other.pt")
+    assert extract_dac_latents.main(
+        ["--config", str(s["config"]), "--checkpoint", str(s["tmp"] / "other.pt"), "--index", str(s["index"]),
+         "--output_dir", str(lat), "--num_workers", "0", "--quiet", "--skip_existing"]
+    ) == 0
+    assert "kept existing 4 (4 from another checkpoint!)" in capsys.readouterr().err
+    for f, (mtime, data) in kept.items():
+        assert f.stat().st_mtime_ns == mtime and f.read_bytes() == data
     # Without --skip_existing every file is rewritten.
     assert _extract(s) == 0
     assert any(f.stat().st_mtime_ns != mtime for f, (mtime, _) in kept.items())
