@@ -52,11 +52,10 @@ def codec_config_text(text: str, key: str = "dac_vae") -> str:
     names = [k.value for k, _ in root.value]
     if key not in names:
         raise CodecLoadError(f"config has no '{key}:' section (top-level keys: {', '.join(names)})")
-    pieces = []
-    for k, v in root.value:
-        if k.value == key or not _names_speech(v):
-            pieces.append(text[k.start_mark.index : v.end_mark.index].rstrip())
-    return "\n".join(pieces) + "\n"
+    # Re-serialised from the node graph (not cut from the text), so an anchor first defined in a
+    # dropped entry and aliased in the kept ones is written out where it is still used.
+    kept = [(k, v) for k, v in root.value if k.value == key or not _names_speech(v)]
+    return yaml.serialize(yaml.MappingNode(root.tag, kept))
 
 
 def build_codec(config: str | os.PathLike, key: str = "dac_vae") -> DACVAE:

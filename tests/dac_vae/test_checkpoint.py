@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import ast
+import io
 
 import pytest
 import torch
+from hyperpyyaml import load_hyperpyyaml
 
 from dac_vae.checkpoint import CodecLoadError, build_codec, codec_config_text, load_codec, load_state_dict
 
@@ -15,10 +17,32 @@ def test_config_reduction_keeps_the_codec_and_drops_speech_entries():
     text = (REPO / "configs" / "dac_vae.yaml").read_text()
     reduced = codec_config_text(text)
     assert "dac_vae: !new:dac_vae.model.DACVAE" in reduced and "strides: [2, 3, 4, 4, 5]" in reduced
+    assert build_codec_from_text(reduced).hop == 480
     assert "speech." not in reduced and "data_pipeline" not in reduced
     assert "optim:" in reduced  # entries that do not name speech are kept (harmless partials)
     with pytest.raises(CodecLoadError, match="no 'flow:' section"):
         codec_config_text(text, key="flow")
+
+
+def test_config_reduction_keeps_anchors_defined_in_dropped_entries():
+    """A saved (resolved) config may anchor a list inside a speech entry and alias it in dac_vae."""
+    text = (
+        "data_pipeline:\n"
+        "  - !name:speech.dataset.processors.padding\n"
+        "    strides: &s [2, 4]\n"
+        "dac_vae: !new:dac_vae.model.DACVAE\n"
+        "  token_rate: 3000\n"
+        "  latent_dim: 8\n"
+        "  encoder: !new:dac_vae.model.Encoder {strides: *s, channels: 2}\n"
+        "  decoder: !new:dac_vae.model.Decoder {strides: *s, latent_dim: 8, channels: 16}\n"
+    )
+    reduced = codec_config_text(text)
+    assert "speech" not in reduced
+    assert build_codec_from_text(reduced).encoder.strides == [2, 4]
+
+
+def build_codec_from_text(text: str):
+    return load_hyperpyyaml(io.StringIO(text))["dac_vae"]
 
 
 def test_the_codec_package_never_imports_speech():
