@@ -20,6 +20,7 @@ Per run (a config, batch size and dtype; each in a fresh process so peak RSS is 
 mean) and prints the mean over utterances of: the multi-scale mel distance (the training mel loss,
 DAC's 7 scales), SI-SDR, STOI (``pystoi``) and wide-band PESQ (``pesq``, at 16 kHz).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,7 @@ def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict:
     codec.disc_start_step = 0  # time the full GAN iteration
     groups = codec.parameter_groups()
     opts = {g: torch.optim.AdamW(p, lr=1e-4, betas=(0.8, 0.99)) for g, p in groups.items()}
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if dtype_name == "bf16" else nullcontext()
-    )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype_name == "bf16" else nullcontext()
     train_wavs = _corpus("train")
     gen = torch.Generator().manual_seed(0)
     n = int(CROP_SECONDS * codec.sample_rate)
@@ -184,10 +183,14 @@ def quality(config: str, checkpoint: str, split: str, threads: int) -> None:
         mel = float(codec.mel_loss(rec.unsqueeze(0), wav.unsqueeze(0)))
         ref16 = torchaudio.functional.resample(wav, codec.sample_rate, 16000).numpy()
         rec16 = torchaudio.functional.resample(rec, codec.sample_rate, 16000).numpy()
-        rows.append((mel, si_sdr(wav, rec), stoi(wav.numpy(), rec.numpy(), codec.sample_rate), pesq(16000, ref16, rec16, "wb")))
+        rows.append(
+            (mel, si_sdr(wav, rec), stoi(wav.numpy(), rec.numpy(), codec.sample_rate), pesq(16000, ref16, rec16, "wb"))
+        )
     mean = [statistics.fmean(col) for col in zip(*rows)]
-    print(f"{checkpoint} on {split} ({len(rows)} utterances): mel distance {mean[0]:.3f}, SI-SDR {mean[1]:.2f} dB, "
-          f"STOI {mean[2]:.3f}, PESQ-WB {mean[3]:.3f}")
+    print(
+        f"{checkpoint} on {split} ({len(rows)} utterances): mel distance {mean[0]:.3f}, SI-SDR {mean[1]:.2f} dB, "
+        f"STOI {mean[2]:.3f}, PESQ-WB {mean[3]:.3f}"
+    )
 
 
 def main() -> None:
@@ -201,7 +204,9 @@ def main() -> None:
     parser.add_argument("--peak_fp32", type=float, default=179.0, help="matmul peak GFLOP/s (bench/machine.py)")
     parser.add_argument("--peak_bf16", type=float, default=419.0, help="matmul peak GFLOP/s (bench/machine.py)")
     parser.add_argument("--measure_peak", action="store_true", help="measure the peaks here instead")
-    parser.add_argument("--quality", nargs=2, metavar=("CONFIG", "CHECKPOINT"), help="dev-split quality of a trained codec")
+    parser.add_argument(
+        "--quality", nargs=2, metavar=("CONFIG", "CHECKPOINT"), help="dev-split quality of a trained codec"
+    )
     parser.add_argument("--split", default="dev", help="corpus split for --quality")
     args = parser.parse_args()
     if args.quality:
@@ -210,8 +215,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peaks = {"fp32": args.peak_fp32, "bf16": args.peak_bf16}
     if args.measure_peak:
-        peaks = {"fp32": max(matmul_peak_gflops(torch.float32).values()), "bf16": max(matmul_peak_gflops(torch.bfloat16).values())}
-    print(f"torch {torch.__version__}, {args.threads} threads; peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s")
+        peaks = {
+            "fp32": max(matmul_peak_gflops(torch.float32).values()),
+            "bf16": max(matmul_peak_gflops(torch.bfloat16).values()),
+        }
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; "
+        f"peak fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s"
+    )
     header = (
         f"{'run':<9}{'dtype':<6}{'B':>3}{'enc M':>8}{'dec M':>8}{'disc M':>8}{'step s':>8}{'audio s/s':>10}"
         f"{'GFLOP/it':>10}{'util':>7}{'enc xRT':>9}{'enc util':>9}{'dec xRT':>9}{'dec util':>9}{'RSS MB':>8}"
@@ -232,8 +243,10 @@ def main() -> None:
                 f"{r['peak_rss_mb']:>8.0f}",
                 flush=True,
             )
-    print("audio s/s: training audio seconds per wall second (discriminator + generator step); xRT: "
-          "dev-split seconds per wall second; util: counted FLOP/s over the matmul peak")
+    print(
+        "audio s/s: training audio seconds per wall second (discriminator + generator step); xRT: "
+        "dev-split seconds per wall second; util: counted FLOP/s over the matmul peak"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Reading through soundfile (mono float32), resampling through torchaudio, writing 16-bit PCM.
 """
+
 from __future__ import annotations
 
 import os

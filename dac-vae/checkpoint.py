@@ -6,6 +6,7 @@ a checkpoint). Only its ``dac_vae:`` section and the top-level entries that do n
 schedulers of ``speech`` are skipped). Checkpoints: a dict with a ``"model"`` state dict (the
 trainer's format), a plain state dict, or a ``.safetensors`` file; always ``weights_only``.
 """
+
 from __future__ import annotations
 
 import hashlib

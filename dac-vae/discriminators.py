@@ -4,6 +4,7 @@ Each sub-discriminator returns its list of feature maps; the last one is the log
 :class:`Discriminator` returns one such list per sub-discriminator, so the losses see
 ``list[list[Tensor]]`` whatever the mix.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

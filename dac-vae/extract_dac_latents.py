@@ -17,6 +17,7 @@ Utterances are batched by length; each is encoded exactly as it would be alone (
 so the batch composition and the number of ranks never change a file. ``--skip_existing`` never
 rewrites or deletes a readable file; unreadable inputs are skipped, counted and logged.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,14 @@ from tqdm import tqdm
 
 from dac_vae.audio import AudioLoadError, audio_duration, load_wav
 from dac_vae.checkpoint import CodecLoadError, checkpoint_id, load_codec
-from dac_vae.latents import LatentStats, latent_suffix, length_batches, load_latent_file, save_latent_file, stats_filename
+from dac_vae.latents import (
+    LatentStats,
+    latent_suffix,
+    length_batches,
+    load_latent_file,
+    save_latent_file,
+    stats_filename,
+)
 from dac_vae.model import DACVAE
 
 log = logging.getLogger("dac_vae.extract")
@@ -78,7 +86,9 @@ def _read_folder(root: Path, suffix: str, output_dir: Path | None) -> Iterator[U
         yield Utterance(wav.stem, wav, out, -1.0)
 
 
-def list_utterances(inputs: Sequence[str], suffix: str, output_dir: Path | None, problems: list[str]) -> list[Utterance]:
+def list_utterances(
+    inputs: Sequence[str], suffix: str, output_dir: Path | None, problems: list[str]
+) -> list[Utterance]:
     """Every utterance of the index files and folders in ``inputs`` (duplicates of an output path dropped)."""
     found: list[Utterance] = []
     for name in inputs:
@@ -126,7 +136,9 @@ def _identity(x):
 
 
 @torch.inference_mode()
-def encode_padded(model: DACVAE, wavs: list[torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def encode_padded(
+    model: DACVAE, wavs: list[torch.Tensor], device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Encode a list of ``[N_i]`` waveforms as one padded batch -> per item ``(mu, logs)`` ``[D, T_i]``."""
     lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
     audio = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True).to(device)
@@ -241,9 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="codec config (YAML with a dac_vae: section)")
-    parser.add_argument("--checkpoint", required=True, help="trained weights: trainer checkpoint, state dict or .safetensors")
-    parser.add_argument("--index", "--input", dest="inputs", nargs="+", required=True, metavar="INDEX_OR_DIR",
-                        help="JSON-lines index file(s) (utt, wav) and/or folders of .wav files")
+    parser.add_argument(
+        "--checkpoint", required=True, help="trained weights: trainer checkpoint, state dict or .safetensors"
+    )
+    parser.add_argument(
+        "--index",
+        "--input",
+        dest="inputs",
+        nargs="+",
+        required=True,
+        metavar="INDEX_OR_DIR",
+        help="JSON-lines index file(s) (utt, wav) and/or folders of .wav files",
+    )
     parser.add_argument("--output_dir", help="where to write (default: beside each wav)")
     parser.add_argument("--stats", help="statistics file (default: OUTPUT_DIR/latent{r}x_stats.json)")
     parser.add_argument("--skip_existing", action="store_true", help="keep readable existing latent files as they are")
@@ -268,8 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, world, _ = _dist_env()
     print(
         f"rank {rank}/{world}: extracted {counts['extracted']}, kept existing {counts['skipped_existing']}{other}, "
-        f"failed {counts['failed']}, bad index entries {counts['bad_entries']}; {counts['audio_seconds']:.1f} s of audio in {counts['wall_seconds']:.1f} s "
-        f"({rate:.1f}x real time); statistics: {counts['stats']}",
+        f"failed {counts['failed']}, bad index entries {counts['bad_entries']}; "
+        f"{counts['audio_seconds']:.1f} s of audio in {counts['wall_seconds']:.1f} s ({rate:.1f}x real time); "
+        f"statistics: {counts['stats']}",
         file=sys.stderr,
     )
     return 0

@@ -9,6 +9,7 @@
 does both without files in between. Inputs are batched by length and each item is processed
 exactly as it would be alone, so decoding an encoded file reproduces the round trip.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ __all__ = ["decode_latents", "roundtrip", "main"]
 
 
 @torch.inference_mode()
-def decode_latents(model: DACVAE, latents: list[torch.Tensor], n_samples: list[int], device: torch.device) -> list[torch.Tensor]:
+def decode_latents(
+    model: DACVAE, latents: list[torch.Tensor], n_samples: list[int], device: torch.device
+) -> list[torch.Tensor]:
     """Decode ``[D, T_i]`` latents as one padded batch -> per item ``[n_samples_i]`` audio."""
     latent_len = torch.tensor([z.shape[1] for z in latents], dtype=torch.long)
     z = torch.nn.utils.rnn.pad_sequence([x.transpose(0, 1) for x in latents], batch_first=True).transpose(1, 2)
@@ -93,7 +96,15 @@ def run(args: argparse.Namespace) -> tuple[int, float, float, list[str]]:
             wavs = [items[i][1] for i in batch]
             if args.command == "encode":
                 for p, w, (mu, logs) in zip(paths, wavs, encode_padded(model, wavs, device)):
-                    save_latent_file(out_dir / (p.stem + latent_suffix(model.latent_ratio)), mu, logs, sr, model.hop, w.shape[0], ckpt)
+                    save_latent_file(
+                        out_dir / (p.stem + latent_suffix(model.latent_ratio)),
+                        mu,
+                        logs,
+                        sr,
+                        model.hop,
+                        w.shape[0],
+                        ckpt,
+                    )
             else:
                 for p, y in zip(paths, roundtrip(model, wavs, device)):
                     save_wav(out_dir / (p.stem + ".wav"), y, sr)
@@ -104,10 +115,14 @@ def run(args: argparse.Namespace) -> tuple[int, float, float, list[str]]:
         for p in _expand(args.inputs, "*_latent*x.pt"):
             try:
                 record = load_latent_file(p)
-                if record["sample_rate"] != sr or record["hop"] != model.hop or record["mu"].shape[0] != model.latent_dim:
+                if (
+                    record["sample_rate"] != sr
+                    or record["hop"] != model.hop
+                    or record["mu"].shape[0] != model.latent_dim
+                ):
                     raise ValueError(
-                        f"made for sample_rate {record['sample_rate']}, hop {record['hop']}, dim {record['mu'].shape[0]}; "
-                        f"this codec has {sr}, {model.hop}, {model.latent_dim}"
+                        f"made for sample_rate {record['sample_rate']}, hop {record['hop']}, "
+                        f"dim {record['mu'].shape[0]}; this codec has {sr}, {model.hop}, {model.latent_dim}"
                     )
                 records.append((p, record))
             except Exception as exc:
@@ -135,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.add_argument("--config", required=True, help="codec config (YAML with a dac_vae: section)")
-        p.add_argument("--checkpoint", required=True, help="trained weights: trainer checkpoint, state dict or .safetensors")
+        p.add_argument(
+            "--checkpoint", required=True, help="trained weights: trainer checkpoint, state dict or .safetensors"
+        )
         p.add_argument("--inputs", nargs="+", required=True, help="files and/or folders (searched recursively)")
         p.add_argument("--output_dir", required=True, help="where to write")
         p.add_argument("--batch_seconds", type=float, default=240.0, help="padded audio seconds per batch")

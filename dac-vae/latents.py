@@ -11,6 +11,7 @@ Statistics file ``latent{r}x_stats.json``: per-dimension ``mean`` and ``std`` (p
 every valid frame of ``mu`` in the set), ``n_frames``, ``n_utts``, ``latent_dim``,
 ``sample_rate``, ``hop``, ``checkpoint``. Stage 2 normalises ``(mu - mean) / std``.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,13 @@ def _atomic_torch_save(obj: object, path: Path) -> None:
 
 
 def save_latent_file(
-    path: str | os.PathLike, mu: torch.Tensor, logs: torch.Tensor, sample_rate: int, hop: int, n_samples: int, checkpoint: str
+    path: str | os.PathLike,
+    mu: torch.Tensor,
+    logs: torch.Tensor,
+    sample_rate: int,
+    hop: int,
+    n_samples: int,
+    checkpoint: str,
 ) -> None:
     """Write one utterance's latents atomically (temp file + rename); tensors are copied so a
     slice of a batch never drags the whole batch storage into the file."""
@@ -102,7 +109,9 @@ class LatentStats:
         """Sum over the ranks of an initialised process group (gloo or nccl)."""
         import torch.distributed as dist
 
-        packed = torch.cat([self.count.reshape(1), torch.tensor([float(self.n_utts)], dtype=torch.float64), self.sum, self.sumsq])
+        packed = torch.cat(
+            [self.count.reshape(1), torch.tensor([float(self.n_utts)], dtype=torch.float64), self.sum, self.sumsq]
+        )
         if dist.get_backend() == "nccl":
             packed = packed.cuda()
         dist.all_reduce(packed)

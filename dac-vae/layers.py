@@ -7,6 +7,7 @@ frames of its output, so a padded item in a batch sees exactly the zeros that a 
 zero padding would give it alone: batched encode/decode equals one-by-one encode/decode.
 Snake keeps zeros at zero (snake(0) = 0), so only convolutions (which add a bias) need the mask.
 """
+
 from __future__ import annotations
 
 import math
@@ -132,7 +133,9 @@ class EncoderBlock(nn.Module):
         self.act = Snake1d(in_channels)
         self.down = WNConv1d(in_channels, out_channels, 2 * stride, stride=stride, padding=down_padding(stride))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, out_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, out_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for unit in self.res:
             x = unit(x, mask)
         return apply_mask(self.down(self.act(x)), out_mask)

@@ -3,6 +3,7 @@
 Every function returns a scalar tensor; the model weights and sums them (weights from YAML) and
 logs each term by name. Masks are ``[B, T]`` bool, True = valid.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -21,6 +21,7 @@ call builds no generator graph, so each group's loss reaches only its own parame
 each call leaves the other group's parameters unused: wrap with ``find_unused_parameters=True``
 (the shared trainer does so for any model with ``parameter_groups()``).
 """
+
 from __future__ import annotations
 
 import math
@@ -70,7 +71,9 @@ class Encoder(nn.Module):
     channels, then a snake. The latent heads live in :class:`GaussianPosterior`.
     """
 
-    def __init__(self, strides: Sequence[int] = (2, 3, 4, 4, 5), channels: int = 64, dilations: Sequence[int] = (1, 3, 9)):
+    def __init__(
+        self, strides: Sequence[int] = (2, 3, 4, 4, 5), channels: int = 64, dilations: Sequence[int] = (1, 3, 9)
+    ):
         super().__init__()
         self.strides = [int(s) for s in strides]
         self.hop = math.prod(self.strides)
@@ -148,7 +151,9 @@ class GaussianPosterior(nn.Module):
     ``[exp(logs_min), exp(logs_max)]``) and the padding mask: no activation squashes the latent.
     """
 
-    def __init__(self, in_channels: int, latent_dim: int, kernel_size: int = 3, logs_min: float = -10.0, logs_max: float = 2.0):
+    def __init__(
+        self, in_channels: int, latent_dim: int, kernel_size: int = 3, logs_min: float = -10.0, logs_max: float = 2.0
+    ):
         super().__init__()
         if not logs_min < logs_max:
             raise ValueError(f"logs_min ({logs_min}) must be below logs_max ({logs_max})")
@@ -260,7 +265,9 @@ class DACVAE(nn.Module):
         if pad:
             audio = F.pad(audio, (0, pad))
         if audio_len is None:  # one length: no masks needed (they would be all True)
-            latent_len = torch.full((audio.shape[0],), audio.shape[-1] // self.hop, dtype=torch.long, device=audio.device)
+            latent_len = torch.full(
+                (audio.shape[0],), audio.shape[-1] // self.hop, dtype=torch.long, device=audio.device
+            )
             mu, logs = self.posterior(self.encoder(audio))
             return mu, logs, latent_len
         audio = audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
@@ -366,7 +373,9 @@ class DACVAE(nn.Module):
         with torch.no_grad():
             return self.reconstruct(audio, audio_len).audio
 
-    def _discriminator_losses(self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+    def _discriminator_losses(
+        self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int
+    ) -> dict[str, torch.Tensor]:
         if self.discriminator is None:
             raise ValueError("DACVAE has no discriminator: give one in the config to train")
         if not self._adversarial_on(step):

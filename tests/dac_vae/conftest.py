@@ -1,4 +1,5 @@
 """Fixtures for the codec tests: tiny codecs from the shipped configs and speech-like audio."""
+
 from __future__ import annotations
 
 import math

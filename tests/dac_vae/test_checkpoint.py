@@ -1,4 +1,5 @@
 """Rebuilding the codec from config + checkpoint, standing alone (no ``speech`` import)."""
+
 from __future__ import annotations
 
 import ast

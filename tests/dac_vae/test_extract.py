@@ -1,4 +1,5 @@
 """Latent extraction, statistics, --skip_existing, and decode / round trip through the CLIs."""
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,22 @@ def setup(tmp_path):
 
 def _extract(s, *extra: str, out: str = "lat") -> int:
     return extract_dac_latents.main(
-        ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--index", str(s["index"]),
-         "--output_dir", str(s["tmp"] / out), "--num_workers", "0", "--batch_seconds", "2.5", "--quiet", *extra]
+        [
+            "--config",
+            str(s["config"]),
+            "--checkpoint",
+            str(s["ckpt"]),
+            "--index",
+            str(s["index"]),
+            "--output_dir",
+            str(s["tmp"] / out),
+            "--num_workers",
+            "0",
+            "--batch_seconds",
+            "2.5",
+            "--quiet",
+            *extra,
+        ]
     )
 
 
@@ -69,7 +84,10 @@ def test_extraction_writes_the_documented_format_and_statistics(both):
     suffix = f"_latent{s['ratio']}x"
     files = sorted((s["tmp"] / "lat").rglob("*.pt"))
     assert [f.relative_to(s["tmp"] / "lat").as_posix() for f in files] == [
-        f"spk1/a{suffix}.pt", f"spk1/b{suffix}.pt", f"spk2/c{suffix}.pt", f"spk2/d{suffix}.pt"
+        f"spk1/a{suffix}.pt",
+        f"spk1/b{suffix}.pt",
+        f"spk2/c{suffix}.pt",
+        f"spk2/d{suffix}.pt",
     ]
     all_mu = []
     for name in DURATIONS:
@@ -93,7 +111,9 @@ def test_extraction_writes_the_documented_format_and_statistics(both):
     assert stats["n_utts"] == 4 and stats["n_frames"] == frames.shape[1]
     assert (stats["latent_dim"], stats["hop"], stats["sample_rate"]) == (codec.latent_dim, codec.hop, SR)
     torch.testing.assert_close(torch.tensor(stats["mean"], dtype=torch.float64), frames.mean(1), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(torch.tensor(stats["std"], dtype=torch.float64), frames.std(1, unbiased=False), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(stats["std"], dtype=torch.float64), frames.std(1, unbiased=False), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_skip_existing_leaves_files_untouched_and_fills_gaps(setup, capsys):
@@ -111,13 +131,30 @@ def test_skip_existing_leaves_files_untouched_and_fills_gaps(setup, capsys):
         assert f.stat().st_mtime_ns == mtime and f.read_bytes() == data
     assert removed.is_file()  # the gap was filled
     assert json.loads(stats_file.read_text())["n_utts"] == 4  # kept files still count in the statistics
-    torch.testing.assert_close(torch.tensor(json.loads(stats_file.read_text())["mean"]), torch.tensor(first_stats["mean"]))
+    torch.testing.assert_close(
+        torch.tensor(json.loads(stats_file.read_text())["mean"]), torch.tensor(first_stats["mean"])
+    )
     # Files of another checkpoint are kept too, but reported.
     torch.save({"model": build_codec(s["config"]).state_dict()}, s["tmp"] / "other.pt")
-    assert extract_dac_latents.main(
-        ["--config", str(s["config"]), "--checkpoint", str(s["tmp"] / "other.pt"), "--index", str(s["index"]),
-         "--output_dir", str(lat), "--num_workers", "0", "--quiet", "--skip_existing"]
-    ) == 0
+    assert (
+        extract_dac_latents.main(
+            [
+                "--config",
+                str(s["config"]),
+                "--checkpoint",
+                str(s["tmp"] / "other.pt"),
+                "--index",
+                str(s["index"]),
+                "--output_dir",
+                str(lat),
+                "--num_workers",
+                "0",
+                "--quiet",
+                "--skip_existing",
+            ]
+        )
+        == 0
+    )
     assert "kept existing 4 (4 from another checkpoint!)" in capsys.readouterr().err
     for f, (mtime, data) in kept.items():
         assert f.stat().st_mtime_ns == mtime and f.read_bytes() == data
@@ -143,9 +180,22 @@ def test_bad_inputs_are_skipped_and_counted(setup, capsys, caplog):
 
 def test_folder_input_and_default_location_beside_the_wavs(setup):
     s = setup
-    assert extract_dac_latents.main(
-        ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--index", str(s["wavs"]), "--num_workers", "0", "--quiet"]
-    ) == 0
+    assert (
+        extract_dac_latents.main(
+            [
+                "--config",
+                str(s["config"]),
+                "--checkpoint",
+                str(s["ckpt"]),
+                "--index",
+                str(s["wavs"]),
+                "--num_workers",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     suffix = f"_latent{s['ratio']}x.pt"
     for name in DURATIONS:
         assert (s["wavs"] / f"{name}{suffix}").is_file()
@@ -156,7 +206,10 @@ def test_decode_of_extracted_files_reproduces_the_round_trip(both):
     s = both
     assert _extract(s) == 0
     common = ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--batch_seconds", "3", "--quiet"]
-    assert inference.main(["decode", *common, "--inputs", str(s["tmp"] / "lat"), "--output_dir", str(s["tmp"] / "dec")]) == 0
+    assert (
+        inference.main(["decode", *common, "--inputs", str(s["tmp"] / "lat"), "--output_dir", str(s["tmp"] / "dec")])
+        == 0
+    )
     assert inference.main(["roundtrip", *common, "--inputs", str(s["wavs"]), "--output_dir", str(s["tmp"] / "rt")]) == 0
     for name in DURATIONS:
         utt = name.split("/")[1]
@@ -177,7 +230,10 @@ def test_decode_of_extracted_files_reproduces_the_round_trip(both):
 def test_encode_subcommand_writes_latent_files(setup):
     s = setup
     common = ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--quiet"]
-    assert inference.main(["encode", *common, "--inputs", str(s["wavs"] / "spk1"), "--output_dir", str(s["tmp"] / "enc")]) == 0
+    assert (
+        inference.main(["encode", *common, "--inputs", str(s["wavs"] / "spk1"), "--output_dir", str(s["tmp"] / "enc")])
+        == 0
+    )
     names = sorted(p.name for p in (s["tmp"] / "enc").iterdir())
     assert names == [f"a_latent{s['ratio']}x.pt", f"b_latent{s['ratio']}x.pt"]
     assert load_latent_file(s["tmp"] / "enc" / names[0])["n_samples"] == int(DURATIONS["spk1/a"] * SR)
@@ -210,15 +266,38 @@ def test_script_and_module_entry_points_and_torchrun_sharding(tmp_path, monkeypa
     import runpy
 
     s = _setup("2x", tmp_path)
-    args = ["--config", str(s["config"]), "--checkpoint", str(s["ckpt"]), "--index", str(s["index"]), "--num_workers", "0", "--quiet"]
+    args = [
+        "--config",
+        str(s["config"]),
+        "--checkpoint",
+        str(s["ckpt"]),
+        "--index",
+        str(s["index"]),
+        "--num_workers",
+        "0",
+        "--quiet",
+    ]
     monkeypatch.setattr(sys, "argv", ["extract_dac_latents", *args, "--output_dir", str(tmp_path / "one")])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("dac_vae.extract_dac_latents", run_name="__main__")
     assert exit_info.value.code == 0
     sharded = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(REPO / "dac-vae" / "extract_dac_latents.py"), *args, "--output_dir", str(tmp_path / "two")],
-        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "dac-vae" / "extract_dac_latents.py"),
+            *args,
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert sharded.returncode == 0, sharded.stderr
     assert "rank 0/2: extracted 2" in sharded.stderr and "rank 1/2: extracted 2" in sharded.stderr

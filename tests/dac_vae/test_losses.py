@@ -1,4 +1,5 @@
 """Loss terms of dac_vae.losses against closed forms and slow references."""
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,11 @@ def test_kl_mask_averages_valid_frames_only():
     mu, logs = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
     lengths = [6, 2]
     mask = torch.arange(6).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
-    per_elem = [0.5 * (mu[b, :, t] ** 2 + torch.exp(2 * logs[b, :, t]) - 1 - 2 * logs[b, :, t]) for b in range(2) for t in range(lengths[b])]
+    per_elem = [
+        0.5 * (mu[b, :, t] ** 2 + torch.exp(2 * logs[b, :, t]) - 1 - 2 * logs[b, :, t])
+        for b in range(2)
+        for t in range(lengths[b])
+    ]
     ref = torch.cat(per_elem).mean()
     torch.testing.assert_close(gaussian_kl(mu, logs, mask), ref)
 
@@ -53,7 +58,12 @@ def test_dispersive_loss_against_a_loop():
     lengths = [5, 3, 5, 1]
     mask = torch.arange(5).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
     vecs = [torch.cat([x[b, :, : lengths[b]], torch.zeros(3, 5 - lengths[b])], 1).flatten() for b in range(4)]
-    sims = [torch.nn.functional.cosine_similarity(vecs[i], vecs[j], dim=0) ** 2 for i in range(4) for j in range(4) if i != j]
+    sims = [
+        torch.nn.functional.cosine_similarity(vecs[i], vecs[j], dim=0) ** 2
+        for i in range(4)
+        for j in range(4)
+        if i != j
+    ]
     torch.testing.assert_close(dispersive_loss(x, mask), torch.stack(sims).mean())
     same = torch.randn(1, 3, 5).expand(3, 3, 5)
     torch.testing.assert_close(dispersive_loss(same), torch.tensor(1.0))  # identical items: cos^2 = 1

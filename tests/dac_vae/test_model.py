@@ -1,4 +1,5 @@
 """Encoder/decoder geometry, posterior parameterisation and the latent options of dac_vae.model."""
+
 from __future__ import annotations
 
 import math
@@ -100,7 +101,11 @@ def test_no_activation_after_the_latent_heads():
                 assert head.target == "logs_head"  # the clamp is on logs only
             frontier.extend(node.users)
     # The heads are bare convolutions: nothing inside them but the weight-normed conv.
-    assert not [m for m in posterior.mu_head.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.Tanh, Snake1d))]
+    assert not [
+        m
+        for m in posterior.mu_head.modules()
+        if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.Tanh, Snake1d))
+    ]
 
 
 def test_encode_returns_the_raw_head_output(tiny_codec_2x):

@@ -1,4 +1,5 @@
 """GAN training contract of DACVAE (docs/contracts.md) driven directly with two optimizers."""
+
 from __future__ import annotations
 
 from pathlib import Path
