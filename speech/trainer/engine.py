@@ -92,10 +92,11 @@ class Engine:
             raise ConfigError("config has no 'optim' entry (e.g. optim: !name:torch.optim.AdamW)")
         optims = _per_group(optim, self.groups, "optim")
         scheds = _per_group(scheduler, self.groups, "scheduler")
-        self.optimizers = {g: optims[g](self.params[g]) for g in self.groups}
-        self.schedulers = {
-            g: (scheds[g] or ConstantLR)(self.optimizers[g]) for g in self.groups
-        }
+        try:
+            self.optimizers = {g: optims[g](self.params[g]) for g in self.groups}
+            self.schedulers = {g: (scheds[g] or ConstantLR)(self.optimizers[g]) for g in self.groups}
+        except (TypeError, ValueError) as exc:  # e.g. a misspelt optimizer argument in the config
+            raise ConfigError(f"optim/scheduler: {exc}") from None
 
     # --- helpers shared by the engines -------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -346,3 +347,4 @@ def _skip_cpu_shm_build() -> None:
 
     if get_accelerator().device_name() == "cpu" and "__compatible_ops__" not in vars(deepspeed.ops):
         deepspeed.ops.__compatible_ops__ = {}
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,7 +54,9 @@ class RunLogger:
             return
         for key, value in items.items():
             try:
-                self._one_media(key, value, step)
+                with warnings.catch_warnings():  # comet_ml probes arrays with os.stat (DeprecationWarning)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._one_media(key, value, step)
             except Exception as exc:  # a broken plot must never stop training
                 log.warning("could not log media %s: %s", key, exc)
 
@@ -87,6 +90,9 @@ class RunLogger:
 
 
 def _make_comet(model_dir: Path, offline: bool, project: str | None, params: Mapping[str, Any]) -> Any:
+    # Auto-logging hooks are not wanted (the trainer logs explicitly); saying so also silences
+    # comet_ml's "import me before torch" warning.
+    os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
     try:
         import comet_ml
     except ImportError:

@@ -1,11 +1,14 @@
-"""Run under torchrun by the distributed tests: the same training three ways, weights dumped.
+"""Run under torchrun by test_distributed.py: the same training several ways, weights dumped.
 
-1. ``full``: ``--model toy`` uninterrupted for the config's epochs;
-2. ``split`` + ``resumed``: the same stopped at ``--split_steps`` optimizer steps, then resumed
-   with ``--checkpoint last`` in a fresh trainer;
-3. optionally ``gan``: the two-optimizer toy GAN for one epoch.
+For each engine in ``--engines`` (``torch_ddp``, ``deepspeed``):
 
-Each rank writes ``OUT/NAME_rankR.pt`` with its final weights and position; the test compares.
+1. ``ENGINE_full``: ``--model toy`` uninterrupted for the config's epochs;
+2. ``ENGINE_resumed``: the same run stopped at ``--split_steps`` optimizer steps, then resumed
+   with ``--checkpoint last`` by a fresh trainer;
+
+plus ``gan`` (torch_ddp only): the two-optimizer toy GAN for one epoch. Each rank writes
+``OUT/NAME_rankR.pt`` with its final weights and position; the test compares the files. All
+runs share one launch (one process start per rank), which keeps the test fast.
 """
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ from speech.trainer.cli import run
 
 
 def dump(trainer, out: Path, name: str) -> None:
+    """Save this rank's final weights and counters for the test to compare."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save({"state": trainer.engine.module.state_dict(), "step": trainer.step, "epoch": trainer.epoch,
-                "skipped": trainer.engine.skipped_steps, "world": trainer.info.world_size},
-               out / f"{name}_rank{rank}.pt")
+                "skipped": trainer.engine.skipped_steps, "world": trainer.info.world_size,
+                "cv": trainer.last_cv}, out / f"{name}_rank{rank}.pt")
 
 
 def main() -> None:
@@ -30,15 +34,21 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split_steps", type=int, required=True)
+    p.add_argument("--engines", default="torch_ddp")
     p.add_argument("--gan", action="store_true")
-    p.add_argument("rest", nargs="*", help="extra train.py arguments (flags after --)")
+    p.add_argument("rest", nargs="*", help="extra train.py arguments (after --)")
     args = p.parse_args()
     out, data = Path(args.out), Path(args.data)
     base = ["--config", "tests/trainer/toy.yaml", "--train_data", str(data / "train.list"),
             "--cv_data", str(data / "cv.list"), "--comet_disabled", *args.rest]
-    dump(run(base + ["--model", "toy", "--model_dir", str(out / "full")]), out, "full")
-    run(base + ["--model", "toy", "--model_dir", str(out / "split"), f"train_conf.max_steps={args.split_steps}"])
-    dump(run(base + ["--model", "toy", "--model_dir", str(out / "split"), "--checkpoint", "last"]), out, "resumed")
+    for engine in args.engines.split(","):
+        flags = base + ["--model", "toy", "--train_engine", engine]
+        if engine == "deepspeed":
+            flags += ["--deepspeed_config", "configs/deepspeed/zero2.json"]
+        dump(run(flags + ["--model_dir", str(out / f"{engine}_full")]), out, f"{engine}_full")
+        split = ["--model_dir", str(out / f"{engine}_split")]
+        run(flags + split + [f"train_conf.max_steps={args.split_steps}"])
+        dump(run(flags + split + ["--checkpoint", "last"]), out, f"{engine}_resumed")
     if args.gan:
         dump(run(base + ["--model", "gan", "--model_dir", str(out / "gan"), "train_conf.max_epoch=1"]), out, "gan")
     if dist.is_initialized():
