@@ -26,6 +26,8 @@ import yaml
 from speech.config import ConfigError, parse_overrides, resolve_config_text
 from speech.dataset import DataListError, read_data_list
 
+from .options import TrainConf
+
 __all__ = ["build_parser", "main", "run", "SetupError"]
 
 log = logging.getLogger("speech.trainer")
@@ -75,13 +77,16 @@ class Setup:
     args: argparse.Namespace
     overrides: dict[str, Any]
     config_text: str
-    train_conf: Any
+    train_conf: TrainConf
     ds_config: dict[str, Any] | None
 
 
-def _top_level(text: str) -> dict[str, str]:
+def _top_level(text: str, where: Path) -> dict[str, str]:
     """Top-level keys of a YAML text → their tag ('' when untagged), without building anything."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if node is None or not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: (v.tag if v.tag.startswith("!") else "") for k, v in node.value}
@@ -90,13 +95,12 @@ def _top_level(text: str) -> dict[str, str]:
 def check_setup(args: argparse.Namespace) -> Setup:
     """All cheap checks, in the order a user would fix them; raises on the first problem."""
     from .engine import prepare_deepspeed_config
-    from .options import TrainConf
 
     config = Path(args.config)
     if not config.is_file():
         raise SetupError(f"--config not found: {config}")
     overrides = parse_overrides(args.overrides)
-    raw_sections = _top_level(config.read_text(encoding="utf-8"))
+    raw_sections = _top_level(config.read_text(encoding="utf-8"), config)
     if args.qwen_pretrain_path:
         if not Path(args.qwen_pretrain_path).exists():
             raise SetupError(f"--qwen_pretrain_path not found: {args.qwen_pretrain_path}")
@@ -108,7 +112,7 @@ def check_setup(args: argparse.Namespace) -> Setup:
     text = resolve_config_text(config, overrides)
     if extra_train_conf:
         text = _add_train_conf(text, extra_train_conf)
-    sections = _top_level(text)
+    sections = _top_level(text, config)
     if args.model not in sections:
         models = [k for k, tag in sections.items() if tag.startswith("!new:")]
         raise SetupError(f"{config} has no '{args.model}' section for --model {args.model}"
@@ -120,10 +124,8 @@ def check_setup(args: argparse.Namespace) -> Setup:
     read_data_list(args.train_data)
     if args.cv_data:
         read_data_list(args.cv_data)
-    for flag in ("pretrained_model",):
-        value = getattr(args, flag)
-        if value and not Path(value).exists():
-            raise SetupError(f"--{flag} not found: {value}")
+    if args.pretrained_model and not Path(args.pretrained_model).exists():
+        raise SetupError(f"--pretrained_model not found: {args.pretrained_model}")
     if args.checkpoint and args.checkpoint != "last" and not Path(args.checkpoint).exists():
         raise SetupError(f"--checkpoint not found: {args.checkpoint}")
     if args.num_workers < 0 or args.prefetch < 1:
@@ -141,16 +143,14 @@ def check_setup(args: argparse.Namespace) -> Setup:
 def _split_train_conf_overrides(config: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``train_conf.K=V`` for a documented key the file does not list is still a valid override
     (the config checker only accepts keys present in the file): take those out to add them."""
-    from .options import TrainConf
-
     wanted = overrides.get("train_conf")
     if not isinstance(wanted, dict):
         return overrides, {}
     tree = yaml.load(config.read_text(encoding="utf-8"), Loader=_loose_loader()) or {}
     present = tree.get("train_conf") or {}
-    known = {f.name for f in dataclasses.fields(TrainConf)}
+    known = [f.name for f in dataclasses.fields(TrainConf)]
     extra = {k: v for k, v in wanted.items() if k not in present}
-    unknown = sorted(set(extra) - known)
+    unknown = sorted(set(extra) - set(known))
     if unknown:
         raise ConfigError(f"override train_conf.{unknown[0]}: unknown train_conf key (supported: {', '.join(known)})")
     rest = {k: v for k, v in wanted.items() if k in present}

@@ -47,7 +47,8 @@ _CV_SEED = 7919
 
 
 class _Window:
-    """What accumulates between two log lines (device tensors until the log step)."""
+    """What accumulates between two log lines (device tensors until the log step); it spans epoch
+    ends, so every step is logged once."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -63,6 +64,12 @@ class _Window:
             key = prefix + k
             self.sums[key] = self.sums[key] + v if key in self.sums else v.clone()
             self.counts[key] += 1
+
+
+def _finite_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of the finite entries (a skipped step's inf/NaN norm is counted, not averaged)."""
+    finite = torch.isfinite(values)
+    return torch.where(finite, values, 0.0).sum() / finite.sum().clamp_min(1)
 
 
 class Trainer:
@@ -127,7 +134,7 @@ class Trainer:
             if finished:
                 self.epoch += 1
                 self.batch_in_epoch = 0
-            self.save_checkpoint()
+            self._off_clock(self.save_checkpoint)
             if self._stop:
                 break
         self.engine._select_group(None)
@@ -136,6 +143,14 @@ class Trainer:
             log.info("done: %d steps (%d this run) in %.1f s, %d epoch(s) completed, %d step(s) skipped for "
                      "non-finite gradients%s", self.step, self.step - start_step, time.perf_counter() - t0,
                      self.epoch, self.engine.skipped_steps, cv)
+
+    def _off_clock(self, fn: Any) -> Any:
+        """Run CV/checkpointing without counting its time in the training throughput."""
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self._window.t0 += time.perf_counter() - t0
 
     def _reached_max_steps(self) -> bool:
         return self.conf.max_steps > 0 and self.step >= self.conf.max_steps
@@ -163,7 +178,6 @@ class Trainer:
         bar = tqdm(desc=f"epoch {self.epoch}", unit="batch", initial=self.batch_in_epoch, dynamic_ncols=True,
                    disable=not self.info.is_main, mininterval=1.0, leave=False)
         micro = 0
-        self._window = _Window()
         try:
             for batch, is_last in self._synchronized(batches):
                 micro += 1
@@ -196,9 +210,9 @@ class Trainer:
                 if is_last:
                     return True  # fit() writes the epoch-end checkpoint
                 if conf.save_per_step and self.step % conf.save_per_step == 0:
-                    self.save_checkpoint()
+                    self._off_clock(self.save_checkpoint)
                 elif conf.cv_per_step and self.step % conf.cv_per_step == 0:
-                    self.run_cv()
+                    self._off_clock(self.run_cv)
         finally:
             bar.close()
         if self.batch_in_epoch == 0 and self.info.is_main:
@@ -211,7 +225,7 @@ class Trainer:
         w, engine = self._window, self.engine
         keys = sorted(w.sums)
         groups = list(w.norms)
-        flat = [w.sums[k] for k in keys] + [torch.stack(w.norms[g]).mean() for g in groups]
+        flat = [w.sums[k] for k in keys] + [_finite_mean(torch.stack(w.norms[g])) for g in groups]
         values = torch.stack([v.to(torch.float32) for v in flat]).tolist() if flat else []
         elapsed = max(time.perf_counter() - w.t0, 1e-9)
         counters = all_gather_object({"frames": w.frames, "items": w.items, "skipped": dict(w.skipped)}, self.info)

@@ -26,7 +26,8 @@ def dump(trainer, out: Path, name: str) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save({"state": trainer.engine.module.state_dict(), "step": trainer.step, "epoch": trainer.epoch,
                 "skipped": trainer.engine.skipped_steps, "world": trainer.info.world_size,
-                "cv": trainer.last_cv}, out / f"{name}_rank{rank}.pt")
+                "cv": trainer.last_cv, "ema": trainer.ema.state_dict() if trainer.ema is not None else None},
+               out / f"{name}_rank{rank}.pt")
 
 
 def main() -> None:

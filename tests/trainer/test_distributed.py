@@ -6,12 +6,14 @@ shard six and one: each epoch must end for both ranks after rank 1's fifth batch
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
 
 from .support import PYTHON, run_cmd
-from .toy import write_corpus
+from .toy import ToyRegressor, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,7 @@ def launch(tmp_path_factory):
     result = run_cmd([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                       "-m", "tests.trainer.dist_worker", "--out", str(out), "--data", str(root / "data"),
                       "--split_steps", "4", "--engines", "torch_ddp,deepspeed", "--gan",
-                      "--", "train_conf.accum_grad=2"], timeout=600)
+                      "--", "train_conf.accum_grad=2", "train_conf.ema_decay=0.9"], timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return out
 
@@ -52,6 +54,8 @@ def test_resume_equals_uninterrupted(launch, engine):
     full, resumed = load(launch, f"{engine}_full", 0), load(launch, f"{engine}_resumed", 0)
     assert full["step"] == resumed["step"] == 2 * STEPS_PER_EPOCH
     assert same_weights(full, resumed)
+    assert full["ema"] is not None and all(torch.equal(v, resumed["ema"][k]) for k, v in full["ema"].items())
+    assert load(launch, f"{engine}_full", 1)["ema"] is None  # EMA lives on rank 0 only
     # the split run really stopped in the middle of epoch 1 and resumed from there
     meta = yaml.safe_load((launch / f"{engine}_split" / "step_000000004.yaml").read_text())
     assert (meta["epoch"], meta["batch_in_epoch"]) == (1, 2)
@@ -67,6 +71,22 @@ def test_uneven_data_finishes_with_reduced_cv(launch, engine):
     assert load(launch, f"{engine}_full", 0)["cv"] == load(launch, f"{engine}_full", 1)["cv"]
     meta = yaml.safe_load((launch / f"{engine}_full" / "step_000000006.yaml").read_text())
     assert meta["cv"]["loss"] == pytest.approx(load(launch, f"{engine}_full", 0)["cv"]["loss"])
+
+
+def test_cv_is_the_mean_over_every_utterance_of_both_ranks(launch):
+    """Reference: the saved weights applied to all 7 CV utterances in one process."""
+    model = ToyRegressor()
+    model.load_state_dict(torch.load(launch / "torch_ddp_full" / "step_000000006.pt", weights_only=True)["model"])
+    model.eval()
+    lines = [json.loads(line) for line in (launch.parent / "data" / "cv.jsonl").read_text().splitlines()]
+    x = torch.tensor([item["x"] for item in lines])
+    y = torch.tensor([item["y"] for item in lines])
+    with torch.no_grad():
+        err = model.net(x).squeeze(-1) - y
+    cv = yaml.safe_load((launch / "torch_ddp_full" / "step_000000006.yaml").read_text())["cv"]
+    assert len(lines) == 7
+    assert cv["loss"] == pytest.approx(float((err ** 2).mean()), rel=1e-5)
+    assert cv["mae"] == pytest.approx(float(err.abs().mean()), rel=1e-5)
 
 
 def test_deepspeed_checkpoint_layout(launch):
