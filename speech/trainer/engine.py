@@ -287,6 +287,16 @@ class DeepSpeedEngine(Engine):
         return self._scalars(out)
 
     def optimizer_step(self, group: str) -> tuple[torch.Tensor, bool]:
+        """DeepSpeed's step; without a ZeRO/fp16 optimizer (stage 0 in fp32/bf16) DeepSpeed applies
+        non-finite gradients, so the trainer checks the (already reduced) gradient norm itself."""
+        if not hasattr(self.model.optimizer, "overflow"):
+            grads = [p.grad for p in self.params[group] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else None
+            if norm is not None and not bool(torch.isfinite(norm)):
+                self.model.zero_grad()
+                self._skipped += 1
+                self.schedulers[group].step()
+                return norm.detach(), False
         before = self.model.skipped_steps
         self.model.step()
         applied = self.model.skipped_steps == before

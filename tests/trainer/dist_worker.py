@@ -6,6 +6,9 @@ For each engine in ``--engines`` (``torch_ddp``, ``deepspeed``):
 2. ``ENGINE_resumed``: the same run stopped at ``--split_steps`` optimizer steps, then resumed
    with ``--checkpoint last`` by a fresh trainer;
 
+3. with ``--poison UTT``, ``ENGINE_poison`` (and ``deepspeed0_poison`` on ZeRO stage 0): one epoch
+   in which the batch holding ``UTT`` has non-finite gradients;
+
 plus ``gan`` (torch_ddp only): the two-optimizer toy GAN for one epoch. Each rank writes
 ``OUT/NAME_rankR.pt`` with its final weights and position; the test compares the files. All
 runs share one launch (one process start per rank), which keeps the test fast.
@@ -37,6 +40,7 @@ def main() -> None:
     p.add_argument("--split_steps", type=int, required=True)
     p.add_argument("--engines", default="torch_ddp")
     p.add_argument("--gan", action="store_true")
+    p.add_argument("--poison", help="utterance whose batch gets non-finite gradients")
     p.add_argument("rest", nargs="*", help="extra train.py arguments (after --)")
     args = p.parse_args()
     out, data = Path(args.out), Path(args.data)
@@ -50,6 +54,12 @@ def main() -> None:
         split = ["--model_dir", str(out / f"{engine}_split")]
         run(flags + split + [f"train_conf.max_steps={args.split_steps}"])
         dump(run(flags + split + ["--checkpoint", "last"]), out, f"{engine}_resumed")
+        if args.poison:
+            poison = [f"poison=[{args.poison}]", "train_conf.max_epoch=1"]
+            dump(run(flags + poison + ["--model_dir", str(out / f"{engine}_poison")]), out, f"{engine}_poison")
+            if engine == "deepspeed":
+                zero0 = flags + ["--deepspeed_config", "configs/deepspeed/zero0.json"]  # the later flag wins
+                dump(run(zero0 + poison + ["--model_dir", str(out / "deepspeed0_poison")]), out, "deepspeed0_poison")
     if args.gan:
         dump(run(base + ["--model", "gan", "--model_dir", str(out / "gan"), "train_conf.max_epoch=1"]), out, "gan")
     if dist.is_initialized():

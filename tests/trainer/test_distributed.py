@@ -29,7 +29,7 @@ def launch(tmp_path_factory):
     out.mkdir()
     result = run_cmd([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                       "-m", "tests.trainer.dist_worker", "--out", str(out), "--data", str(root / "data"),
-                      "--split_steps", "4", "--engines", "torch_ddp,deepspeed", "--gan",
+                      "--split_steps", "4", "--engines", "torch_ddp,deepspeed", "--gan", "--poison", "u0021",
                       "--", "train_conf.accum_grad=2", "train_conf.ema_decay=0.9"], timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return out
@@ -87,6 +87,14 @@ def test_cv_is_the_mean_over_every_utterance_of_both_ranks(launch):
     assert len(lines) == 7
     assert cv["loss"] == pytest.approx(float((err ** 2).mean()), rel=1e-5)
     assert cv["mae"] == pytest.approx(float(err.abs().mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["torch_ddp_poison", "deepspeed_poison", "deepspeed0_poison"])
+def test_non_finite_gradient_on_one_rank_skips_the_step_on_all(launch, name):
+    """u0021 lives on rank 1 only; its batch's step is skipped by both ranks, training goes on."""
+    r0, r1 = load(launch, name, 0), load(launch, name, 1)
+    assert r0["skipped"] == r1["skipped"] == 1 and r0["step"] == STEPS_PER_EPOCH
+    assert same_weights(r0, r1) and all(torch.isfinite(v).all() for v in r0["state"].values())
 
 
 def test_deepspeed_checkpoint_layout(launch):

@@ -85,15 +85,20 @@ def shuffle(items: Iterable[dict], buffer: int = 4) -> Iterator[dict]:
     yield from pool
 
 
-def batch(items: Iterable[dict], size: int = 2) -> Iterator[dict]:
-    """Fixed-size batches (the last may be smaller) with an ``audio_len`` frame count."""
+def batch(items: Iterable[dict], size: int = 2, poison: Iterable[str] = ()) -> Iterator[dict]:
+    """Fixed-size batches (the last may be smaller) with an ``audio_len`` frame count; a batch
+    holding an utterance named in ``poison`` gets an infinite loss scale (non-finite gradients)."""
     pending: list[dict] = []
+    poison = set(poison or ())
 
     def make(group: list[dict]) -> dict:
-        return {"utt": [g["utt"] for g in group], "x": torch.stack([g["x"] for g in group]),
-                "y": torch.stack([g["y"] for g in group]),
-                "audio_len": torch.tensor([g["frames"] for g in group], dtype=torch.long),
-                "skipped": {"too_long": 1}}
+        out = {"utt": [g["utt"] for g in group], "x": torch.stack([g["x"] for g in group]),
+               "y": torch.stack([g["y"] for g in group]),
+               "audio_len": torch.tensor([g["frames"] for g in group], dtype=torch.long),
+               "skipped": {"too_long": 1}}
+        if poison & set(out["utt"]):
+            out["scale"] = torch.tensor(float("inf"))
+        return out
 
     for item in items:
         pending.append(item)
