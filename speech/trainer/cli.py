@@ -222,7 +222,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
     from speech.dataset import Dataset
 
     from .checkpoint import atomic_write_text, clean_temp_files, load_pretrained, resolve_checkpoint
-    from .data import LoaderConf
+    from .data import LoaderConf, attach_skip_counts
     from .distributed import barrier, init_distributed
     from .ema import EMA
     from .engine import DeepSpeedEngine, TorchEngine
@@ -253,12 +253,12 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
                               "(build it with !new:)")
         n_params = sum(p.numel() for p in module.parameters())
         log.info("model %s: %s, %.2fM parameters", args.model, type(module).__name__, n_params / 1e6)
-        pipeline = configs["data_pipeline"]
+        pipeline = list(configs["data_pipeline"]) + [attach_skip_counts]
         train_set = Dataset(args.train_data, pipeline, shuffle=True, partition=True, seed=conf.seed)
         cv_set = None
         if args.cv_data:
-            cv_set = Dataset(args.cv_data, configs.get("cv_data_pipeline") or pipeline, shuffle=False,
-                             partition=True, seed=conf.seed)
+            cv_pipeline = list(configs.get("cv_data_pipeline") or configs["data_pipeline"]) + [attach_skip_counts]
+            cv_set = Dataset(args.cv_data, cv_pipeline, shuffle=False, partition=True, seed=conf.seed)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype] if args.use_amp else None
         common = dict(optim=configs.get("optim"), scheduler=configs.get("scheduler"), conf=conf, info=info,
                       amp_dtype=amp_dtype)

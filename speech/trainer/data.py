@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .rng import IsolatedRNG, derive_seed
 
-__all__ = ["LoaderConf", "FRAME_KEYS", "count_frames", "count_items", "skipped_items", "to_device", "epoch_batches"]
+__all__ = ["LoaderConf", "FRAME_KEYS", "count_frames", "count_items", "skipped_items", "attach_skip_counts",
+           "to_device", "epoch_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def count_items(batch: Mapping[str, Any]) -> int:
 def skipped_items(batch: Mapping[str, Any]) -> dict[str, int]:
     """Items the pipeline dropped since the previous batch, by reason.
 
-    Read from an optional batch key ``skipped``: an int or a ``{reason: count}`` mapping.
+    Read from the batch key ``skipped`` (an int or a ``{reason: count}`` mapping), which
+    :func:`attach_skip_counts` fills from the pipeline's skip counter.
     """
     skipped = batch.get("skipped")
     if skipped is None:
@@ -72,6 +74,24 @@ def skipped_items(batch: Mapping[str, Any]) -> dict[str, int]:
     if isinstance(skipped, Mapping):
         return {str(k): int(v) for k, v in skipped.items()}
     return {"total": int(skipped)}
+
+
+def attach_skip_counts(batches: Iterator[Any], ctx: Any) -> Iterator[Any]:
+    """Last stage the trainer appends to every pipeline: puts the items the pipeline skipped since
+    the previous batch (``ctx.skips``, by reason) under ``batch["skipped"]``, so counts made in
+    dataloader workers reach the training process and TensorBoard. (Items skipped after an
+    epoch's last batch only appear in the dataset's end-of-epoch summary line.)"""
+    seen: dict[str, int] = {}
+    for batch in batches:
+        counts = dict(ctx.skips.counts)
+        delta = {reason: n - seen.get(reason, 0) for reason, n in counts.items() if n > seen.get(reason, 0)}
+        seen = counts
+        if delta and isinstance(batch, Mapping):
+            merged = dict(skipped_items(batch))
+            for reason, n in delta.items():
+                merged[reason] = merged.get(reason, 0) + n
+            batch = {**batch, "skipped": merged}
+        yield batch
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from speech.dataset import Dataset
-from speech.trainer.data import LoaderConf, count_frames, count_items, epoch_batches, skipped_items
+from speech.trainer.data import (LoaderConf, attach_skip_counts, count_frames, count_items, epoch_batches,
+                                 skipped_items)
 from speech.trainer.rng import IsolatedRNG, capture_rng, restore_rng
 
 from .toy import batch, parse, shuffle
@@ -75,3 +76,25 @@ def test_skip_reproduces_the_epoch_tail(toy_data):
         firsts[workers] = full
     other_epoch = _ids(epoch_batches(ds, 2, LoaderConf(), seed=3, rank=0))
     assert other_epoch != firsts[0]  # the shuffle is reseeded per epoch
+
+
+def drop_every_third(items, ctx):
+    """A processor that skips items through the pipeline's skip counter, as the real ones do."""
+    for i, item in enumerate(items):
+        if i % 3 == 2:
+            ctx.skips.skip("third", item["utt"])
+            continue
+        yield item
+
+
+def test_skip_counts_reach_the_batches_from_workers(toy_data):
+    pipeline = [drop_every_third, parse, batch, attach_skip_counts]
+    ds = Dataset(toy_data / "train.list", pipeline, shuffle=False)
+    for workers in (0, 1):
+        batches = list(epoch_batches(ds, 0, LoaderConf(num_workers=workers), seed=0, rank=0))
+        assert sum(len(b["utt"]) for b in batches) == 8  # 12 utterances, 4 skipped
+        per_batch = [skipped_items(b) for b in batches]
+        # counted once each, from inside the worker, with the batch that follows the skip; u0011 is
+        # skipped after the last batch left, so only the dataset's end-of-epoch summary reports it
+        assert [c.get("third", 0) for c in per_batch] == [0, 1, 1, 1]
+        assert all(c["too_long"] == 1 for c in per_batch)  # the batch's own count is kept
