@@ -141,3 +141,20 @@ def write_corpus(folder: str | Path, sizes: list[int], dim: int = 4, seed: int =
     data_list = folder / f"{name}.list"
     data_list.write_text(shard.name + "\n")
     return data_list
+
+
+class ToyCodec(nn.Module):
+    """A one-layer 'codec' on raw audio batches of the real pipeline (``audio``, ``audio_len``)."""
+
+    def __init__(self, kernel: int = 9, dropout: float = 0.1):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from speech.utils.mask import lengths_to_mask, masked_mean
+
+        audio = batch["audio"]
+        recon = self.conv(self.drop(audio).unsqueeze(1)).squeeze(1)
+        mask = lengths_to_mask(batch["audio_len"], audio.shape[-1])
+        return {"loss": masked_mean((recon - audio) ** 2, mask), "l1": masked_mean((recon - audio).abs(), mask)}
