@@ -42,15 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train any model of the project (one process, torchrun DDP or DeepSpeed).",
-        epilog="Trailing key=value pairs override the config (dotted keys: train_conf.max_epoch=2). "
-               "Resume exactly with --checkpoint last.",
+        epilog="Trailing key=value pairs override the config (dotted keys: train_conf.max_epoch=2; every "
+               "train_conf key is listed in speech/trainer/options.py). Resume exactly with --checkpoint last.",
     )
     p.add_argument("--config", required=True, help="hyperpyyaml config file")
     p.add_argument("--model", required=True, help="config section holding the model (llm, flow, dac_vae, ...)")
     p.add_argument("--train_data", required=True, help="data.list of training index shards")
     p.add_argument("--cv_data", help="data.list for cross-validation (CV is skipped without it)")
     p.add_argument("--model_dir", required=True, help="where checkpoints, config.yaml and logs go")
-    p.add_argument("--train_engine", choices=["torch_ddp", "deepspeed"], default="torch_ddp")
+    p.add_argument("--train_engine", choices=["torch_ddp", "deepspeed"], default="torch_ddp",
+                   help="torch_ddp: one process or DDP under torchrun; deepspeed: ZeRO 0-2 (default: torch_ddp)")
     p.add_argument("--deepspeed_config", help="DeepSpeed JSON (ZeRO stage 0-2), with --train_engine deepspeed")
     p.add_argument("--dist_backend", choices=["nccl", "gloo"], help="default: nccl with CUDA, else gloo")
     p.add_argument("--checkpoint", help="resume from this checkpoint, or 'last' for the newest in --model_dir")
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp_dtype", choices=["bf16", "fp16"], default="bf16",
                    help="bf16 (no loss scaling) or fp16 (with GradScaler)")
     p.add_argument("--comet_disabled", action="store_true", help="no Comet logging even if comet_ml is installed")
-    p.add_argument("--comet_offline", action="store_true", help="write an offline Comet archive under model_dir")
+    p.add_argument("--comet_offline", action="store_true",
+                   help="write an offline Comet archive under model_dir (also the default without an API key)")
     p.add_argument("--comet_project", help="Comet project name")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
