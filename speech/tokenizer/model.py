@@ -126,10 +126,30 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return (x * cos + rotated * sin).to(x.dtype)
 
 
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: rotary self-attention (SDPA, key padding mask) + GELU MLP."""
+class ConvModule(nn.Module):
+    """Depthwise convolution over time (Conformer-style local context, Gulati et al., 2020)."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0):
+    def __init__(self, dim: int, kernel_size: int, dropout: float = 0.0):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd (centred), got {kernel_size}")
+        self.norm = nn.LayerNorm(dim)
+        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.pointwise = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """``x [B, T, D]``, ``frame_mask [B, T, 1]``: padded frames are zeroed so they never leak in."""
+        h = (self.norm(x) * frame_mask).transpose(1, 2)
+        h = F.gelu(self.depthwise(h)).transpose(1, 2)
+        return self.drop(self.pointwise(h))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: rotary self-attention (SDPA, key padding mask), optional
+    depthwise-conv module, GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0, conv_kernel: int = 0):
         super().__init__()
         if dim % heads or (dim // heads) % 2:
             raise ValueError(f"dim {dim} must split into {heads} heads of even size")
@@ -138,12 +158,13 @@ class EncoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.conv = ConvModule(dim, conv_kernel, dropout) if conv_kernel > 0 else None
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``x [B, T, D]``; ``key_mask [B, 1, 1, T]`` True = attend; ``rope`` cos/sin ``[T, D/H]``."""
+        """``x [B, T, D]``; ``key_mask [B, 1, 1, T]`` True = valid frame; ``rope`` cos/sin ``[T, D/H]``."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = _apply_rotary(q, *rope), _apply_rotary(k, *rope)
@@ -151,6 +172,8 @@ class EncoderBlock(nn.Module):
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
         )
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, t, d)))
+        if self.conv is not None:
+            x = x + self.conv(x, key_mask[:, 0, 0, :, None].to(x.dtype))
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
@@ -223,8 +246,10 @@ class FSQTokenizerModel(nn.Module):
         post_blocks: int = 6,
         levels: Sequence[int] = (3,) * 8,
         dropout: float = 0.1,
+        conv_kernel: int = 0,
         ctc_upsample: int = 1,
         ctc_weight: float = 1.0,
+        inter_ctc_weight: float = 0.0,
         mel_weight: float = 0.0,
         spec_augment: SpecAugment | None = None,
     ):
@@ -239,20 +264,23 @@ class FSQTokenizerModel(nn.Module):
         self.token_rate = TOKEN_RATE
         self.ctc_upsample = ctc_upsample
         self.ctc_weight = ctc_weight
+        self.inter_ctc_weight = inter_ctc_weight
         self.mel_weight = mel_weight
         self.frontend = WhisperLogMel(sample_rate, n_mels)
         self.spec_augment = spec_augment
         self.subsample = ConvSubsampling(n_mels, dim)
-        self.pre = nn.ModuleList(EncoderBlock(dim, heads, ffn_dim, dropout) for _ in range(pre_blocks))
+        self.pre = nn.ModuleList(EncoderBlock(dim, heads, ffn_dim, dropout, conv_kernel) for _ in range(pre_blocks))
         self.fsq = FSQ(levels)
         self.pre_norm = nn.LayerNorm(dim)
         self.to_code = nn.Linear(dim, self.fsq.dim)
         self.from_code = nn.Linear(self.fsq.dim, dim)
-        self.post = nn.ModuleList(EncoderBlock(dim, heads, ffn_dim, dropout) for _ in range(post_blocks))
+        self.post = nn.ModuleList(EncoderBlock(dim, heads, ffn_dim, dropout, conv_kernel) for _ in range(post_blocks))
         self.post_norm = nn.LayerNorm(dim)
         self.ctc_head = nn.Linear(dim, ctc_upsample * (vocab_size + 1))
+        self.inter_norm = nn.LayerNorm(dim) if inter_ctc_weight > 0 else None
         self.mel_head = nn.Linear(dim, SUBSAMPLING * n_mels) if mel_weight > 0 else None
         self.heads = heads
+        self._targets_checked = False
 
     @property
     def codebook_size(self) -> int:
@@ -278,7 +306,7 @@ class FSQTokenizerModel(nn.Module):
         x, token_len = self.subsample(feats, mel_len)
         x = self._blocks(self.pre, x, token_len)
         z = self.to_code(self.pre_norm(x))
-        return {"z": z, "token_len": token_len, "mel": mel, "mel_len": mel_len}
+        return {"z": z, "x": x, "token_len": token_len, "mel": mel, "mel_len": mel_len}
 
     @torch.inference_mode()
     def tokenize(self, audio: torch.Tensor, audio_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,29 +316,36 @@ class FSQTokenizerModel(nn.Module):
         mask = lengths_to_mask(enc["token_len"], ids.shape[1])
         return ids.masked_fill(~mask, 0), enc["token_len"]
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Named losses (``loss``, ``ctc``, optional ``mel``) and codebook stats; ``cer`` in eval mode."""
-        enc = self.encode(batch["audio"], batch["audio_len"])
-        token_len = enc["token_len"]
-        codes, ids = self.fsq(enc["z"])
-        mask = lengths_to_mask(token_len, ids.shape[1])
-        h = self._blocks(self.post, self.from_code(codes.to(enc["z"].dtype)), token_len)
-        h = self.post_norm(h)
-
-        # CTC over the upsampled frame sequence; fp32 log-softmax (bf16 would distort the lattice).
+    def _ctc(
+        self, h: torch.Tensor, token_len: torch.Tensor, targets: torch.Tensor, target_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CTC loss per target unit of normalised features ``h [B, T, D]``; also log-probs and frame counts."""
         b, t, _ = h.shape
         logits = self.ctc_head(h).view(b, t * self.ctc_upsample, self.vocab_size + 1)
+        # fp32 log-softmax: bf16 would distort the CTC lattice.
         log_probs = logits.float().log_softmax(dim=-1)
         ctc_len = token_len * self.ctc_upsample
-        targets, target_len = batch["text_token"], batch["text_token_len"]
         # Per-utterance negative log-likelihood, summed over the batch and divided by the number of
         # target units, so the value does not depend on how utterances are batched. Items whose
-        # frames cannot hold their targets get zero loss (zero_infinity) and are counted below.
+        # frames cannot hold their targets get zero loss (zero_infinity) and are counted in forward.
         nll = F.ctc_loss(
             log_probs.transpose(0, 1), targets, ctc_len, target_len,
             blank=self.blank, reduction="none", zero_infinity=True,
         )
-        ctc = nll.sum() / target_len.sum().clamp_min(1)
+        return nll.sum() / target_len.sum().clamp_min(1), log_probs, ctc_len
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named losses (``loss``, ``ctc``, optional ``inter_ctc``, ``mel``) and codebook stats; ``cer`` in eval mode."""
+        targets, target_len = batch["text_token"], batch["text_token_len"]
+        if not self._targets_checked:
+            self._check_targets(targets)
+        enc = self.encode(batch["audio"], batch["audio_len"])
+        token_len = enc["token_len"]
+        codes, ids = self.fsq(enc["z"])
+        mask = lengths_to_mask(token_len, ids.shape[1])
+        h = self.post_norm(self._blocks(self.post, self.from_code(codes.to(enc["z"].dtype)), token_len))
+        ctc, log_probs, ctc_len = self._ctc(h, token_len, targets, target_len)
+
         # CTC needs one frame per target plus one blank between equal neighbours.
         target_mask = lengths_to_mask(target_len, targets.shape[1])
         repeats = ((targets[:, 1:] == targets[:, :-1]) & target_mask[:, 1:]).sum(dim=1)
@@ -318,8 +353,15 @@ class FSQTokenizerModel(nn.Module):
 
         out = {"ctc": ctc, "ctc_infeasible": infeasible, **codebook_stats(ids, mask, self.codebook_size)}
         loss = self.ctc_weight * ctc
+        if self.inter_norm is not None:
+            # Intermediate CTC (Lee & Watanabe, 2021) on the pre-quantiser features, through the
+            # shared head: the encoder gets a direct content signal instead of only the one that
+            # passes the straight-through estimator.
+            out["inter_ctc"], _, _ = self._ctc(self.inter_norm(enc["x"]), token_len, targets, target_len)
+            loss = loss + self.inter_ctc_weight * out["inter_ctc"]
         if self.mel_head is not None:
             mel, mel_len = enc["mel"], enc["mel_len"]
+            b, t, _ = h.shape
             pred = self.mel_head(h).float().view(b, t * SUBSAMPLING, -1).transpose(1, 2)[..., : mel.shape[-1]]
             mel_mask = lengths_to_mask(mel_len, mel.shape[-1]).unsqueeze(1).float()
             out["mel"] = ((pred - mel).abs() * mel_mask).sum() / (mel_mask.sum() * mel.shape[1]).clamp_min(1.0)
@@ -328,6 +370,15 @@ class FSQTokenizerModel(nn.Module):
         if not self.training:
             out["cer"] = self._error_rate(log_probs, ctc_len, targets, target_len)
         return out
+
+    def _check_targets(self, targets: torch.Tensor) -> None:
+        """Fail fast, once (one host sync on the first batch), when the text ids outgrow ``vocab_size``."""
+        top = int(targets.max()) if targets.numel() else -1
+        if top >= self.vocab_size:
+            raise ValueError(
+                f"text_token id {top} >= vocab_size {self.vocab_size}: set the model's vocab_size to the text tokenizer's"
+            )
+        self._targets_checked = True
 
     def _error_rate(self, log_probs: torch.Tensor, ctc_len: torch.Tensor, targets: torch.Tensor, target_len: torch.Tensor) -> torch.Tensor:
         """Greedy-CTC unit error rate of the batch (sum of edit distances / sum of reference lengths).

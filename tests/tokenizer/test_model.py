@@ -1,6 +1,7 @@
 """FSQ tokenizer model: Whisper front end, exact 25 Hz token rate, batch invariance, CTC, overfit."""
 from __future__ import annotations
 
+import io
 import itertools
 import math
 from fractions import Fraction
@@ -9,14 +10,17 @@ import pytest
 import s3tokenizer
 import torch
 import torch.nn.functional as F
+from hyperpyyaml import load_hyperpyyaml
 
 from speech.audio import load_audio
+from speech.config import resolve_config_text
 from speech.tokenizer.model import (
     FSQTokenizerModel,
     SpecAugment,
     WhisperLogMel,
     ctc_greedy_decode,
 )
+from speech.tokenizer.own import model_config_text
 
 VOCAB = 30
 
@@ -218,3 +222,20 @@ def test_ctc_loss_falls_when_overfitting_two_utterances(corpus_dir):
         losses.append(loss.item())
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first / 3, (first, last)
+
+
+def test_text_ids_beyond_the_vocabulary_fail_fast_with_one_line():
+    model = tiny_model()
+    batch = make_batch([24000], [3])
+    batch["text_token"][0, 1] = VOCAB
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(batch)
+
+
+@pytest.mark.parametrize("config", ["configs/tiny/fsq.yaml", "configs/fsq.yaml"])
+def test_configs_build_the_model_with_the_char_vocabulary(repo_root, config):
+    tree = load_hyperpyyaml(io.StringIO(model_config_text(resolve_config_text(repo_root / config))))
+    model = tree["fsq"]
+    assert isinstance(model, FSQTokenizerModel)
+    assert model.vocab_size == tree["text_tokenizer"].vocab_size and model.codebook_size == 6561
+    assert model.sample_rate == 24000 and model.token_rate == 25
