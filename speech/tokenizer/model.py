@@ -316,6 +316,16 @@ class FSQTokenizerModel(nn.Module):
         mask = lengths_to_mask(enc["token_len"], ids.shape[1])
         return ids.masked_fill(~mask, 0), enc["token_len"]
 
+    @torch.inference_mode()
+    def transcribe(self, audio: torch.Tensor, audio_len: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+        """Greedy CTC transcription through the quantised path: (text-id lists, token ids ``[B, T]``)."""
+        enc = self.encode(audio, audio_len)
+        codes, ids = self.fsq(enc["z"])
+        h = self.post_norm(self._blocks(self.post, self.from_code(codes.to(enc["z"].dtype)), enc["token_len"]))
+        b, t, _ = h.shape
+        log_probs = self.ctc_head(h).view(b, t * self.ctc_upsample, self.vocab_size + 1).float()
+        return ctc_greedy_decode(log_probs, enc["token_len"] * self.ctc_upsample, self.blank), ids
+
     def _ctc(
         self, h: torch.Tensor, token_len: torch.Tensor, targets: torch.Tensor, target_len: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

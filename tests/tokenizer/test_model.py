@@ -11,6 +11,7 @@ import s3tokenizer
 import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
+from torchaudio.functional import edit_distance
 
 from speech.audio import load_audio
 from speech.config import resolve_config_text
@@ -140,6 +141,16 @@ def test_error_rate_of_perfect_and_wrong_paths():
     path[1, 2] = 7  # "5 6" -> "5 7": one substitution out of 6 reference units
     log_probs = F.one_hot(path, VOCAB + 1).float().log_softmax(-1)
     assert model._error_rate(log_probs, frames, targets, target_len).item() == pytest.approx(1 / 6)
+
+
+def test_transcribe_agrees_with_the_eval_cer():
+    model = tiny_model().eval()
+    batch = make_batch([24000, 12000, 30000], [5, 3, 9])
+    hyps, _ = model.transcribe(batch["audio"], batch["audio_len"])
+    assert any(hyps)  # a random head emits non-blank labels, so the comparison is not vacuous
+    refs = [batch["text_token"][i, :n].tolist() for i, n in enumerate(batch["text_token_len"].tolist())]
+    errors = sum(edit_distance(r, h) for r, h in zip(refs, hyps))
+    assert model(batch)["cer"].item() == pytest.approx(errors / sum(map(len, refs)))
 
 
 def test_eval_reports_cer_and_train_does_not_sync():
