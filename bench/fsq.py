@@ -221,17 +221,55 @@ def evaluate(args: argparse.Namespace, checkpoint: Path) -> None:
     for item in splits["dev"][:3]:
         print(f"  {item['utt']}: ref {text_tokenizer.normalise(item['text'])!r}\n  {' ' * len(item['utt'])}  hyp {item['hyp']!r}")
 
-    # Content check: token sequences of one sentence in two voices vs two different sentences.
-    print("content check: mean normalised edit distance of token sequences, pairs of different speakers")
-    print("{:<18}{:>14}{:>8}{:>19}{:>8}".format("utterances", "same sentence", "pairs", "different sentence", "pairs"))
-    for label, group in (("dev+test+heldout", list(itertools.chain(*splits.values()))), ("heldout voices", splits["heldout"])):
-        same, diff = [], []
-        for a, b in itertools.combinations(group, 2):
-            if a["spk"] == b["spk"]:
+    # Content check: token sequences of one sentence in two voices vs two different sentences,
+    # for the trained model and, as the reference point, the same architecture untrained.
+    torch.manual_seed(0)
+    untrained, _ = build(config)
+    untrained.eval()
+    for item in items:
+        ids, _ = untrained.tokenize(item["audio"][None], torch.tensor([item["audio"].numel()]))
+        item["untrained"] = ids[0].tolist()
+    print("content check: mean normalised edit distance between the token sequences of utterances by different")
+    print("speakers, same sentence vs different sentences (runs: repeated ids merged first); lower = closer")
+    row = "{:<18}{:<10}{:>8}{:>8}{:>11}{:>8}{:>8}"
+    print(row.format("utterances", "model", "same", "diff", "same runs", "diff", "pairs"))
+    groups = (("dev+test+heldout", list(itertools.chain(*splits.values()))), ("heldout voices", splits["heldout"]))
+    for label, group in groups:
+        for key, name in (("tokens", "trained"), ("untrained", "untrained")):
+            same, diff = ([], []), ([], [])
+            for a, b in itertools.combinations(group, 2):
+                if a["spk"] == b["spk"]:
+                    continue
+                bucket = same if a["text"] == b["text"] else diff
+                bucket[0].append(normalised_distance(a[key], b[key]))
+                bucket[1].append(normalised_distance(runs(a[key]), runs(b[key])))
+            print(row.format(label, name, f"{mean(same[0]):.3f}", f"{mean(diff[0]):.3f}", f"{mean(same[1]):.3f}",
+                             f"{mean(diff[1]):.3f}", f"{len(same[0])}/{len(diff[0])}"))
+    # Retrieval: is an utterance's nearest utterance by another voice (merged runs) the same sentence?
+    group = list(itertools.chain(*splits.values()))
+    print("nearest other-voice utterance says the same sentence:", end="")
+    for key in ("tokens", "untrained"):
+        hits, chance, queries = 0, 0.0, 0
+        for a in group:
+            others = [b for b in group if b["spk"] != a["spk"]]
+            matches = sum(b["text"] == a["text"] for b in others)
+            if not matches:
                 continue
-            (same if a["text"] == b["text"] else diff).append(normalised_distance(a["tokens"], b["tokens"]))
-        mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
-        print("{:<18}{:>14.3f}{:>8}{:>19.3f}{:>8}".format(label, mean(same), len(same), mean(diff), len(diff)))
+            nearest = min(others, key=lambda b: normalised_distance(runs(a[key]), runs(b[key])))
+            hits += nearest["text"] == a["text"]
+            chance += matches / len(others)
+            queries += 1
+        print(f" {'trained' if key == 'tokens' else 'untrained'} {hits}/{queries}", end="")
+    print(f" (chance {chance:.1f}/{queries})")
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def runs(ids: list[int]) -> list[int]:
+    """Merge repeated neighbours (``a a b b b a`` -> ``a b a``): speaking rate then matters less."""
+    return [k for k, _ in itertools.groupby(ids)]
 
 
 def main() -> None:

@@ -3,12 +3,13 @@
 The S3Tokenizer recipe, trained from transcripts instead of loaded from weights::
 
     audio [B, S] --Whisper-style log-mel (100 Hz, 128 bins)--> conv subsampling x4 (25 Hz)
-        --> pre-quantiser transformer blocks --> FSQ (8 x 3 levels = 6561 ids)
-        --> post-quantiser transformer blocks --> CTC head over the text vocabulary (+ blank)
-                                              \\-> optional mel-reconstruction head
+        --> pre-quantiser blocks --> FSQ (8 x 3 levels = 6561 ids) --> post-quantiser blocks
+        --> CTC head over the text vocabulary (+ blank); optional mel-reconstruction head
 
+Blocks: pre-norm self-attention (SDPA, rotary positions) + optional depthwise-conv module + MLP.
 CTC makes the quantised frames carry what is said (ASR supervision); the FSQ bottleneck keeps only
-``log2(6561) ~ 12.7`` bits per frame. Only the part up to FSQ is needed to tokenize.
+``log2(6561) ~ 12.7`` bits per frame. An optional intermediate CTC on the pre-quantiser features
+speeds up learning. Only the part up to FSQ is needed to tokenize.
 
 Token count for ``n`` samples at rate ``sr`` (``sr`` a multiple of 100): ``ceil(n * 25 / sr)``,
 i.e. ``ceil(duration * 25)``, for every input length.
@@ -21,16 +22,21 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchaudio.functional import edit_distance
 
 from speech.audio import MelSpectrogram
 from speech.tokenizer.fsq import FSQ, codebook_stats
 from speech.utils.mask import lengths_to_mask
 
-__all__ = ["WhisperLogMel", "ConvSubsampling", "EncoderBlock", "FSQTokenizerModel", "ctc_greedy_decode"]
+__all__ = [
+    "WhisperLogMel", "ConvSubsampling", "ConvModule", "EncoderBlock", "SpecAugment", "FSQTokenizerModel",
+    "ctc_greedy_decode",
+]
 
 MEL_RATE = 100  # Whisper frame rate: 10 ms hop
 SUBSAMPLING = 4  # two stride-2 convolutions: 100 Hz -> 25 Hz
 TOKEN_RATE = MEL_RATE // SUBSAMPLING
+MAX_TRACKED_CODES = 1 << 20  # larger codebooks are not histogrammed per batch (usage stats left out)
 
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -299,10 +305,11 @@ class FSQTokenizerModel(nn.Module):
             x = block(x, key_mask, rope)
         return x
 
-    def encode(self, audio: torch.Tensor, audio_len: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Audio -> pre-quantiser activations: ``z [B, T, D_fsq]``, ``token_len [B]``, ``mel``, ``mel_len``."""
+    def encode(self, audio: torch.Tensor, audio_len: torch.Tensor, augment: bool = False) -> dict[str, torch.Tensor]:
+        """Audio -> pre-quantiser activations ``z [B, T, D_fsq]`` and features ``x [B, T, D]``,
+        ``token_len [B]``, ``mel``, ``mel_len``. ``augment``: SpecAugment (training only)."""
         mel, mel_len = self.frontend(audio, audio_len)
-        feats = self.spec_augment(mel, mel_len) if self.spec_augment is not None else mel
+        feats = self.spec_augment(mel, mel_len) if augment and self.spec_augment is not None else mel
         x, token_len = self.subsample(feats, mel_len)
         x = self._blocks(self.pre, x, token_len)
         z = self.to_code(self.pre_norm(x))
@@ -321,10 +328,14 @@ class FSQTokenizerModel(nn.Module):
         """Greedy CTC transcription through the quantised path: (text-id lists, token ids ``[B, T]``)."""
         enc = self.encode(audio, audio_len)
         codes, ids = self.fsq(enc["z"])
-        h = self.post_norm(self._blocks(self.post, self.from_code(codes.to(enc["z"].dtype)), enc["token_len"]))
+        h = self._decode_codes(codes.to(enc["z"].dtype), enc["token_len"])
         b, t, _ = h.shape
         log_probs = self.ctc_head(h).view(b, t * self.ctc_upsample, self.vocab_size + 1).float()
         return ctc_greedy_decode(log_probs, enc["token_len"] * self.ctc_upsample, self.blank), ids
+
+    def _decode_codes(self, codes: torch.Tensor, token_len: torch.Tensor) -> torch.Tensor:
+        """Quantised codes ``[B, T, D_fsq]`` -> normalised post-quantiser features ``[B, T, D]``."""
+        return self.post_norm(self._blocks(self.post, self.from_code(codes), token_len))
 
     def _ctc(
         self, h: torch.Tensor, token_len: torch.Tensor, targets: torch.Tensor, target_len: torch.Tensor
@@ -349,11 +360,11 @@ class FSQTokenizerModel(nn.Module):
         targets, target_len = batch["text_token"], batch["text_token_len"]
         if not self._targets_checked:
             self._check_targets(targets)
-        enc = self.encode(batch["audio"], batch["audio_len"])
+        enc = self.encode(batch["audio"], batch["audio_len"], augment=self.training)
         token_len = enc["token_len"]
         codes, ids = self.fsq(enc["z"])
         mask = lengths_to_mask(token_len, ids.shape[1])
-        h = self.post_norm(self._blocks(self.post, self.from_code(codes.to(enc["z"].dtype)), token_len))
+        h = self._decode_codes(codes.to(enc["z"].dtype), token_len)
         ctc, log_probs, ctc_len = self._ctc(h, token_len, targets, target_len)
 
         # CTC needs one frame per target plus one blank between equal neighbours.
@@ -361,7 +372,9 @@ class FSQTokenizerModel(nn.Module):
         repeats = ((targets[:, 1:] == targets[:, :-1]) & target_mask[:, 1:]).sum(dim=1)
         infeasible = (ctc_len < target_len + repeats).float().mean()
 
-        out = {"ctc": ctc, "ctc_infeasible": infeasible, **codebook_stats(ids, mask, self.codebook_size)}
+        out = {"ctc": ctc, "ctc_infeasible": infeasible}
+        if self.codebook_size <= MAX_TRACKED_CODES:
+            out.update(codebook_stats(ids, mask, self.codebook_size))
         loss = self.ctc_weight * ctc
         if self.inter_norm is not None:
             # Intermediate CTC (Lee & Watanabe, 2021) on the pre-quantiser features, through the
@@ -396,8 +409,6 @@ class FSQTokenizerModel(nn.Module):
         Units are the text ids: characters with a character vocabulary (then this is the CER), BPE
         pieces otherwise. Evaluation only: it reads the hypotheses back to the host.
         """
-        from torchaudio.functional import edit_distance
-
         hyps = ctc_greedy_decode(log_probs, ctc_len, self.blank)
         refs = [row[:n].tolist() for row, n in zip(targets.cpu(), target_len.cpu().tolist())]
         errors = sum(edit_distance(r, h) for r, h in zip(refs, hyps))

@@ -19,6 +19,7 @@ from speech.tokenizer.model import (
     FSQTokenizerModel,
     SpecAugment,
     WhisperLogMel,
+    _rotary,
     ctc_greedy_decode,
 )
 from speech.tokenizer.own import model_config_text
@@ -96,7 +97,8 @@ def test_ctc_loss_matches_a_per_utterance_loop(upsample):
     for i, n in enumerate(lengths):
         enc = model.encode(batch["audio"][i : i + 1, :n], torch.tensor([n]))
         codes, _ = model.fsq(enc["z"])
-        h = model.post_norm(model._blocks(model.post, model.from_code(codes), enc["token_len"]))
+        h = model.post_norm(model.post[0](model.from_code(codes), torch.ones(1, 1, 1, codes.shape[1], dtype=torch.bool),
+                                          _rotary(codes.shape[1], 32 // 2, codes.device)))
         # Frame t's head output holds `upsample` consecutive CTC frames.
         logits = model.ctc_head(h)[0].reshape(-1, upsample, VOCAB + 1).reshape(-1, VOCAB + 1)
         y = batch["text_token"][i, : targets[i]]
@@ -250,3 +252,16 @@ def test_configs_build_the_model_with_the_char_vocabulary(repo_root, config):
     assert isinstance(model, FSQTokenizerModel)
     assert model.vocab_size == tree["text_tokenizer"].vocab_size and model.codebook_size == 6561
     assert model.sample_rate == 24000 and model.token_rate == 25
+
+
+def test_spec_augment_touches_training_forward_only_never_tokenize():
+    model = tiny_model(spec_augment=SpecAugment(freq_masks=4, freq_width=60, time_masks=4, time_width=0.3))
+    batch = make_batch([24000, 16000], [4, 4])
+    train_ids, _ = model.train().tokenize(batch["audio"], batch["audio_len"])
+    eval_ids, _ = model.eval().tokenize(batch["audio"], batch["audio_len"])
+    assert torch.equal(train_ids, eval_ids)
+    model.train()
+    torch.manual_seed(1)
+    a = model(batch)["ctc"]
+    torch.manual_seed(2)
+    assert model(batch)["ctc"] != a  # different random masks in training forward
