@@ -122,11 +122,12 @@ def throughput(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run(cmd: list[str], env: dict[str, str]) -> None:
-    """Run a repository CLI; on failure show its output and stop."""
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:3])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+def run(cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+    """Run a repository CLI with its output in ``log_path``; on failure show the end of it and stop."""
+    with open(log_path, "w") as log_file:
+        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        sys.exit(f"{' '.join(cmd[1:3])} failed (exit {code}); end of {log_path}:\n{log_path.read_text()[-3000:]}")
 
 
 def train_tiny(args: argparse.Namespace, work: Path) -> Path:
@@ -134,16 +135,19 @@ def train_tiny(args: argparse.Namespace, work: Path) -> Path:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     index = work / "index"
     splits = [str(args.corpus / "splits" / f"{s}.txt") for s in ("train", "dev")]
-    run([sys.executable, "tools/prepare_data.py", str(args.corpus), "--out", str(index), "--split", *splits], env)
+    index.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "tools/prepare_data.py", str(args.corpus), "--out", str(index), "--split", *splits], env,
+        work / "prepare_data.log")
     for split in ("train", "dev"):
         (index / f"{split}.list").write_text(f"{split}.jsonl\n")
     model_dir = work / "tiny_fsq"
     cmd = [sys.executable, "train.py", "--model", "fsq", "--config", str(TINY),
            "--train_data", str(index / "train.list"), "--cv_data", str(index / "dev.list"),
            "--model_dir", str(model_dir), *args.overrides]
-    print(f"\n== training {TINY.relative_to(REPO)} on {args.corpus} (train split), {args.threads} thread(s)")
+    print(f"\n== training {TINY.relative_to(REPO)} on {args.corpus} (train split), {args.threads} thread(s); "
+          f"log: {work / 'train.log'}", flush=True)
     start = time.perf_counter()
-    run(cmd, env)
+    run(cmd, env, work / "train.log")
     elapsed = time.perf_counter() - start
     checkpoints = sorted(model_dir.glob("step_*.pt"))
     if not checkpoints:
@@ -219,7 +223,8 @@ def evaluate(args: argparse.Namespace, checkpoint: Path) -> None:
         print("{:<9}{:>6}{:>8.3f}{:>12.4f}{:>13.1f}".format(
             split, len(group), errors / max(total, 1), stats["code_usage"].item(), stats["code_perplexity"].item()))
     for item in splits["dev"][:3]:
-        print(f"  {item['utt']}: ref {text_tokenizer.normalise(item['text'])!r}\n  {' ' * len(item['utt'])}  hyp {item['hyp']!r}")
+        pad = " " * len(item["utt"])
+        print(f"  {item['utt']}: ref {text_tokenizer.normalise(item['text'])!r}\n  {pad}  hyp {item['hyp']!r}")
 
     # Content check: token sequences of one sentence in two voices vs two different sentences,
     # for the trained model and, as the reference point, the same architecture untrained.

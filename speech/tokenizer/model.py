@@ -117,7 +117,9 @@ class ConvSubsampling(nn.Module):
         return x.transpose(1, 2), lengths
 
 
-def _rotary(positions: int, head_dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary(
+    positions: int, head_dim: int, device: torch.device, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``[T, head_dim]`` for rotary position embeddings (Su et al., 2021, RoFormer)."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(positions, device=device, dtype=torch.float32), inv_freq)
@@ -356,7 +358,7 @@ class FSQTokenizerModel(nn.Module):
         return nll.sum() / target_len.sum().clamp_min(1), log_probs, ctc_len
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Named losses (``loss``, ``ctc``, optional ``inter_ctc``, ``mel``) and codebook stats; ``cer`` in eval mode."""
+        """Named losses (``loss``, ``ctc``, optional ``inter_ctc``, ``mel``), codebook stats; ``cer`` in eval."""
         targets, target_len = batch["text_token"], batch["text_token_len"]
         if not self._targets_checked:
             self._check_targets(targets)
@@ -399,11 +401,14 @@ class FSQTokenizerModel(nn.Module):
         top = int(targets.max()) if targets.numel() else -1
         if top >= self.vocab_size:
             raise ValueError(
-                f"text_token id {top} >= vocab_size {self.vocab_size}: set the model's vocab_size to the text tokenizer's"
+                f"text_token id {top} >= vocab_size {self.vocab_size}: "
+                "set the model's vocab_size to the text tokenizer's"
             )
         self._targets_checked = True
 
-    def _error_rate(self, log_probs: torch.Tensor, ctc_len: torch.Tensor, targets: torch.Tensor, target_len: torch.Tensor) -> torch.Tensor:
+    def _error_rate(
+        self, log_probs: torch.Tensor, ctc_len: torch.Tensor, targets: torch.Tensor, target_len: torch.Tensor
+    ) -> torch.Tensor:
         """Greedy-CTC unit error rate of the batch (sum of edit distances / sum of reference lengths).
 
         Units are the text ids: characters with a character vocabulary (then this is the CER), BPE

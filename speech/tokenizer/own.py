@@ -104,9 +104,10 @@ def _build_model(config_text: str, model_key: str) -> FSQTokenizerModel:
     except SpeechTokenizerError:
         raise
     except Exception as exc:
-        raise SpeechTokenizerError(f"cannot build the FSQ tokenizer from its config: {type(exc).__name__}: {exc}") from None
+        message = f"cannot build the FSQ tokenizer from its config: {type(exc).__name__}: {exc}"
+        raise SpeechTokenizerError(message) from None
     if not isinstance(model, FSQTokenizerModel):
-        raise SpeechTokenizerError(f"config key {model_key!r} builds a {type(model).__name__}, not an FSQTokenizerModel")
+        raise SpeechTokenizerError(f"config key {model_key!r} builds a {type(model).__name__}, not FSQTokenizerModel")
     return model
 
 

@@ -109,5 +109,6 @@ def test_codebook_stats_match_a_numpy_reference():
     assert stats["code_usage"].item() == pytest.approx(len(counts) / 6561)
     assert stats["code_perplexity"].item() == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
     # One code only -> perplexity 1; padding never counts.
-    one = codebook_stats(torch.full((2, 5), 7), torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool), 6561)
+    valid = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    one = codebook_stats(torch.full((2, 5), 7), valid, 6561)
     assert one["code_perplexity"].item() == pytest.approx(1.0) and one["code_usage"].item() == pytest.approx(1 / 6561)

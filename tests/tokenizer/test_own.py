@@ -146,7 +146,8 @@ def test_extract_fsq_own_writes_files_interchangeable_with_the_s3_backend(traine
     index = write_index(tmp_path / "index.jsonl", entries)
     common = ["--index", str(index), "--num_workers", "0", "--batch_seconds", "3"]
     assert extract(common + ["--tokenizer", "own", "--checkpoint", str(ckpt), "--out_dir", str(tmp_path / "own")]) == 0
-    assert extract(common + ["--tokenizer", "s3", "--checkpoint", str(s3_weights), "--out_dir", str(tmp_path / "s3")]) == 0
+    s3_args = ["--tokenizer", "s3", "--checkpoint", str(s3_weights), "--out_dir", str(tmp_path / "s3")]
+    assert extract(common + s3_args) == 0
     assert capsys.readouterr().out.count("wrote 5 token files") == 2
     own_tok = OwnFSQTokenizer.from_checkpoint(ckpt)
     for e in read_index(index):
