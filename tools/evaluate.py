@@ -6,17 +6,20 @@
     # the corpus test split against itself and degraded copies (metric calibration)
     python tools/evaluate.py --corpus data --split test --degrade clean,lowpass8k,noise20db --out_dir exp/eval_cal
     # time a synthesis command (RTF), then score what it wrote
-    python tools/evaluate.py --ref_list refs.tsv --hyp_dir out --synth_cmd "python inference.py ... --out_dir out" --out_dir exp/eval
+    python tools/evaluate.py --ref_list refs.tsv --hyp_dir out --out_dir exp/eval \
+        --synth_cmd "python inference.py ... --out_dir out"
 
 Reference list (see speech/eval/reflist.py): ``utt<TAB>wav<TAB>text[<TAB>prompt_wav]`` lines, or JSON
 lines with utt, wav, text (optional prompt_wav), e.g. our dataset index. Test audio: <hyp_dir>/<utt>.wav.
 Writes results.md, results.json and plots/<metric>.png under --out_dir.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from speech.audio import save_audio
@@ -25,7 +28,7 @@ from speech.eval.degrade import parse_degradation
 from speech.eval.deps import MissingDependency
 from speech.eval.evaluator import METRIC_GROUPS, Evaluator, degraded_source, hyp_dir_source, reference_source
 from speech.eval.mos import DNSMOS
-from speech.eval.reflist import RefListError, corpus_items, read_ref_list
+from speech.eval.reflist import corpus_items, read_ref_list
 from speech.eval.report import markdown_table, plot_distributions, write_json
 from speech.eval.rtf import time_command
 from speech.eval.speaker import SPEAKER_BACKENDS, build_speaker_encoder
@@ -41,13 +44,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="with --corpus: split name in splits/ ('all' for every utterance)")
     p.add_argument("--hyp_dir", nargs="*", default=[], help="folder(s) of <utt>.wav to score, one system each")
     p.add_argument("--names", nargs="*", default=None, help="system names for --hyp_dir (default: folder names)")
-    p.add_argument("--degrade", default="", help="comma list of degraded copies of the references to score: "
-                   "clean, lowpass8k, noise20db, mulaw8k, noise<N>db, lowpass<N>k")
+    p.add_argument(
+        "--degrade",
+        default="",
+        help="comma list of degraded copies of the references to score: "
+        "clean, lowpass8k, noise20db, mulaw8k, whitenoise, noise<N>db, lowpass<N>k",
+    )
     p.add_argument("--with_reference", action="store_true", help="also score the references themselves (ceiling row)")
     p.add_argument("--metrics", default="codec,wer,sim", help=f"comma list from {','.join(METRIC_GROUPS)}")
-    p.add_argument("--asr", default="pocketsphinx", help=f"ASR backend[:local model path]; backends: {', '.join(ASR_BACKENDS)}")
-    p.add_argument("--spk", default="resemblyzer",
-                   help=f"speaker encoder[:local model path]; backends: {', '.join(SPEAKER_BACKENDS)}")
+    p.add_argument(
+        "--asr", default="pocketsphinx", help=f"ASR backend[:local model path]; backends: {', '.join(ASR_BACKENDS)}"
+    )
+    p.add_argument(
+        "--spk",
+        default="resemblyzer",
+        help=f"speaker encoder[:local model path]; backends: {', '.join(SPEAKER_BACKENDS)}",
+    )
     p.add_argument("--lang", default="en", help="language of the texts (normalisation, ASR)")
     p.add_argument("--device", default="cpu", help="device for neural backends")
     p.add_argument("--sample_rate", type=int, default=24000, help="rate the intrusive metrics compare at")
@@ -71,6 +83,7 @@ def _saving(source, out_dir: Path, sample_rate: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    start = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     degradations = [d.strip() for d in args.degrade.split(",") if d.strip()]
@@ -100,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     rtf = None
     if args.synth_cmd:
         rtf = time_command(args.synth_cmd, args.hyp_dir[0])
-        log.info("synthesis: %.1f s wall for %.1f s of audio in %d files: RTF %.3f", rtf.wall_s, rtf.audio_s, rtf.n_files, rtf.rtf)
+        log.info(
+            "synthesis: %.1f s wall for %.1f s of audio in %d files: RTF %.3f",
+            rtf.wall_s,
+            rtf.audio_s,
+            rtf.n_files,
+            rtf.rtf,
+        )
 
     systems = []
     if args.with_reference:
@@ -125,15 +144,27 @@ def main(argv: list[str] | None = None) -> int:
 
     table = markdown_table(results)
     source_desc = args.ref_list or f"{args.corpus} (split {args.split})"
-    (out_dir / "results.md").write_text(f"Evaluation of {source_desc}, {len(items)} utterances.\n\n{table}\n", encoding="utf-8")
-    meta = {"source": source_desc, "n_items": len(items), "metrics": metrics, "asr": args.asr if asr else None,
-            "speaker_encoder": args.spk if spk else None, "sample_rate": args.sample_rate, "lang": args.lang}
+    (out_dir / "results.md").write_text(
+        f"Evaluation of {source_desc}, {len(items)} utterances.\n\n{table}\n", encoding="utf-8"
+    )
+    meta = {
+        "source": source_desc,
+        "n_items": len(items),
+        "metrics": metrics,
+        "asr": args.asr if asr else None,
+        "speaker_encoder": args.spk if spk else None,
+        "sample_rate": args.sample_rate,
+        "lang": args.lang,
+    }
     write_json(out_dir / "results.json", results, meta)
     plots = plot_distributions(results, out_dir / "plots")
     print(table)
     skipped = sum(sum(r.skipped.values()) for r in results)
-    print(f"evaluate: {len(results)} system(s) x {len(items)} utterances, {skipped} skipped metric/utterance(s); "
-          f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'} and {len(plots)} plot(s)")
+    print(
+        f"evaluate: {len(results)} system(s) x {len(items)} utterances in {time.perf_counter() - start:.0f} s, "
+        f"{skipped} skipped metric/utterance(s); wrote {out_dir / 'results.md'}, {out_dir / 'results.json'} "
+        f"and {len(plots)} plot(s)"
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ Backends (``build_asr("name[:path]")`` or YAML ``!new:``):
 
 Nothing is downloaded: a missing path or package fails with one line saying what is missing.
 """
+
 from __future__ import annotations
 
 import abc
@@ -69,7 +70,11 @@ class PocketSphinxASR(ASR):
         if language != "en" and hmm is None:
             raise ValueError("pocketsphinx ships an English model only: pass hmm, lm and dict for another language")
         self.language = language
-        paths = {k: str(require_path(v, f"pocketsphinx {k}")) for k, v in (("hmm", hmm), ("lm", lm), ("dict", dictionary)) if v}
+        paths = {
+            k: str(require_path(v, f"pocketsphinx {k}"))
+            for k, v in (("hmm", hmm), ("lm", lm), ("dict", dictionary))
+            if v
+        }
         self.decoder = pocketsphinx.Decoder(samprate=self.sample_rate, loglevel="FATAL", **paths)
 
     def transcribe(self, wav: torch.Tensor) -> str:
@@ -118,7 +123,9 @@ class FasterWhisperASR(ASR):
         path = require_path(model_dir, "faster-whisper ASR (CTranslate2 model folder)", "directory")
         self.language = language
         self.beam_size = beam_size
-        self.model = faster_whisper.WhisperModel(str(path), device=device, compute_type=compute_type, local_files_only=True)
+        self.model = faster_whisper.WhisperModel(
+            str(path), device=device, compute_type=compute_type, local_files_only=True
+        )
 
     def transcribe(self, wav: torch.Tensor) -> str:
         segments, _ = self.model.transcribe(_as_numpy(wav), language=self.language, beam_size=self.beam_size)

@@ -11,6 +11,7 @@ for SI-SDR, PESQ and STOI.
 - SI-SDR (Le Roux et al., "SDR - half-baked or well done?", ICASSP 2019, eq. 3-4), zero-mean;
 - PESQ-WB (ITU-T P.862.2) through ``pesq`` at 16 kHz; STOI through ``pystoi`` at 10 kHz.
 """
+
 from __future__ import annotations
 
 import logging
@@ -101,7 +102,9 @@ class STFTDistance(torch.nn.Module):
 
 def pesq_wb(ref: torch.Tensor, hyp: torch.Tensor, sample_rate: int) -> float:
     """Wide-band PESQ (MOS-LQO, about 1.0..4.64) at 16 kHz; NaN when PESQ finds no speech."""
-    ref, hyp = trim_to_common(resample(ref.float(), sample_rate, PESQ_RATE), resample(hyp.float(), sample_rate, PESQ_RATE))
+    ref, hyp = trim_to_common(
+        resample(ref.float(), sample_rate, PESQ_RATE), resample(hyp.float(), sample_rate, PESQ_RATE)
+    )
     if not (ref.abs().amax() > 0 and hyp.abs().amax() > 0):
         log.warning("PESQ undefined for an all-zero signal: NaN")
         return float("nan")
@@ -114,7 +117,9 @@ def pesq_wb(ref: torch.Tensor, hyp: torch.Tensor, sample_rate: int) -> float:
 
 def stoi(ref: torch.Tensor, hyp: torch.Tensor, sample_rate: int, extended: bool = False) -> float:
     """STOI (0..1) at its native 10 kHz; ``extended`` gives ESTOI."""
-    ref, hyp = trim_to_common(resample(ref.float(), sample_rate, STOI_RATE), resample(hyp.float(), sample_rate, STOI_RATE))
+    ref, hyp = trim_to_common(
+        resample(ref.float(), sample_rate, STOI_RATE), resample(hyp.float(), sample_rate, STOI_RATE)
+    )
     return float(_stoi(ref.double().numpy(), hyp.double().numpy(), STOI_RATE, extended=extended))
 
 

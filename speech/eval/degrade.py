@@ -2,9 +2,11 @@
 
 Each degradation is ``fn(wav [N], sample_rate, generator) -> wav [N]``; :data:`DEGRADATIONS` names
 the ones the CLI's ``--degrade`` mode knows (``clean``, ``lowpass8k`` (8 kHz sampling, i.e. a
-4 kHz band), ``noise20db``, ``noise10db``, ``noise0db``, ``mulaw8k``) and :func:`parse_degradation`
+4 kHz band), ``noise20db``, ``noise10db``, ``noise0db``, ``mulaw8k``, and ``whitenoise``: no speech
+at all, white noise at the signal's power, the floor of every metric) and :func:`parse_degradation`
 also reads ``noiseNdb`` / ``lowpassNk`` for any N.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +18,7 @@ import torchaudio
 
 from speech.audio import resample
 
-__all__ = ["band_limit", "add_white_noise", "mu_law", "parse_degradation", "DEGRADATIONS"]
+__all__ = ["band_limit", "add_white_noise", "white_noise_like", "mu_law", "parse_degradation", "DEGRADATIONS"]
 
 Degradation = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
@@ -45,6 +47,12 @@ def mu_law(wav: torch.Tensor, sample_rate: int, low_rate: int = 8000) -> torch.T
     return _fit(out, wav.shape[-1])
 
 
+def white_noise_like(wav: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """White Gaussian noise with the power and length of ``wav`` and no trace of it."""
+    noise = torch.randn(wav.shape, generator=generator, dtype=torch.float32).to(wav)
+    return noise * wav.pow(2).mean().sqrt() / noise.pow(2).mean().sqrt()
+
+
 def _fit(wav: torch.Tensor, n: int) -> torch.Tensor:
     if wav.shape[-1] >= n:
         return wav[..., :n]
@@ -63,6 +71,10 @@ def _lowpass(wav: torch.Tensor, sample_rate: int, generator: torch.Generator, lo
     return band_limit(wav, sample_rate, low_rate)
 
 
+def _white(wav: torch.Tensor, sample_rate: int, generator: torch.Generator) -> torch.Tensor:
+    return white_noise_like(wav, generator)
+
+
 def _mulaw(wav: torch.Tensor, sample_rate: int, generator: torch.Generator) -> torch.Tensor:
     return mu_law(wav, sample_rate)
 
@@ -75,7 +87,7 @@ def parse_degradation(name: str) -> Degradation:
         return functools.partial(_noise, snr_db=float(m.group(1)))
     if m := re.fullmatch(r"lowpass(\d+)k", name):
         return functools.partial(_lowpass, low_rate=int(m.group(1)) * 1000)
-    raise ValueError(f"unknown degradation {name!r}: use clean, noise<N>db, lowpass<N>k or mulaw8k")
+    raise ValueError(f"unknown degradation {name!r}: use {', '.join(DEGRADATIONS)}, noise<N>db or lowpass<N>k")
 
 
 DEGRADATIONS: dict[str, Degradation] = {
@@ -85,4 +97,5 @@ DEGRADATIONS: dict[str, Degradation] = {
     "noise10db": functools.partial(_noise, snr_db=10.0),
     "noise0db": functools.partial(_noise, snr_db=0.0),
     "mulaw8k": _mulaw,
+    "whitenoise": _white,
 }

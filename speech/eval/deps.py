@@ -1,4 +1,5 @@
 """Optional dependencies and local model paths: one clear line when something is missing."""
+
 from __future__ import annotations
 
 import importlib

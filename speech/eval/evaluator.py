@@ -10,6 +10,7 @@ Metric groups, each optional:
 An utterance whose audio cannot be read is skipped and counted by reason; a metric that fails on one
 utterance is NaN for it (logged, counted) and the corpus mean is taken over the finite values.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,15 @@ from speech.eval.speaker import SpeakerEncoder, cosine_similarity
 from speech.eval.text import normalize_text
 from speech.eval.wer import error_rates
 
-__all__ = ["METRIC_GROUPS", "HypSource", "SystemResult", "Evaluator", "hyp_dir_source", "degraded_source", "reference_source"]
+__all__ = [
+    "METRIC_GROUPS",
+    "HypSource",
+    "SystemResult",
+    "Evaluator",
+    "hyp_dir_source",
+    "degraded_source",
+    "reference_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +110,11 @@ class Evaluator:
         unknown = set(metrics) - set(METRIC_GROUPS)
         if unknown:
             raise ValueError(f"unknown metric group(s) {sorted(unknown)}: choose from {', '.join(METRIC_GROUPS)}")
-        needs = {"wer": ("an ASR backend", asr), "sim": ("a speaker encoder", speaker), "dnsmos": ("a DNSMOS model", mos)}
+        needs = {
+            "wer": ("an ASR backend", asr),
+            "sim": ("a speaker encoder", speaker),
+            "dnsmos": ("a DNSMOS model", mos),
+        }
         for group, (what, obj) in needs.items():
             if group in metrics and obj is None:
                 raise ValueError(f"metric group {group!r} needs {what}")
@@ -115,8 +128,10 @@ class Evaluator:
     def _ref_embedding(self, item: RefItem, ref: torch.Tensor) -> torch.Tensor:
         key = item.prompt_wav or item.wav
         if key not in self._ref_cache:
-            wav = load_audio(item.prompt_wav, self.speaker.sample_rate)[0] if item.prompt_wav else resample(
-                ref, self.sample_rate, self.speaker.sample_rate
+            wav = (
+                load_audio(item.prompt_wav, self.speaker.sample_rate)[0]
+                if item.prompt_wav
+                else resample(ref, self.sample_rate, self.speaker.sample_rate)
             )
             self._ref_cache[key] = self.speaker.embed(wav)
         return self._ref_cache[key]
@@ -132,7 +147,11 @@ class Evaluator:
         groups: dict[str, Callable[[], dict]] = {
             "codec": lambda: self.codec(ref, hyp),
             "wer": lambda: {"hyp_text": self.asr.transcribe(hyp_at(self.asr.sample_rate))},
-            "sim": lambda: {"sim": cosine_similarity(self._ref_embedding(item, ref), self.speaker.embed(hyp_at(self.speaker.sample_rate)))},
+            "sim": lambda: {
+                "sim": cosine_similarity(
+                    self._ref_embedding(item, ref), self.speaker.embed(hyp_at(self.speaker.sample_rate))
+                )
+            },
             "dnsmos": lambda: self.mos(hyp_at(self.mos.sample_rate)),
         }
         for group in self.metrics:
@@ -164,7 +183,11 @@ class Evaluator:
                 log.warning("%s: test audio skipped (%s)", item.utt, exc)
                 result.skipped[f"test audio: {exc.reason}"] += 1
                 continue
-            row: dict = {"utt": item.utt, "ref_s": ref.shape[-1] / self.sample_rate, "hyp_s": hyp.shape[-1] / self.sample_rate}
+            row: dict = {
+                "utt": item.utt,
+                "ref_s": ref.shape[-1] / self.sample_rate,
+                "hyp_s": hyp.shape[-1] / self.sample_rate,
+            }
             if item.text is not None:
                 row["ref_text"] = item.text
             self._score(item, ref, hyp, row, result.skipped)
@@ -175,7 +198,9 @@ class Evaluator:
     def summarize(self, rows: list[dict]) -> dict[str, float]:
         """Corpus figures: means of the per-utterance metrics, WER/CER (mean of utterances and corpus)."""
         summary: dict[str, float] = {"n": len(rows)}
-        numeric = sorted({k for row in rows for k, v in row.items() if isinstance(v, float) and k not in ("ref_s", "hyp_s")})
+        numeric = sorted(
+            {k for row in rows for k, v in row.items() if isinstance(v, float) and k not in ("ref_s", "hyp_s")}
+        )
         for key in numeric:
             summary[key], n = _finite_mean(row.get(key) for row in rows)
             if n < len(rows):
@@ -188,6 +213,10 @@ class Evaluator:
                 row["ref_norm"] = normalize_text(row["ref_text"], self.lang)
                 row["hyp_norm"] = normalize_text(row["hyp_text"], self.lang)
             summary.update(
-                wer=rates.wer_mean, wer_corpus=rates.wer_corpus, cer=rates.cer_mean, cer_corpus=rates.cer_corpus, wer_n=rates.n_scored
+                wer=rates.wer_mean,
+                wer_corpus=rates.wer_corpus,
+                cer=rates.cer_mean,
+                cer_corpus=rates.cer_corpus,
+                wer_n=rates.n_scored,
             )
         return summary

@@ -4,6 +4,7 @@ The ONNX models ship inside the ``speechmos`` package and run with ``onnxruntime
 default dependency: ``pip install speechmos==0.0.1.1 onnxruntime``. Scores are on the 1..5 MOS scale:
 ``dnsmos_ovrl`` (overall), ``dnsmos_sig`` (speech), ``dnsmos_bak`` (background), ``dnsmos_p808``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,6 +11,7 @@ synthesised audio with it when given, else with ``wav``. A relative path resolve
 list's folder, or against the working directory when only that file exists.
 Utterances can also come straight from a corpus folder in the seed layout (:func:`corpus_items`).
 """
+
 from __future__ import annotations
 
 import json
@@ -106,7 +107,9 @@ def corpus_items(corpus_dir: str | Path, split: str | None = None) -> list[RefIt
     utt2spk_path = root / "utt2spk"
     if not utt2spk_path.is_file():
         raise RefListError(f"corpus has no utt2spk: {utt2spk_path}")
-    utt2spk = dict(line.split(maxsplit=1) for line in utt2spk_path.read_text(encoding="utf-8").splitlines() if line.strip())
+    utt2spk = dict(
+        line.split(maxsplit=1) for line in utt2spk_path.read_text(encoding="utf-8").splitlines() if line.strip()
+    )
     if split is None:
         utts = list(utt2spk)
     else:

@@ -1,4 +1,5 @@
 """Evaluation outputs: a markdown table, a JSON file and per-utterance distribution plots."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Real-time factor: wall-clock seconds spent per second of audio produced (RTF < 1 = faster than real time)."""
+
 from __future__ import annotations
 
 import shlex

@@ -13,6 +13,7 @@ Backends (``build_speaker_encoder("name[:path]")`` or YAML ``!new:``):
   uses...) exported as ``f(wav [1, N] at 16 kHz) -> [1, D]``.
 - ``ecapa:<dir>``: a SpeechBrain ECAPA-TDNN folder (``pip install speechbrain``).
 """
+
 from __future__ import annotations
 
 import abc

@@ -12,6 +12,7 @@ American style without "and"); ``3rd`` -> ``third``; ``7:45`` -> ``seven forty f
 ``7:05`` -> ``seven oh five``, ``7:00`` -> ``seven o'clock``; ``3.14`` -> ``three point one four``;
 ``50%`` -> ``fifty percent``; ``$5`` -> ``five dollars``; ``007`` -> ``zero zero seven``.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,16 +43,19 @@ _OUR_STEMS = (
 ).split()
 _OUR_SUFFIXES = ("", "s", "ed", "ing", "er", "ers", "ful", "less", "able", "ite", "ites", "hood", "hoods", "ly")
 _RE_STEMS = "centre metre kilometre centimetre millimetre litre theatre fibre calibre sombre spectre".split()
+# fmt: off
 _WORDS = {
     "grey": "gray", "greys": "grays", "jewellery": "jewelry", "programme": "program", "programmes": "programs",
     "tyre": "tire", "tyres": "tires", "plough": "plow", "ploughs": "plows", "aluminium": "aluminum",
-    "defence": "defense", "offence": "offense", "licence": "license", "catalogue": "catalog", "pyjamas": "pajamas",
-    "travelled": "traveled", "travelling": "traveling", "traveller": "traveler", "travellers": "travelers",
-    "cancelled": "canceled", "cancelling": "canceling", "modelling": "modeling", "labelled": "labeled",
-    "realise": "realize", "realised": "realized", "recognise": "recognize", "recognised": "recognized",
-    "organise": "organize", "organised": "organized", "apologise": "apologize", "apologised": "apologized",
-    "analyse": "analyze", "analysed": "analyzed", "practise": "practice", "practised": "practiced",
+    "defence": "defense", "offence": "offense", "licence": "license", "catalogue": "catalog",
+    "pyjamas": "pajamas", "travelled": "traveled", "travelling": "traveling", "traveller": "traveler",
+    "travellers": "travelers", "cancelled": "canceled", "cancelling": "canceling", "modelling": "modeling",
+    "labelled": "labeled", "realise": "realize", "realised": "realized", "recognise": "recognize",
+    "recognised": "recognized", "organise": "organize", "organised": "organized", "apologise": "apologize",
+    "apologised": "apologized", "analyse": "analyze", "analysed": "analyzed", "practise": "practice",
+    "practised": "practiced",
 }
+# fmt: on
 
 
 def _american_spellings() -> dict[str, str]:

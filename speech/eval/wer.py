@@ -8,6 +8,7 @@ Both texts are normalised with :func:`speech.eval.text.normalize_text` first. An
 reference is empty after normalisation has no defined WER: it is skipped and counted.
 CER is computed on the normalised text with single spaces between words (spaces count as characters).
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,9 +74,7 @@ class ErrorRateSummary:
         return asdict(self)
 
 
-def error_rates(
-    refs: Sequence[str], hyps: Sequence[str], lang: str = "en", normalize: bool = True
-) -> ErrorRateSummary:
+def error_rates(refs: Sequence[str], hyps: Sequence[str], lang: str = "en", normalize: bool = True) -> ErrorRateSummary:
     """WER/CER of a list of (reference, hypothesis) transcripts: mean of utterance rates and corpus rates."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")

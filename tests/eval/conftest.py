@@ -1,4 +1,5 @@
 """Fixtures shared by the evaluation tests: corpus utterances and the (slow to build) default backends."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Codec metrics: formulas against hand computations, and their behaviour on real corpus speech."""
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,9 @@ def test_mel_distance_matches_direct_formula() -> None:
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(8000, generator=g) * 0.1, torch.randn(8000, generator=g) * 0.1
     dist = MelDistance(16000, scales=[(512, 40)])
-    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, hop_length=128, n_mels=40, power=1.0, norm="slaney", mel_scale="slaney")
+    mel = torchaudio.transforms.MelSpectrogram(
+        16000, n_fft=512, hop_length=128, n_mels=40, power=1.0, norm="slaney", mel_scale="slaney"
+    )
     expected = (torch.log10(mel(a).clamp_min(1e-5)) - torch.log10(mel(b).clamp_min(1e-5))).abs().mean()
     assert float(dist(a, b)) == pytest.approx(float(expected), rel=1e-5)
     assert float(dist(a, a)) == 0.0
@@ -53,9 +56,15 @@ def test_stft_distance_matches_direct_formula() -> None:
     a, b = torch.randn(6000, generator=g), torch.randn(6000, generator=g)
     dist = STFTDistance(resolutions=[(512, 128, 400)])
     window = torch.hann_window(400)
-    spec = lambda x: torch.stft(x, 512, 128, 400, window, center=True, pad_mode="reflect", return_complex=True).abs()
+
+    def spec(x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x, 512, 128, 400, window, center=True, pad_mode="reflect", return_complex=True).abs()
+
     ra, rb = spec(a), spec(b)
-    expected = torch.linalg.norm(ra - rb) / torch.linalg.norm(ra) + (ra.clamp_min(1e-7).log() - rb.clamp_min(1e-7).log()).abs().mean()
+    expected = (
+        torch.linalg.norm(ra - rb) / torch.linalg.norm(ra)
+        + (ra.clamp_min(1e-7).log() - rb.clamp_min(1e-7).log()).abs().mean()
+    )
     assert float(dist(a, b)) == pytest.approx(float(expected), rel=1e-5)
 
 

@@ -1,10 +1,11 @@
 """Degradations: exact SNR, a real band limit, names parsed."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from speech.eval.degrade import DEGRADATIONS, add_white_noise, band_limit, mu_law, parse_degradation
+from speech.eval.degrade import DEGRADATIONS, add_white_noise, band_limit, mu_law, parse_degradation, white_noise_like
 
 
 def test_white_noise_has_the_requested_snr(test_items, load) -> None:
@@ -23,7 +24,10 @@ def test_band_limit_removes_the_upper_band(test_items, load) -> None:
     wav = load(test_items[3])
     out = band_limit(wav, 24000, 8000)
     assert out.shape == wav.shape
-    power = lambda x: torch.fft.rfft(x.double()).abs().pow(2)
+
+    def power(x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x.double()).abs().pow(2)
+
     freqs = torch.fft.rfftfreq(wav.shape[-1], 1 / 24000)
     high = freqs > 4300
     before = power(wav)[high].sum() / power(wav).sum()
@@ -31,6 +35,15 @@ def test_band_limit_removes_the_upper_band(test_items, load) -> None:
     assert before > 1e-3  # the voice has energy up there...
     assert after < before * 1e-2  # ...and the 8 kHz channel keeps under 1% of it
     assert mu_law(wav, 24000).shape == wav.shape
+
+
+def test_white_noise_like_keeps_power_and_nothing_else(test_items, load) -> None:
+    wav = load(test_items[0])
+    noise = white_noise_like(wav, torch.Generator().manual_seed(0))
+    assert noise.shape == wav.shape
+    assert float(noise.pow(2).mean()) == pytest.approx(float(wav.pow(2).mean()), rel=1e-4)
+    corr = torch.dot(noise.double(), wav.double()) / (noise.double().norm() * wav.double().norm())
+    assert abs(float(corr)) < 0.02
 
 
 def test_parse_degradation() -> None:

@@ -1,4 +1,5 @@
 """The evaluator and the CLI: aggregation, skips, outputs (fast doubles for ASR/speaker; one real run)."""
+
 from __future__ import annotations
 
 import json
@@ -96,11 +97,24 @@ def test_markdown_table_shows_present_columns_only() -> None:
 @pytest.mark.slow
 def test_cli_end_to_end_on_the_corpus(corpus_dir, tmp_path, capsys) -> None:
     out = tmp_path / "eval"
-    code = main([
-        "--corpus", str(corpus_dir), "--split", "test", "--limit", "2",
-        "--degrade", "clean,noise10db", "--metrics", "codec,wer,sim", "--out_dir", str(out), "--no_progress",
-        "--save_degraded",
-    ])
+    code = main(
+        [
+            "--corpus",
+            str(corpus_dir),
+            "--split",
+            "test",
+            "--limit",
+            "2",
+            "--degrade",
+            "clean,noise10db",
+            "--metrics",
+            "codec,wer,sim",
+            "--out_dir",
+            str(out),
+            "--no_progress",
+            "--save_degraded",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| clean | 2 |" in printed and "| noise10db | 2 |" in printed
@@ -115,8 +129,21 @@ def test_cli_end_to_end_on_the_corpus(corpus_dir, tmp_path, capsys) -> None:
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"pesq_wb.png", "wer.png", "sim.png"}
     assert len(list((out / "degraded" / "noise10db").glob("*.wav"))) == 2
     # the saved degraded copies score like the in-memory ones when read back as a system
-    code = main(["--corpus", str(corpus_dir), "--limit", "2", "--metrics", "codec", "--hyp_dir",
-                 str(out / "degraded" / "noise10db"), "--out_dir", str(tmp_path / "again"), "--no_progress"])
+    code = main(
+        [
+            "--corpus",
+            str(corpus_dir),
+            "--limit",
+            "2",
+            "--metrics",
+            "codec",
+            "--hyp_dir",
+            str(out / "degraded" / "noise10db"),
+            "--out_dir",
+            str(tmp_path / "again"),
+            "--no_progress",
+        ]
+    )
     again = json.loads((tmp_path / "again" / "results.json").read_text())["systems"][0]["summary"]
     assert again["si_sdr"] == pytest.approx(noisy["si_sdr"], abs=0.1)  # 16-bit PCM rounding only
 

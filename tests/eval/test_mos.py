@@ -1,4 +1,5 @@
 """DNSMOS (optional dependency): clean speech scores above noisy speech; clear message when missing."""
+
 from __future__ import annotations
 
 import builtins

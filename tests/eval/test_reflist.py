@@ -1,4 +1,5 @@
 """Reference lists: both formats, path resolution, bad lines skipped; corpus splits."""
+
 from __future__ import annotations
 
 import json

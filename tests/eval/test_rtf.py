@@ -1,4 +1,5 @@
 """RTF: wall time of a command over the audio it wrote."""
+
 from __future__ import annotations
 
 import math

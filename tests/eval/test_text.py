@@ -1,4 +1,5 @@
 """Text normalisation: numbers, punctuation, case, spelling; stable on the corpus texts."""
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,7 @@ def test_spell_number_rules() -> None:
         ("  Nobody   expected\tit... ", "nobody expected it"),
         ("Thank you, Anna!", "thank you anna"),
         ("a well-known fact; (really) — yes", "a well known fact really yes"),
-        ('"Quoted" and \'single\' quotes', "quoted and single quotes"),
+        ("\"Quoted\" and 'single' quotes", "quoted and single quotes"),
         ("The baker wakes at four o\u2019clock.", "the baker wakes at four o'clock"),
         ("DON'T SHOUT", "don't shout"),
         ("Café CRÈME", "café crème"),

@@ -1,4 +1,5 @@
 """WER/CER: alignment counts vs. a plain Levenshtein, mean-of-utterances vs. corpus aggregation."""
+
 from __future__ import annotations
 
 import math
