@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from speech.audio import save_audio
 from speech.eval.asr import ASR_BACKENDS, build_asr
 from speech.eval.degrade import parse_degradation
@@ -65,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample_rate", type=int, default=24000, help="rate the intrusive metrics compare at")
     p.add_argument("--synth_cmd", default=None, help="command that writes the (single) --hyp_dir: timed for RTF first")
     p.add_argument("--save_degraded", action="store_true", help="write the degraded copies to out_dir/degraded/<name>/")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (the per-utterance models are small: 1 is fastest and immune to a busy machine; "
+        "0 = torch's default)",
+    )
     p.add_argument("--limit", type=int, default=0, help="score only the first N utterances (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise degradations")
     p.add_argument("--out_dir", required=True, help="where results.md, results.json and plots/ go")
@@ -83,6 +92,17 @@ def _saving(source, out_dir: Path, sample_rate: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's process as it was
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score every requested system and write the table, the JSON and the plots."""
     start = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

@@ -11,6 +11,15 @@ from speech.audio import load_audio
 from speech.eval.reflist import RefItem, corpus_items
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The per-utterance models are tiny: one thread is fastest and does not stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def test_items(corpus_dir: Path) -> list[RefItem]:
     """The corpus test split (18 utterances of 6 seen speakers)."""
