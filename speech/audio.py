@@ -88,6 +88,8 @@ class MelSpectrogram(torch.nn.Module):
     ):
         super().__init__()
         self.hop_length = hop_length
+        self.n_fft = n_fft
+        self.center = center
         self.floor = floor
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
@@ -105,8 +107,16 @@ class MelSpectrogram(torch.nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         # STFT in fp32 even under autocast: bf16 FFTs lose the quiet bins.
+        n = wav.shape[-1]
+        wav = wav.float()
+        if self.center and n <= self.n_fft // 2:
+            # Reflect padding needs more samples than half a window: zero-pad very short clips and
+            # keep the frame count of the unpadded signal.
+            wav = torch.nn.functional.pad(wav, (0, self.n_fft // 2 + 1 - n))
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            mel = self.mel(wav.float())
+            mel = self.mel(wav)
+        if self.center:
+            mel = mel[..., : n // self.hop_length + 1]
         return torch.log(torch.clamp(mel, min=self.floor))
 
 

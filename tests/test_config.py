@@ -1,0 +1,65 @@
+"""speech.config: hyperpyyaml loading with dotted key=value overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from speech.config import ConfigError, load_config, parse_overrides, resolve_config_text
+
+YAML = """
+sample_rate: 24000
+name: base
+train_conf:
+  max_epoch: 2
+  lr: 0.1
+  betas: [0.9, 0.99]
+model: !new:torch.nn.Linear
+  in_features: 4
+  out_features: !ref <train_conf[max_epoch]>
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(YAML)
+    return path
+
+
+def test_parse_overrides_nested_and_typed():
+    over = parse_overrides(["a.b=1", "a.c=1e-4", "d=[2, 3]", "e=text", "f=true", "g=null"])
+    assert over == {"a": {"b": 1, "c": 1e-4}, "d": [2, 3], "e": "text", "f": True, "g": None}
+    assert isinstance(over["a"]["c"], float)
+
+
+def test_overrides_reach_references(cfg: Path):
+    conf = load_config(cfg, ["train_conf.max_epoch=5", "sample_rate=16000", "train_conf.betas=[0.8,0.9]"])
+    assert conf["sample_rate"] == 16000
+    assert conf["train_conf"] == {"max_epoch": 5, "lr": 0.1, "betas": [0.8, 0.9]}
+    assert isinstance(conf["model"], torch.nn.Linear) and conf["model"].out_features == 5
+
+
+def test_no_overrides_keeps_file_values(cfg: Path):
+    conf = load_config(cfg)
+    assert conf["train_conf"]["max_epoch"] == 2 and conf["name"] == "base"
+
+
+def test_resolved_text_rebuilds_the_same_config(cfg: Path, tmp_path: Path):
+    text = resolve_config_text(cfg, ["train_conf.lr=0.5"])
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(text)
+    assert load_config(saved)["train_conf"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("bad", ["train_conf.max_epochs=3", "nokey=1", "noequals"])
+def test_bad_overrides_fail_with_one_line(cfg: Path, bad: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, [bad])
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
