@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise degradations")
     p.add_argument("--out_dir", required=True, help="where results.md, results.json and plots/ go")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--no_plots", action="store_true", help="skip the per-utterance distribution plots")
     return p.parse_args(argv)
 
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "lang": args.lang,
     }
     write_json(out_dir / "results.json", results, meta)
-    plots = plot_distributions(results, out_dir / "plots")
+    plots = [] if args.no_plots else plot_distributions(results, out_dir / "plots")
     print(table)
     skipped = sum(sum(r.skipped.values()) for r in results)
     print(

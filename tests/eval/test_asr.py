@@ -112,6 +112,7 @@ def _tiny_whisper(path) -> None:
     model.save_pretrained(path)
 
 
+@pytest.mark.slow
 def test_hf_whisper_backend_runs_a_local_model_folder(tmp_path) -> None:
     _tiny_whisper(tmp_path)
     asr = build_asr(f"hf-whisper:{tmp_path}")

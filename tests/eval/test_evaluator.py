@@ -96,25 +96,18 @@ def test_markdown_table_shows_present_columns_only() -> None:
 
 @pytest.mark.slow
 def test_cli_end_to_end_on_the_corpus(corpus_dir, tmp_path, capsys) -> None:
-    out = tmp_path / "eval"
-    code = main(
-        [
-            "--corpus",
-            str(corpus_dir),
-            "--split",
-            "test",
-            "--limit",
-            "2",
-            "--degrade",
-            "clean,noise10db",
-            "--metrics",
-            "codec,wer,sim",
-            "--out_dir",
-            str(out),
-            "--no_progress",
-            "--save_degraded",
-        ]
+    # Two short utterances, one line in each reference-list format.
+    refs = tmp_path / "refs.tsv"
+    wavs = corpus_dir / "wavs" / "awb"
+    refs.write_text(
+        f"awb_001\t{wavs / 'awb_001.wav'}\t{(wavs / 'awb_001.txt').read_text().strip()}\n"
+        + json.dumps({"utt": "awb_002", "wav": str(wavs / "awb_002.wav"), "text": (wavs / "awb_002.txt").read_text()})
+        + "\n",
+        encoding="utf-8",
     )
+    out = tmp_path / "eval"
+    argv = ["--ref_list", str(refs), "--degrade", "clean,noise10db", "--metrics", "codec,wer,sim"]
+    code = main([*argv, "--out_dir", str(out), "--no_progress", "--save_degraded"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| clean | 2 |" in printed and "| noise10db | 2 |" in printed
@@ -129,22 +122,13 @@ def test_cli_end_to_end_on_the_corpus(corpus_dir, tmp_path, capsys) -> None:
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"pesq_wb.png", "wer.png", "sim.png"}
     assert len(list((out / "degraded" / "noise10db").glob("*.wav"))) == 2
     # the saved degraded copies score like the in-memory ones when read back as a system
+    hyp = str(out / "degraded" / "noise10db")
+    again_dir = tmp_path / "again"
     code = main(
-        [
-            "--corpus",
-            str(corpus_dir),
-            "--limit",
-            "2",
-            "--metrics",
-            "codec",
-            "--hyp_dir",
-            str(out / "degraded" / "noise10db"),
-            "--out_dir",
-            str(tmp_path / "again"),
-            "--no_progress",
-        ]
+        ["--ref_list", str(refs), "--metrics", "codec", "--hyp_dir", hyp, "--out_dir", str(again_dir), "--no_plots"]
     )
-    again = json.loads((tmp_path / "again" / "results.json").read_text())["systems"][0]["summary"]
+    again = json.loads((again_dir / "results.json").read_text())["systems"][0]["summary"]
+    assert not (again_dir / "plots").exists()
     assert again["si_sdr"] == pytest.approx(noisy["si_sdr"], abs=0.1)  # 16-bit PCM rounding only
 
 
