@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 
 import pytest
+import soundfile as sf
 import torch
 
 from speech.audio import save_audio
 from speech.eval.asr import ASR
-from speech.eval.evaluator import Evaluator, degraded_source, hyp_dir_source, reference_source
 from speech.eval.degrade import DEGRADATIONS
+from speech.eval.evaluator import Evaluator, degraded_source, hyp_dir_source, reference_source
 from speech.eval.report import markdown_table
 from speech.eval.speaker import SpeakerEncoder
 from tools.evaluate import main
@@ -137,3 +140,23 @@ def test_cli_refuses_nothing_to_score(corpus_dir, tmp_path) -> None:
         main(["--corpus", str(corpus_dir), "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown ASR backend"):
         main(["--corpus", str(corpus_dir), "--with_reference", "--asr", "kaldi", "--out_dir", str(tmp_path)])
+
+
+def test_cli_times_a_synthesis_command_for_rtf(corpus_dir, tmp_path, capsys) -> None:
+    wavs = corpus_dir / "wavs" / "awb"
+    refs = tmp_path / "refs.tsv"
+    refs.write_text("".join(f"{u}\t{wavs / u}.wav\n" for u in ("awb_001", "awb_002")), encoding="utf-8")
+    hyp = tmp_path / "synth"
+    # a stand-in "synthesiser": copies the references into the output folder
+    script = f"import shutil, os; os.makedirs({str(hyp)!r}, exist_ok=True); " + "; ".join(
+        f"shutil.copy({str(wavs / u) + '.wav'!r}, {str(hyp / u) + '.wav'!r})" for u in ("awb_001", "awb_002")
+    )
+    cmd = f"{sys.executable} -c {shlex.quote(script)}"
+    argv = ["--ref_list", str(refs), "--metrics", "codec", "--hyp_dir", str(hyp), "--synth_cmd", cmd, "--no_plots"]
+    assert main([*argv, "--out_dir", str(tmp_path / "out"), "--no_progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())["systems"][0]["summary"]
+    audio_s = sum(sf.info(str(wavs / f"{u}.wav")).duration for u in ("awb_001", "awb_002"))
+    assert summary["synth_audio_s"] == pytest.approx(audio_s)
+    assert summary["rtf"] == pytest.approx(summary["synth_wall_s"] / audio_s)
+    assert summary["pesq_wb"] == pytest.approx(4.64, abs=0.01)
+    assert "RTF ↓" in capsys.readouterr().out
