@@ -79,6 +79,9 @@ class PocketSphinxASR(ASR):
 
     def transcribe(self, wav: torch.Tensor) -> str:
         pcm = (np.round(_as_numpy(wav) * 32767.0)).astype(np.int16).tobytes()
+        # The feature front end (live cepstral mean normalisation) carries state from one utterance to
+        # the next: reset it so a transcript depends on its own audio only, not on the decoding order.
+        self.decoder.reinit_feat()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
         self.decoder.end_utt()
