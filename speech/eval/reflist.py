@@ -90,7 +90,7 @@ def read_ref_list(path: str | Path) -> list[RefItem]:
             RefItem(
                 utt=utt,
                 wav=_resolve(wav, path.parent),
-                text=obj.get("text"),
+                text=None if obj.get("text") is None else str(obj["text"]),
                 prompt_wav=_resolve(prompt, path.parent) if prompt else None,
                 spk=obj.get("spk"),
             )

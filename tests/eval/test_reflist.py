@@ -19,6 +19,7 @@ def test_tsv_and_json_lines(tmp_path) -> None:
         "u2\t/abs/b.wav",
         "u3\ta.wav\tText\tprompt.wav",
         json.dumps({"utt": "u4", "spk": "s", "wav": "a.wav", "text": "Index line", "duration": 1.0}),
+        json.dumps({"utt": 5, "wav": "a.wav", "text": 2024}),  # non-string values are read as text
         "u5 only-one-column",  # malformed
         "{not json",  # malformed
         json.dumps({"wav": "a.wav"}),  # no utt
@@ -26,11 +27,12 @@ def test_tsv_and_json_lines(tmp_path) -> None:
     ]
     lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
     items = read_ref_list(lst)
-    assert [i.utt for i in items] == ["u1", "u2", "u3", "u4"]
+    assert [i.utt for i in items] == ["u1", "u2", "u3", "u4", "5"]
     assert items[0] == RefItem("u1", str(tmp_path / "a.wav"), "Hello there.")
     assert items[1].wav == "/abs/b.wav" and items[1].text is None
     assert items[2].prompt_wav == str(tmp_path / "prompt.wav")
     assert items[3].spk == "s" and items[3].text == "Index line"
+    assert items[4].text == "2024"
 
 
 def test_relative_path_falls_back_to_working_directory(tmp_path, monkeypatch) -> None:
