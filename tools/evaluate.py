@@ -6,8 +6,7 @@
     # the corpus test split against itself and degraded copies (metric calibration)
     python tools/evaluate.py --corpus data --split test --degrade clean,lowpass8k,noise20db --out_dir exp/eval_cal
     # time a synthesis command (RTF), then score what it wrote
-    python tools/evaluate.py --ref_list refs.tsv --hyp_dir out --out_dir exp/eval \
-        --synth_cmd "python inference.py ... --out_dir out"
+    python tools/evaluate.py --ref_list refs.tsv --hyp_dir out --synth_cmd "python inference.py ..." --out_dir ev
 
 Reference list (see speech/eval/reflist.py): ``utt<TAB>wav<TAB>text[<TAB>prompt_wav]`` lines, or JSON
 lines with utt, wav, text (optional prompt_wav), e.g. our dataset index. Test audio: <hyp_dir>/<utt>.wav.
