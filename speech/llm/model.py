@@ -106,6 +106,10 @@ class SpeechLM(nn.Module):
         self.spk_proj = nn.Linear(speaker.dim, hidden)
         self.speech_embedding = nn.Embedding(speech_token_size + 3, hidden)
         self.speech_head = nn.Linear(hidden, speech_token_size + 3)
+        if backbone.lm_head.weight is not backbone.model.embed_tokens.weight:
+            # An untied text-vocabulary head is never evaluated: freeze it, so DDP sees no unused
+            # trainable parameter and the optimizer keeps no state for it.
+            backbone.lm_head.requires_grad_(False)
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

@@ -99,6 +99,13 @@ class SpeakerExtractor(nn.Module):
         self.pool_score = nn.Sequential(nn.Linear(channels, channels // 2), nn.Tanh(), nn.Linear(channels // 2, 1))
         self.proj = nn.Linear(2 * channels, dim)
 
+    def _apply(self, fn, recurse=True):
+        # ``.to(bfloat16)`` / ``.half()`` cast every buffer; the mel front end (filterbank, window)
+        # stays fp32, as its STFT always runs in fp32.
+        super()._apply(fn, recurse)
+        self.mel.float()
+        return self
+
     def valid_frames(self, wav_len: torch.Tensor) -> torch.Tensor:
         """Mel frames whose centred window ends inside the signal (so padding cannot reach them), >= 1.
 
@@ -120,7 +127,7 @@ class SpeakerExtractor(nn.Module):
         m = mask.unsqueeze(1).to(mel.dtype)
         # Per-utterance mean normalisation of each mel channel removes recording gain / channel colour.
         mel = (mel - (mel * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True)) * m
-        x = self.stem(mel).transpose(1, 2)  # [B, F, C]
+        x = self.stem(mel.to(self.stem.weight.dtype)).transpose(1, 2)  # [B, F, C]
         for block in self.convs:
             x = block(x, mask)
         for block in self.attns:
@@ -129,12 +136,13 @@ class SpeakerExtractor(nn.Module):
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attentive statistics pooling over valid frames (weighted mean and std), in fp32."""
-        x = x.float()
         score = self.pool_score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))
         w = score.softmax(dim=-1).unsqueeze(-1)  # [B, F, 1], exactly 0 on padding
+        x = x.float()
         mean = (w * x).sum(1)
         std = ((w * x.square()).sum(1) - mean.square()).clamp_min(1e-6).sqrt()
-        return F.normalize(self.proj(torch.cat([mean, std], dim=-1)).float(), dim=-1)
+        stats = torch.cat([mean, std], dim=-1).to(self.proj.weight.dtype)
+        return F.normalize(self.proj(stats).float(), dim=-1)
 
     def embed_references(self, wavs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Several 1-D clips of one speaker -> one ``[dim]`` vector (mean of their vectors, renormalised)."""

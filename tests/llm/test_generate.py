@@ -146,3 +146,11 @@ def test_speaker_vector_input_equals_reference_audio():
     vec = model.speaker(inputs.pop("ref_audio"), inputs.pop("ref_audio_len"))
     b = model.generate(**inputs, spk_vector=vec, **kw)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_generates_with_a_bf16_model():
+    model = make_lm().to(torch.bfloat16)
+    inputs = prompted_inputs()
+    tokens, lengths = model.generate(**inputs, min_len_ratio=1, max_len_ratio=3, generator=torch.Generator().manual_seed(0))
+    assert (lengths >= inputs["text_token_len"]).all() and (lengths <= 3 * inputs["text_token_len"]).all()
+    assert tokens.dtype == torch.long and (tokens < SPEECH_VOCAB).all()

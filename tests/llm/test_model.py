@@ -130,3 +130,20 @@ def test_training_reduces_loss_on_a_fixed_batch():
         opt.step()
         first = first if first is not None else out["loss"].item()
     assert out["loss"].item() < 0.5 * first and out["acc"].item() > 0.5
+
+
+def test_every_trainable_parameter_gets_a_gradient_with_an_untied_backbone():
+    """DDP without find_unused_parameters needs this: the untied text head is frozen, all else is used."""
+    from speech.llm import SpeakerExtractor, SpeechLM, build_qwen2
+
+    from .conftest import tiny_backbone_config
+
+    speaker = SpeakerExtractor(sample_rate=16000, n_fft=256, hop_length=64, n_mels=20, channels=16, conv_layers=1,
+                               attention_layers=1, heads=2, ffn_dim=32, dim=12)
+    model = SpeechLM(build_qwen2(config=tiny_backbone_config(tie_word_embeddings=False)), speaker,
+                     speech_token_size=SPEECH_VOCAB).train()
+    assert not model.backbone.lm_head.weight.requires_grad
+    assert model.backbone.model.embed_tokens.weight.requires_grad
+    model(make_batch(text_len=[7, 4], speech_len=[40, 9], ref_len=[3000, 2000]))["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
