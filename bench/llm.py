@@ -7,7 +7,8 @@
 Shapes (shared/BENCH.md): ``ref-full`` = CosyVoice 2 0.5B backbone (configs/llm.yaml), ``ref-small``
 = 256-d x 4 layers with the 151936-id Qwen text vocabulary, ``tiny`` = configs/tiny/llm.yaml; batch
 B = 4 items of 30 text + 150 speech tokens with a 3 s speaker reference each. Training: median of
-``--steps`` forward + backward + AdamW steps after ``--warmup``, in fp32 and under bf16 autocast;
+``--steps`` forward + backward + AdamW (fused, as in the configs) steps after ``--warmup``, in fp32
+and under bf16 autocast;
 throughput in speech tokens/s (B x 150 / step time). FLOPs are counted with
 ``torch.utils.flop_counter`` (attention included, also the CPU SDPA kernel, causal counted as
 full); utilisation is against ``--peak_fp32`` / ``--peak_bf16`` (GFLOP/s, measure them with
@@ -100,7 +101,8 @@ def count_flops(fn) -> int:
 def worker_train(shape: str, dtype: str, args) -> dict:
     model = build(shape).train()
     batch = make_batch(model, args.batch, args.text_tokens, args.speech_tokens, args.ref_seconds)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=args.adamw == "fused", foreach=args.adamw == "foreach")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
 
     def step(with_optimizer: bool = True) -> None:
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2, as in BENCH.md)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--adamw", choices=("fused", "foreach"), default="fused",
+                        help="AdamW implementation (the configs use fused; foreach is torch's default)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--text_tokens", type=int, default=30)
     parser.add_argument("--speech_tokens", type=int, default=150)
@@ -202,7 +206,7 @@ def main() -> None:
     passthrough += ["--peak_fp32", str(args.peak_fp32), "--peak_bf16", str(args.peak_bf16)]
     print(f"torch {torch.__version__}, {args.threads} threads; peak fp32 {args.peak_fp32:.0f} / bf16 "
           f"{args.peak_bf16:.0f} GFLOP/s; B={args.batch}, {args.text_tokens} text + {args.speech_tokens} speech tokens, "
-          f"{args.ref_seconds:g} s reference")
+          f"{args.ref_seconds:g} s reference, {args.adamw} AdamW")
     results = []
     jobs = [["train", s, d] for s in args.shapes for d in args.dtypes]
     jobs += [["generate", s] for s in args.shapes] if args.gen_tokens > 0 else []
