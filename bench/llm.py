@@ -16,6 +16,7 @@ full); utilisation is against ``--peak_fp32`` / ``--peak_bf16`` (GFLOP/s, measur
 peak RSS is its own. Generation: B = 1, exactly ``--gen_tokens`` tokens (RAS sampling) after the
 30-token text, tokens/s with the KV cache and with full recomputation per token.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,19 +40,34 @@ from speech.llm.speaker import SpeakerExtractor
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ("tiny", "ref-small", "ref-full")
-REF_SMALL = dict(vocab_size=151936, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                 tie_word_embeddings=False, hidden_act="silu")
+REF_SMALL = {
+    "vocab_size": 151936,
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1e6,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+}
 aten = torch.ops.aten
 
 
 def _plain_config(path: Path) -> dict:
     """A config file as plain data (tags ignored) with references resolved: the dims, nothing built."""
+
     class Loose(yaml.SafeLoader):
         pass
 
-    Loose.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_mapping(node, deep=True)
-                                if isinstance(node, yaml.MappingNode) else None)
+    Loose.add_multi_constructor(
+        "!",
+        lambda loader, suffix, node: (
+            loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode) else None
+        ),
+    )
     return yaml.load(io.StringIO(resolve_config_text(path)), Loader=Loose)
 
 
@@ -68,31 +84,33 @@ def build(shape: str) -> SpeechLM:
 def make_batch(model: SpeechLM, b: int, n_text: int, n_speech: int, ref_seconds: float) -> dict:
     g = torch.Generator().manual_seed(0)
     n_ref = int(ref_seconds * model.speaker.sample_rate)
-    return dict(
-        text_token=torch.randint(0, model.backbone.config.vocab_size, (b, n_text), generator=g),
-        text_token_len=torch.full((b,), n_text),
-        speech_token=torch.randint(0, model.speech_token_size, (b, n_speech), generator=g),
-        speech_token_len=torch.full((b,), n_speech),
-        ref_audio=0.1 * torch.randn(b, n_ref, generator=g),
-        ref_audio_len=torch.full((b,), n_ref),
-    )
+    return {
+        "text_token": torch.randint(0, model.backbone.config.vocab_size, (b, n_text), generator=g),
+        "text_token_len": torch.full((b,), n_text),
+        "speech_token": torch.randint(0, model.speech_token_size, (b, n_speech), generator=g),
+        "speech_token_len": torch.full((b,), n_speech),
+        "ref_audio": 0.1 * torch.randn(b, n_ref, generator=g),
+        "ref_audio_len": torch.full((b,), n_ref),
+    }
 
 
 def _sdpa_cpu_fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:
     # Grouped-query attention passes fewer key/value heads; every query head still does the work.
-    b, h, sq, d = query
+    b, h, _sq, d = query
     return flop_counter.sdpa_flop_count(query, (b, h, key[2], d), (b, h, value[2], value[3]))
 
 
 def _sdpa_cpu_bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    b, h, sq, d = query
+    b, h, _sq, d = query
     return flop_counter.sdpa_backward_flop_count(grad_out, query, (b, h, key[2], d), (b, h, value[2], value[3]))
 
 
 def count_flops(fn) -> int:
     """FLOPs of one call of ``fn`` (matmuls, convolutions, attention including the CPU SDPA kernel, GQA-aware)."""
-    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_fwd,
-               aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_bwd}
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_fwd,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_bwd,
+    }
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
@@ -129,11 +147,19 @@ def worker_train(shape: str, dtype: str, args) -> dict:
         times.append(time.perf_counter() - start)
     t = statistics.median(times)
     peak = args.peak_bf16 if dtype == "bf16" else args.peak_fp32
-    return dict(
-        kind="train", shape=shape, dtype=dtype, params_M=sum(p.numel() for p in model.parameters()) / 1e6,
-        step_s=t, tokens_per_s=args.batch * args.speech_tokens / t, gflop=flops / 1e9, spk_gflop=spk_flops / 1e9,
-        gflops=flops / t / 1e9, util=flops / t / 1e9 / peak, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    )
+    return {
+        "kind": "train",
+        "shape": shape,
+        "dtype": dtype,
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "step_s": t,
+        "tokens_per_s": args.batch * args.speech_tokens / t,
+        "gflop": flops / 1e9,
+        "spk_gflop": spk_flops / 1e9,
+        "gflops": flops / t / 1e9,
+        "util": flops / t / 1e9 / peak,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def worker_generate(shape: str, args) -> dict:
@@ -143,9 +169,16 @@ def worker_generate(shape: str, args) -> dict:
 
     def run(use_cache: bool) -> float:
         start = time.perf_counter()
-        tokens, lengths = model.generate(batch["text_token"], batch["text_token_len"], batch["ref_audio"],
-                                         batch["ref_audio_len"], min_len_ratio=ratio, max_len_ratio=ratio,
-                                         generator=torch.Generator().manual_seed(0), use_cache=use_cache)
+        _tokens, lengths = model.generate(
+            batch["text_token"],
+            batch["text_token_len"],
+            batch["ref_audio"],
+            batch["ref_audio_len"],
+            min_len_ratio=ratio,
+            max_len_ratio=ratio,
+            generator=torch.Generator().manual_seed(0),
+            use_cache=use_cache,
+        )
         elapsed = time.perf_counter() - start
         assert int(lengths[0]) == args.gen_tokens
         return elapsed
@@ -153,14 +186,22 @@ def worker_generate(shape: str, args) -> dict:
     run(True)  # warm-up
     cached = statistics.median(run(True) for _ in range(3))
     full = run(False)
-    return dict(kind="generate", shape=shape, tokens=args.gen_tokens, cached_tok_s=args.gen_tokens / cached,
-                full_tok_s=args.gen_tokens / full, speedup=full / cached,
-                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {
+        "kind": "generate",
+        "shape": shape,
+        "tokens": args.gen_tokens,
+        "cached_tok_s": args.gen_tokens / cached,
+        "full_tok_s": args.gen_tokens / full,
+        "speedup": full / cached,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def spawn(argv: list[str], job: list[str]) -> dict | None:
     """Run one measurement in a fresh process (its own peak RSS); ``None`` if it failed."""
-    proc = subprocess.run([sys.executable, __file__, *argv, "--_job", *job], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv, "--_job", *job], check=False, capture_output=True, text=True
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -176,8 +217,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2, as in BENCH.md)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--adamw", choices=("fused", "foreach"), default="fused",
-                        help="AdamW implementation (the configs use fused; foreach is torch's default)")
+    parser.add_argument(
+        "--adamw",
+        choices=("fused", "foreach"),
+        default="fused",
+        help="AdamW implementation (the configs use fused; foreach is torch's default)",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--text_tokens", type=int, default=30)
     parser.add_argument("--speech_tokens", type=int, default=150)
@@ -204,9 +249,11 @@ def main() -> None:
         args.peak_bf16 = max(matmul_peak_gflops(torch.bfloat16, (1024, 2048)).values())
     passthrough = [a for a in sys.argv[1:] if a != "--measure_peak"]
     passthrough += ["--peak_fp32", str(args.peak_fp32), "--peak_bf16", str(args.peak_bf16)]
-    print(f"torch {torch.__version__}, {args.threads} threads; peak fp32 {args.peak_fp32:.0f} / bf16 "
-          f"{args.peak_bf16:.0f} GFLOP/s; B={args.batch}, {args.text_tokens} text + {args.speech_tokens} speech tokens, "
-          f"{args.ref_seconds:g} s reference, {args.adamw} AdamW")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; peak fp32 {args.peak_fp32:.0f} / bf16 "
+        f"{args.peak_bf16:.0f} GFLOP/s; B={args.batch}, {args.text_tokens} text + {args.speech_tokens} speech tokens, "
+        f"{args.ref_seconds:g} s reference, {args.adamw} AdamW"
+    )
     results = []
     jobs = [["train", s, d] for s in args.shapes for d in args.dtypes]
     jobs += [["generate", s] for s in args.shapes] if args.gen_tokens > 0 else []
@@ -221,17 +268,25 @@ def main() -> None:
         if out is not None:
             results.append(out)
 
-    print(f"\n{'shape':10} {'dtype':5} {'params M':>9} {'step ms':>9} {'tok/s':>8} {'GFLOP':>8} {'(spk)':>7} "
-          f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>8}")
+    print(
+        f"\n{'shape':10} {'dtype':5} {'params M':>9} {'step ms':>9} {'tok/s':>8} {'GFLOP':>8} {'(spk)':>7} "
+        f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>8}"
+    )
     for r in (r for r in results if r["kind"] == "train"):
-        print(f"{r['shape']:10} {r['dtype']:5} {r['params_M']:9.1f} {r['step_s'] * 1e3:9.1f} {r['tokens_per_s']:8.0f} "
-              f"{r['gflop']:8.1f} {r['spk_gflop']:7.2f} {r['gflops']:8.1f} {r['util']:6.1%} {r['peak_rss_mb']:8.0f}")
+        print(
+            f"{r['shape']:10} {r['dtype']:5} {r['params_M']:9.1f} {r['step_s'] * 1e3:9.1f} {r['tokens_per_s']:8.0f} "
+            f"{r['gflop']:8.1f} {r['spk_gflop']:7.2f} {r['gflops']:8.1f} {r['util']:6.1%} {r['peak_rss_mb']:8.0f}"
+        )
     gen = [r for r in results if r["kind"] == "generate"]
     if gen:
-        print(f"\n{'shape':10} {'tokens':>6} {'KV cache tok/s':>15} {'no cache tok/s':>15} {'speed-up':>9} {'RSS MB':>8}")
+        print(
+            f"\n{'shape':10} {'tokens':>6} {'KV cache tok/s':>15} {'no cache tok/s':>15} {'speed-up':>9} {'RSS MB':>8}"
+        )
         for r in gen:
-            print(f"{r['shape']:10} {r['tokens']:6d} {r['cached_tok_s']:15.1f} {r['full_tok_s']:15.1f} "
-                  f"{r['speedup']:8.1f}x {r['peak_rss_mb']:8.0f}")
+            print(
+                f"{r['shape']:10} {r['tokens']:6d} {r['cached_tok_s']:15.1f} {r['full_tok_s']:15.1f} "
+                f"{r['speedup']:8.1f}x {r['peak_rss_mb']:8.0f}"
+            )
     print(f"\n{len(results)}/{len(jobs)} measurements done")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

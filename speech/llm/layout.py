@@ -20,11 +20,12 @@ tokens while a full text chunk remains; the last speech token of a chunk predict
 Both layouts have the same length ``3 + L + T`` per item; only the order and targets differ, and
 unistream is bistream with zero chunks, so one formula serves both.
 """
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Layout", "build_layout", "bistream_allowed"]
+__all__ = ["Layout", "bistream_allowed", "build_layout"]
 
 
 class Layout:
@@ -82,7 +83,11 @@ def build_layout(
     tail_tgt = torch.where(
         m < 0,
         t_ignore,
-        torch.where(done_speech + m < speech_len, t_speech + done_speech + m, torch.where(done_speech + m == speech_len, t_eos, t_ignore)),
+        torch.where(
+            done_speech + m < speech_len,
+            t_speech + done_speech + m,
+            torch.where(done_speech + m == speech_len, t_eos, t_ignore),
+        ),
     )
 
     valid = p < 3 + text_len + speech_len

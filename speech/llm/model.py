@@ -6,6 +6,7 @@ vocabulary head is never evaluated: a separate speech head of ``speech_token_siz
 the predicting (``eos = speech_token_size``, ``speech_token_size + 1`` reserved, ``fill =
 speech_token_size + 2``). Sequence layouts are in :mod:`speech.llm.layout`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,12 +23,19 @@ from speech.llm.layout import bistream_allowed, build_layout
 from speech.llm.sampling import RasSampler, Sampler
 from speech.utils.mask import lengths_to_mask
 
-__all__ = ["IGNORE_ID", "build_qwen2", "SpeechLM"]
+__all__ = ["IGNORE_ID", "SpeechLM", "build_qwen2"]
 
 logger = logging.getLogger(__name__)
 
 IGNORE_ID = -100
-_ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+_ARCH_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
 
 
 def build_qwen2(
@@ -42,7 +50,9 @@ def build_qwen2(
         path = Path(pretrain_path)
         if not (path / "config.json").is_file():
             what = "directory not found" if not path.is_dir() else "no config.json in it"
-            raise ConfigError(f"qwen_pretrain_path {path}: {what} (expected a local Qwen2 model directory saved by save_pretrained)")
+            raise ConfigError(
+                f"qwen_pretrain_path {path}: {what} (expected a local Qwen2 model directory saved by save_pretrained)"
+            )
         model = Qwen2ForCausalLM.from_pretrained(
             path, local_files_only=True, attn_implementation=attn_implementation, dtype=torch.float32
         )
@@ -51,7 +61,10 @@ def build_qwen2(
             if differ:
                 logger.warning(
                     "pretrained Qwen2 at %s differs from the config in %s; the pretrained values are used, so this "
-                    "config will not rebuild the model without the same path", path, ", ".join(differ))
+                    "config will not rebuild the model without the same path",
+                    path,
+                    ", ".join(differ),
+                )
         return model
     if not config:
         raise ConfigError("build_qwen2 needs either pretrain_path or a Qwen2 config")
@@ -132,7 +145,13 @@ class SpeechLM(nn.Module):
         b = spk.shape[0]
         sos, task = self.sos_task_embedding.weight.to(text_emb.dtype).unsqueeze(1).unbind(0)  # [1, H] each
         return torch.cat(
-            [sos.expand(b, 1, -1), spk.unsqueeze(1).to(text_emb.dtype), text_emb, task.expand(b, 1, -1), speech_emb.to(text_emb.dtype)],
+            [
+                sos.expand(b, 1, -1),
+                spk.unsqueeze(1).to(text_emb.dtype),
+                text_emb,
+                task.expand(b, 1, -1),
+                speech_emb.to(text_emb.dtype),
+            ],
             dim=1,
         )
 
@@ -177,7 +196,9 @@ class SpeechLM(nn.Module):
         logits, targets = logits.flatten(0, 1).float(), targets.flatten()
         trained = targets != IGNORE_ID
         n = trained.sum().clamp_min(1)
-        ce = F.cross_entropy(logits, targets, ignore_index=IGNORE_ID, reduction="sum", label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(
+            logits, targets, ignore_index=IGNORE_ID, reduction="sum", label_smoothing=self.label_smoothing
+        )
         with torch.no_grad():
             acc = ((logits.argmax(-1) == targets) & trained).sum() / n
         return {"loss": ce / n, "acc": acc}
@@ -205,7 +226,9 @@ class SpeechLM(nn.Module):
         # Text pool [prompt_text | text] (padded each), then a pool of every piece.
         n_pt, n_t, n_ps = pt.shape[1], text_token.shape[1], ps.shape[1]
         text_all = torch.cat([pt, text_token], dim=1)
-        text_all = text_all.masked_fill(~torch.cat([lengths_to_mask(pt_len, n_pt), lengths_to_mask(text_token_len, n_t)], 1), 0)
+        text_all = text_all.masked_fill(
+            ~torch.cat([lengths_to_mask(pt_len, n_pt), lengths_to_mask(text_token_len, n_t)], 1), 0
+        )
         ps = ps.masked_fill(~lengths_to_mask(ps_len, n_ps), 0)
         pool = self._pool(spk, self.embed_text(text_all), self.speech_embedding(ps))  # [B, 3 + n_pt + n_t + n_ps, H]
 
@@ -214,13 +237,22 @@ class SpeechLM(nn.Module):
         k = torch.arange(width, device=device).unsqueeze(0) - (width - lens).unsqueeze(1)  # local position, < 0 = pad
         t_end = 2 + pt_len.unsqueeze(1)  # first position of the text proper
         task = t_end + text_token_len.unsqueeze(1)
-        src = torch.where(k < 2, k, torch.where(k < t_end, k, torch.where(k < task, 2 + n_pt + (k - t_end), 2 + n_pt + n_t)))
+        src = torch.where(
+            k < 2, k, torch.where(k < t_end, k, torch.where(k < task, 2 + n_pt + (k - t_end), 2 + n_pt + n_t))
+        )
         src = torch.where(k > task, 3 + n_pt + n_t + (k - task - 1), src)
         valid = k >= 0
         src = torch.where(valid, src, 0)
         return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), valid
 
-    def _decode(self, inputs: torch.Tensor, kv_valid: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None, padded: bool) -> torch.Tensor:
+    def _decode(
+        self,
+        inputs: torch.Tensor,
+        kv_valid: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache | None,
+        padded: bool,
+    ) -> torch.Tensor:
         """Run the decoder on new positions ``inputs [B, Q, H]``; return the last position's hidden state ``[B, H]``.
 
         ``kv_valid [B, K]`` marks real (non-left-padding) keys of the whole sequence so far. A padded
@@ -234,7 +266,13 @@ class SpeechLM(nn.Module):
             ki = torch.arange(k, device=inputs.device).unsqueeze(0)
             mask = (ki <= qi) & (kv_valid.unsqueeze(1) | (ki == qi))  # [B, Q, K]
             mask = mask.unsqueeze(1)
-        out = self.decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None)
+        out = self.decoder(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
         return out.last_hidden_state[:, -1]
 
     def _next_logp(self, hidden: torch.Tensor, step: int, min_len: torch.Tensor) -> torch.Tensor:
@@ -287,7 +325,13 @@ class SpeechLM(nn.Module):
         max_len = (text_token_len.double() * max_ratio).floor().long().clamp_min(min_len)
 
         prefix, valid = self._inference_prefix(
-            spk, text_token, text_token_len, prompt_text_token, prompt_text_token_len, prompt_speech_token, prompt_speech_token_len
+            spk,
+            text_token,
+            text_token_len,
+            prompt_text_token,
+            prompt_text_token_len,
+            prompt_speech_token,
+            prompt_speech_token_len,
         )
         padded = not bool(valid.all())
         positions = (valid.long().cumsum(-1) - 1).clamp_min(0)

@@ -5,11 +5,12 @@ and the recent history of generated ids ``history [B, W]`` (``-1`` where there i
 ids ``[B]``. Randomness comes only from the ``torch.Generator`` passed in, so a fixed seed gives
 the same tokens. Chosen from YAML (``!new:speech.llm.sampling.RasSampler``).
 """
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Sampler", "GreedySampler", "TopKTopPSampler", "RasSampler", "top_k_top_p_sample", "full_sample"]
+__all__ = ["GreedySampler", "RasSampler", "Sampler", "TopKTopPSampler", "full_sample", "top_k_top_p_sample"]
 
 
 def full_sample(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

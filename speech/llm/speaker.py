@@ -9,6 +9,7 @@ samples are used, features are zeroed on padded frames before every convolution 
 item sees exactly the zeros an unpadded one sees from conv padding), attention ignores padded keys,
 pooling ignores padded frames, and no layer mixes items of a batch (LayerNorm, never BatchNorm).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

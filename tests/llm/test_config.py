@@ -1,4 +1,5 @@
 """Configs build the model they describe; a local pretrained Qwen2 loads through the real path."""
+
 from __future__ import annotations
 
 import io
@@ -19,20 +20,32 @@ NOT_MODEL = {"text_tokenizer": None, "data_pipeline": None, "scheduler": None}
 
 def _plain(path, overrides=None) -> dict:
     """The config as plain data (tags ignored), references resolved."""
+
     class Loose(yaml.SafeLoader):
         pass
 
-    Loose.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_mapping(node, deep=True)
-                                if isinstance(node, yaml.MappingNode) else None)
+    Loose.add_multi_constructor(
+        "!",
+        lambda loader, suffix, node: (
+            loader.construct_mapping(node, deep=True) if isinstance(node, yaml.MappingNode) else None
+        ),
+    )
     return yaml.load(io.StringIO(resolve_config_text(path, overrides)), Loader=Loose)
 
 
 def test_full_config_has_cosyvoice2_dimensions(repo_root):
     cfg = _plain(repo_root / "configs/llm.yaml")
     qwen = cfg["qwen"]
-    assert (qwen["hidden_size"], qwen["num_hidden_layers"], qwen["num_attention_heads"], qwen["num_key_value_heads"],
-            qwen["intermediate_size"], qwen["vocab_size"], qwen["rope_theta"], qwen["tie_word_embeddings"]) == \
-        (896, 24, 14, 2, 4864, 151936, 1e6, True)
+    assert (
+        qwen["hidden_size"],
+        qwen["num_hidden_layers"],
+        qwen["num_attention_heads"],
+        qwen["num_key_value_heads"],
+        qwen["intermediate_size"],
+        qwen["vocab_size"],
+        qwen["rope_theta"],
+        qwen["tie_word_embeddings"],
+    ) == (896, 24, 14, 2, 4864, 151936, 1e6, True)
     assert cfg["qwen_pretrain_path"] is None and cfg["speech_token_size"] == 6561
     with torch.device("meta"):  # no memory, no time: count the parameters of the backbone it describes
         n = sum(p.numel() for p in Qwen2ForCausalLM(Qwen2Config(**qwen)).parameters())
@@ -66,12 +79,27 @@ def test_tiny_config_trains_on_batches_of_its_own_data_pipeline(repo_root, corpu
     from tools.generate_json_index import main as generate_index
     from tools.prepare_data import main as prepare
 
-    assert prepare([str(corpus_dir), "--out", str(tmp_path / "index"), "--split", str(corpus_dir / "splits/dev.txt")]) == 0
+    assert (
+        prepare([str(corpus_dir), "--out", str(tmp_path / "index"), "--split", str(corpus_dir / "splits/dev.txt")]) == 0
+    )
     entries = list(read_index(tmp_path / "index/dev.jsonl"))
     for e in entries:
         write_features(e, tmp_path / "feat" / e["spk"], ratio=2, dim=8)
-    assert generate_index(["--index", str(tmp_path / "index/dev.jsonl"), "--out", str(tmp_path / "train"),
-                           "--token_dir", str(tmp_path / "feat"), "--num_workers", "0"]) == 0
+    assert (
+        generate_index(
+            [
+                "--index",
+                str(tmp_path / "index/dev.jsonl"),
+                "--out",
+                str(tmp_path / "train"),
+                "--token_dir",
+                str(tmp_path / "feat"),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     train_bpe([e["text"] for e in entries], vocab_size=500, min_frequency=1).save(str(tmp_path / "bpe.json"))
 
     overrides = {"text_tokenizer_path": str(tmp_path / "bpe.json")}

@@ -1,4 +1,5 @@
 """Unistream / bistream layouts: known examples written out by hand, and a slow per-item reference."""
+
 from __future__ import annotations
 
 import random
@@ -12,8 +13,9 @@ SOS, SPK, TASK, EOS, FILL, IGN = "sos", "spk", "task", "eos", "fill", "-"
 
 def symbolic(text_len: int, speech_len: int, max_text: int, max_speech: int, bistream: bool, mix=(5, 15)):
     """Render one item's layout as readable symbols: inputs like 't3'/'s7', targets like 's8'/'eos'."""
-    lay = build_layout(torch.tensor([text_len]), torch.tensor([speech_len]), max_text, max_speech,
-                       torch.tensor([bistream]), mix)
+    lay = build_layout(
+        torch.tensor([text_len]), torch.tensor([speech_len]), max_text, max_speech, torch.tensor([bistream]), mix
+    )
     pool = [SOS, SPK] + [f"t{i}" for i in range(max_text)] + [TASK] + [f"s{i}" for i in range(max_speech)]
     tpool = [f"s{i}" for i in range(max_speech)] + [EOS, FILL, IGN]
     n = int(lay.valid[0].sum())
@@ -69,8 +71,8 @@ def reference_item(text_len: int, speech_len: int, bistream: bool, mix):
     ti = si = 0
     if bistream:
         while text_len - ti >= a:
-            inp += text[ti:ti + a] + speech[si:si + b]
-            tgt += [IGN] * (a - 1) + speech[si:si + b] + [FILL]
+            inp += text[ti : ti + a] + speech[si : si + b]
+            tgt += [IGN] * (a - 1) + speech[si : si + b] + [FILL]
             ti, si = ti + a, si + b
     rest = text[ti:]
     inp += rest + [TASK] + speech[si:]
@@ -87,8 +89,14 @@ def test_batched_layout_matches_per_item_reference():
         sl = rng.randint(0, 90)
         items.append((tl, sl, rng.random() < 0.5 and sl * mix[0] >= tl * mix[1]))
     max_t, max_s = max(i[0] for i in items) + 2, max(i[1] for i in items) + 1
-    lay = build_layout(torch.tensor([i[0] for i in items]), torch.tensor([i[1] for i in items]), max_t, max_s,
-                       torch.tensor([i[2] for i in items]), mix)
+    lay = build_layout(
+        torch.tensor([i[0] for i in items]),
+        torch.tensor([i[1] for i in items]),
+        max_t,
+        max_s,
+        torch.tensor([i[2] for i in items]),
+        mix,
+    )
     pool = [SOS, SPK] + t(0, max_t) + [TASK] + s(0, max_s)
     tpool = s(0, max_s) + [EOS, FILL, IGN]
     for row, (tl, sl, bi) in enumerate(items):

@@ -1,4 +1,5 @@
 """Training forward of SpeechLM: the loss counts exactly the speech (+ eos, + fill) targets."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,15 +17,15 @@ def item_reference(model, batch, i: int, bistream: bool, mix=(5, 15)):
     """Logits and targets of item ``i`` alone, unpadded, with the sequence assembled piece by piece."""
     tl, sl, rl = (int(batch[k][i]) for k in ("text_token_len", "speech_token_len", "ref_audio_len"))
     text, speech = batch["text_token"][i, :tl], batch["speech_token"][i, :sl]
-    spk = model.spk_proj(model.speaker(batch["ref_audio"][i:i + 1, :rl], torch.tensor([rl])))[0]
+    spk = model.spk_proj(model.speaker(batch["ref_audio"][i : i + 1, :rl], torch.tensor([rl])))[0]
     sos, task = model.sos_task_embedding.weight
     temb, semb = model.embed_text(text), model.speech_embedding(speech)
     pieces, targets = [sos, spk], [IGNORE_ID, IGNORE_ID]
     a, b = mix
     ti = si = 0
     while bistream and tl - ti >= a:
-        pieces += list(temb[ti:ti + a]) + list(semb[si:si + b])
-        targets += [IGNORE_ID] * (a - 1) + speech[si:si + b].tolist() + [FILL]
+        pieces += list(temb[ti : ti + a]) + list(semb[si : si + b])
+        targets += [IGNORE_ID] * (a - 1) + speech[si : si + b].tolist() + [FILL]
         ti, si = ti + a, si + b
     pieces += list(temb[ti:]) + [task] + list(semb[si:])
     targets += [IGNORE_ID] * (tl - ti) + speech[si:].tolist() + [EOS]
@@ -101,9 +102,15 @@ def test_backward_reaches_every_trained_part_and_never_the_text_head():
     model.backbone.lm_head.register_forward_hook(lambda *a: pytest.fail("text-vocabulary head was evaluated"))
     batch = make_batch(text_len=[7, 4], speech_len=[40, 9], ref_len=[3000, 2000])
     model(batch)["loss"].backward()
-    for name in ("speaker.stem.weight", "spk_proj.weight", "speech_embedding.weight", "speech_head.weight",
-                 "sos_task_embedding.weight", "backbone.model.layers.0.self_attn.q_proj.weight",
-                 "backbone.model.embed_tokens.weight"):
+    for name in (
+        "speaker.stem.weight",
+        "spk_proj.weight",
+        "speech_embedding.weight",
+        "speech_head.weight",
+        "sos_task_embedding.weight",
+        "backbone.model.layers.0.self_attn.q_proj.weight",
+        "backbone.model.embed_tokens.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -138,10 +145,21 @@ def test_every_trainable_parameter_gets_a_gradient_with_an_untied_backbone():
 
     from .conftest import tiny_backbone_config
 
-    speaker = SpeakerExtractor(sample_rate=16000, n_fft=256, hop_length=64, n_mels=20, channels=16, conv_layers=1,
-                               attention_layers=1, heads=2, ffn_dim=32, dim=12)
-    model = SpeechLM(build_qwen2(config=tiny_backbone_config(tie_word_embeddings=False)), speaker,
-                     speech_token_size=SPEECH_VOCAB).train()
+    speaker = SpeakerExtractor(
+        sample_rate=16000,
+        n_fft=256,
+        hop_length=64,
+        n_mels=20,
+        channels=16,
+        conv_layers=1,
+        attention_layers=1,
+        heads=2,
+        ffn_dim=32,
+        dim=12,
+    )
+    model = SpeechLM(
+        build_qwen2(config=tiny_backbone_config(tie_word_embeddings=False)), speaker, speech_token_size=SPEECH_VOCAB
+    ).train()
     assert not model.backbone.lm_head.weight.requires_grad
     assert model.backbone.model.embed_tokens.weight.requires_grad
     model(make_batch(text_len=[7, 4], speech_len=[40, 9], ref_len=[3000, 2000]))["loss"].backward()

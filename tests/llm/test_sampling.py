@@ -1,4 +1,5 @@
 """Samplers: nucleus membership and frequencies, RAS fallback rule, seeded reproducibility."""
+
 from __future__ import annotations
 
 import torch

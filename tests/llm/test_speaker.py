@@ -1,4 +1,5 @@
 """Speaker extractor: unit vectors, invariant to padding and to the rest of the batch."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,18 @@ from speech.llm.speaker import SpeakerExtractor, pool_references
 
 def make_extractor(**kw) -> SpeakerExtractor:
     torch.manual_seed(0)
-    cfg = dict(sample_rate=16000, n_fft=256, hop_length=64, n_mels=20, channels=16, conv_layers=2,
-               attention_layers=1, heads=2, ffn_dim=32, dim=24)
+    cfg = {
+        "sample_rate": 16000,
+        "n_fft": 256,
+        "hop_length": 64,
+        "n_mels": 20,
+        "channels": 16,
+        "conv_layers": 2,
+        "attention_layers": 1,
+        "heads": 2,
+        "ffn_dim": 32,
+        "dim": 24,
+    }
     cfg.update(kw)
     return SpeakerExtractor(**cfg).eval()
 
