@@ -25,3 +25,10 @@ def test_matmul_counted():
 def test_peak_is_positive():
     peak = matmul_peak_gflops(torch.float32, sizes=(64,), seconds=0.05)
     assert set(peak) == {64} and peak[64] > 0
+
+
+def test_grouped_query_attention_counts_expanded_heads():
+    q = torch.randn(1, 4, 16, 8)
+    kv = torch.randn(1, 2, 16, 8)
+    flops = count_flops(lambda: F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True))
+    assert flops == 2 * (2 * 1 * 4 * 16 * 16 * 8)

@@ -20,6 +20,12 @@ aten = torch.ops.aten
 _registered = False
 
 
+def _gqa(q_shape, k_shape, v_shape):
+    """Grouped-query attention shares K/V heads; the FLOPs are those of K/V expanded to Q's heads."""
+    heads = q_shape[1]
+    return (k_shape[0], heads, *k_shape[2:]), (v_shape[0], heads, *v_shape[2:])
+
+
 def _register_cpu_sdpa() -> None:
     global _registered
     if _registered:
@@ -27,11 +33,13 @@ def _register_cpu_sdpa() -> None:
 
     @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
     def _fwd(query, key, value, *args, out_val=None, **kwargs) -> int:
-        return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+        return flop_counter.sdpa_flop_count(query.shape, *_gqa(query.shape, key.shape, value.shape))
 
     @flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)
     def _bwd(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
-        return flop_counter.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+        return flop_counter.sdpa_backward_flop_count(
+            grad_out.shape, query.shape, *_gqa(query.shape, key.shape, value.shape)
+        )
 
     _registered = True
 

@@ -1,0 +1,372 @@
+"""Stage 1: a Qwen2 LM from BPE text + a learnable speaker vector to 25 Hz FSQ speech tokens.
+
+The backbone is ``transformers.Qwen2ForCausalLM`` (pretrained from a local directory, or built
+from a config); only its decoder stack ``backbone.model`` runs, on ``inputs_embeds``. The text
+vocabulary head is never evaluated: a separate speech head of ``speech_token_size + 3`` ids does
+the predicting (``eos = speech_token_size``, ``speech_token_size + 1`` reserved, ``fill =
+speech_token_size + 2``). Sequence layouts are in :mod:`speech.llm.layout`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+from speech.config import ConfigError
+from speech.llm.layout import bistream_allowed, build_layout
+from speech.llm.sampling import RasSampler, Sampler
+from speech.utils.mask import lengths_to_mask
+
+__all__ = ["IGNORE_ID", "SpeechLM", "build_qwen2"]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_ID = -100
+_ARCH_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def build_qwen2(
+    pretrain_path: str | Path | None = None, config: dict[str, Any] | None = None, attn_implementation: str = "sdpa"
+) -> Qwen2ForCausalLM:
+    """Qwen2 backbone: loaded (fp32) from a local pretrained directory when a path is given, else built from ``config``.
+
+    A given path must exist and hold a ``config.json``; anything else is one :class:`ConfigError`
+    line. Nothing is ever downloaded.
+    """
+    if pretrain_path:
+        path = Path(pretrain_path)
+        if not (path / "config.json").is_file():
+            what = "directory not found" if not path.is_dir() else "no config.json in it"
+            raise ConfigError(
+                f"qwen_pretrain_path {path}: {what} (expected a local Qwen2 model directory saved by save_pretrained)"
+            )
+        model = Qwen2ForCausalLM.from_pretrained(
+            path, local_files_only=True, attn_implementation=attn_implementation, dtype=torch.float32
+        )
+        if config:
+            differ = [k for k in _ARCH_KEYS if k in config and config[k] != getattr(model.config, k)]
+            if differ:
+                logger.warning(
+                    "pretrained Qwen2 at %s differs from the config in %s; the pretrained values are used, so this "
+                    "config will not rebuild the model without the same path",
+                    path,
+                    ", ".join(differ),
+                )
+        return model
+    if not config:
+        raise ConfigError("build_qwen2 needs either pretrain_path or a Qwen2 config")
+    try:
+        qwen_config = Qwen2Config(**config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid Qwen2 config: {exc}") from None
+    qwen_config._attn_implementation = attn_implementation
+    return Qwen2ForCausalLM(qwen_config)
+
+
+class SpeechLM(nn.Module):
+    """``[sos][spk] text [task] speech eos`` language model over FSQ speech tokens.
+
+    ``forward(batch)`` returns ``{"loss", "acc"}``: cross-entropy (optionally label-smoothed) and
+    token accuracy over the speech + eos (+ fill in bistream) targets only. ``generate`` decodes
+    new tokens with a KV cache for a batch of texts in the voice of reference audio.
+    """
+
+    def __init__(
+        self,
+        backbone: Qwen2ForCausalLM,
+        speaker: nn.Module,
+        speech_token_size: int = 6561,
+        bistream_prob: float = 0.5,
+        mix_ratio: tuple[int, int] | list[int] = (5, 15),
+        label_smoothing: float = 0.0,
+        sampler: Sampler | None = None,
+        min_len_ratio: float = 2.0,
+        max_len_ratio: float = 20.0,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 <= bistream_prob <= 1.0:
+            raise ConfigError(f"bistream_prob must be in [0, 1], got {bistream_prob}")
+        if len(mix_ratio) != 2 or min(mix_ratio) < 1:
+            raise ConfigError(f"mix_ratio must be two positive ints (text, speech), got {mix_ratio}")
+        self.backbone = backbone
+        self.speaker = speaker
+        hidden = backbone.config.hidden_size
+        self.speech_token_size = speech_token_size
+        self.eos_id = speech_token_size
+        self.reserved_id = speech_token_size + 1
+        self.fill_id = speech_token_size + 2
+        self.bistream_prob = bistream_prob
+        self.mix_ratio = (int(mix_ratio[0]), int(mix_ratio[1]))
+        self.label_smoothing = label_smoothing
+        self.sampler = sampler if sampler is not None else RasSampler()
+        self.min_len_ratio, self.max_len_ratio = min_len_ratio, max_len_ratio
+
+        self.sos_task_embedding = nn.Embedding(2, hidden)  # 0 = sos, 1 = task (text -> speech)
+        self.spk_proj = nn.Linear(speaker.dim, hidden)
+        self.speech_embedding = nn.Embedding(speech_token_size + 3, hidden)
+        self.speech_head = nn.Linear(hidden, speech_token_size + 3)
+        if backbone.lm_head.weight is not backbone.model.embed_tokens.weight:
+            # An untied text-vocabulary head is never evaluated: freeze it, so DDP sees no unused
+            # trainable parameter and the optimizer keeps no state for it.
+            backbone.lm_head.requires_grad_(False)
+        if gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def decoder(self) -> nn.Module:
+        """The Qwen2 decoder stack (embeddings + layers + final norm), without the text-vocabulary head."""
+        return self.backbone.model
+
+    def embed_text(self, text_token: torch.Tensor) -> torch.Tensor:
+        """Text ids ``[B, L]`` -> ``[B, L, H]`` through the backbone's own ``embed_tokens``."""
+        return self.decoder.embed_tokens(text_token)
+
+    def speaker_slot(self, ref_audio: torch.Tensor, ref_audio_len: torch.Tensor) -> torch.Tensor:
+        """Reference audio -> the speaker's LM input slot ``[B, H]``."""
+        return self.spk_proj(self.speaker(ref_audio, ref_audio_len))
+
+    def _pool(self, spk: torch.Tensor, text_emb: torch.Tensor, speech_emb: torch.Tensor) -> torch.Tensor:
+        """``[sos, spk, text.., task, speech..]`` as one ``[B, 3 + L + T, H]`` tensor (see :mod:`speech.llm.layout`)."""
+        b = spk.shape[0]
+        sos, task = self.sos_task_embedding.weight.to(text_emb.dtype).unsqueeze(1).unbind(0)  # [1, H] each
+        return torch.cat(
+            [
+                sos.expand(b, 1, -1),
+                spk.unsqueeze(1).to(text_emb.dtype),
+                text_emb,
+                task.expand(b, 1, -1),
+                speech_emb.to(text_emb.dtype),
+            ],
+            dim=1,
+        )
+
+    # ------------------------------------------------------------------ training
+    def logits_and_targets(
+        self, batch: dict[str, Any], bistream: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech-head logits ``[B, S, V]`` and targets ``[B, S]`` (``IGNORE_ID`` where not trained).
+
+        ``bistream [B]`` forces the layout per item; by default each item whose speech/text ratio
+        allows it is bistream with probability ``bistream_prob``.
+        """
+        text, text_len = batch["text_token"], batch["text_token_len"]
+        speech, speech_len = batch["speech_token"], batch["speech_token_len"]
+        if bistream is None:
+            allowed = bistream_allowed(text_len, speech_len, self.mix_ratio)
+            bistream = allowed & (torch.rand(allowed.shape, device=allowed.device) < self.bistream_prob)
+        layout = build_layout(text_len, speech_len, text.shape[1], speech.shape[1], bistream, self.mix_ratio)
+
+        spk = self.speaker_slot(batch["ref_audio"], batch["ref_audio_len"])
+        # Padded text/speech ids may be anything: clamp them into range (their positions are never used).
+        text_emb = self.embed_text(text.masked_fill(~lengths_to_mask(text_len, text.shape[1]), 0))
+        speech_in = speech.masked_fill(~lengths_to_mask(speech_len, speech.shape[1]), 0)
+        speech_emb = self.speech_embedding(speech_in)
+        pool = self._pool(spk, text_emb, speech_emb)
+        inputs = pool.gather(1, layout.src.unsqueeze(-1).expand(-1, -1, pool.shape[-1]))
+
+        # Right padding + causal attention: valid positions never see padding, so no mask is needed
+        # (SDPA's is_causal path, no mask tensor, no host sync).
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
+        logits = self.speech_head(hidden)
+
+        b = speech.shape[0]
+        special = torch.tensor([self.eos_id, self.fill_id, IGNORE_ID], device=speech.device).expand(b, 3)
+        target_pool = torch.cat([speech_in, special], dim=1)
+        targets = target_pool.gather(1, layout.tgt)
+        return logits, targets
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training step: ``loss`` (mean CE over speech/eos/fill targets of the batch) and ``acc``."""
+        logits, targets = self.logits_and_targets(batch)
+        logits, targets = logits.flatten(0, 1).float(), targets.flatten()
+        trained = targets != IGNORE_ID
+        n = trained.sum().clamp_min(1)
+        ce = F.cross_entropy(
+            logits, targets, ignore_index=IGNORE_ID, reduction="sum", label_smoothing=self.label_smoothing
+        )
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == targets) & trained).sum() / n
+        return {"loss": ce / n, "acc": acc}
+
+    # ------------------------------------------------------------------ inference
+    def _inference_prefix(
+        self,
+        spk: torch.Tensor,
+        text_token: torch.Tensor,
+        text_token_len: torch.Tensor,
+        prompt_text_token: torch.Tensor | None,
+        prompt_text_token_len: torch.Tensor | None,
+        prompt_speech_token: torch.Tensor | None,
+        prompt_speech_token_len: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``[sos, spk, prompt_text, text, task, prompt_speech]`` ``[B, P, H]`` and its valid mask ``[B, P]``."""
+        b, device = text_token.shape[0], text_token.device
+        empty = torch.zeros(b, 0, dtype=torch.long, device=device)
+        zero = torch.zeros(b, dtype=torch.long, device=device)
+        pt, pt_len = (empty, zero) if prompt_text_token is None else (prompt_text_token, prompt_text_token_len)
+        ps, ps_len = (empty, zero) if prompt_speech_token is None else (prompt_speech_token, prompt_speech_token_len)
+        if pt_len is None or ps_len is None:
+            raise ValueError("prompt tokens need their lengths")
+
+        # Text pool [prompt_text | text] (padded each), then a pool of every piece.
+        n_pt, n_t, n_ps = pt.shape[1], text_token.shape[1], ps.shape[1]
+        text_all = torch.cat([pt, text_token], dim=1)
+        text_all = text_all.masked_fill(
+            ~torch.cat([lengths_to_mask(pt_len, n_pt), lengths_to_mask(text_token_len, n_t)], 1), 0
+        )
+        ps = ps.masked_fill(~lengths_to_mask(ps_len, n_ps), 0)
+        pool = self._pool(spk, self.embed_text(text_all), self.speech_embedding(ps))  # [B, 3 + n_pt + n_t + n_ps, H]
+
+        lens = 3 + pt_len + text_token_len + ps_len
+        width = int(lens.max())
+        k = torch.arange(width, device=device).unsqueeze(0) - (width - lens).unsqueeze(1)  # local position, < 0 = pad
+        t_end = 2 + pt_len.unsqueeze(1)  # first position of the text proper
+        task = t_end + text_token_len.unsqueeze(1)
+        src = torch.where(
+            k < 2, k, torch.where(k < t_end, k, torch.where(k < task, 2 + n_pt + (k - t_end), 2 + n_pt + n_t))
+        )
+        src = torch.where(k > task, 3 + n_pt + n_t + (k - task - 1), src)
+        valid = k >= 0
+        src = torch.where(valid, src, 0)
+        return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), valid
+
+    def _decode(
+        self,
+        inputs: torch.Tensor,
+        kv_valid: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache | None,
+        padded: bool,
+    ) -> torch.Tensor:
+        """Run the decoder on new positions ``inputs [B, Q, H]``; return the last position's hidden state ``[B, H]``.
+
+        ``kv_valid [B, K]`` marks real (non-left-padding) keys of the whole sequence so far. A padded
+        query attends only to itself, so no row of the attention is empty.
+        """
+        mask = None
+        if padded:
+            q = inputs.shape[1]
+            k = kv_valid.shape[1]
+            qi = torch.arange(k - q, k, device=inputs.device).unsqueeze(1)
+            ki = torch.arange(k, device=inputs.device).unsqueeze(0)
+            mask = (ki <= qi) & (kv_valid.unsqueeze(1) | (ki == qi))  # [B, Q, K]
+            mask = mask.unsqueeze(1)
+        out = self.decoder(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state[:, -1]
+
+    def _next_logp(self, hidden: torch.Tensor, step: int, min_len: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the next speech id; fill/reserved never, eos not before ``min_len``."""
+        logits = self.speech_head(hidden).float()
+        logits[:, self.reserved_id] = float("-inf")
+        logits[:, self.fill_id] = float("-inf")
+        logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(step < min_len, float("-inf"))
+        return logits.log_softmax(-1)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        text_token: torch.Tensor,
+        text_token_len: torch.Tensor,
+        ref_audio: torch.Tensor | None = None,
+        ref_audio_len: torch.Tensor | None = None,
+        *,
+        spk_vector: torch.Tensor | None = None,
+        prompt_text_token: torch.Tensor | None = None,
+        prompt_text_token_len: torch.Tensor | None = None,
+        prompt_speech_token: torch.Tensor | None = None,
+        prompt_speech_token_len: torch.Tensor | None = None,
+        sampler: Sampler | None = None,
+        min_len_ratio: float | None = None,
+        max_len_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech tokens for a batch of texts: ``(tokens [B, N], lengths [B])``, eos excluded, 0-padded.
+
+        The voice comes from ``ref_audio`` (or a precomputed ``spk_vector [B, speaker.dim]``, e.g.
+        :meth:`SpeakerExtractor.embed_references` of several clips). With ``prompt_text_token`` and
+        ``prompt_speech_token`` the model continues the prompt utterance (one-shot); without them it
+        is zero-shot from the reference alone. Each item yields between ``min_len_ratio`` and
+        ``max_len_ratio`` times its text length (prompt text excluded) tokens. Batched items are
+        left-padded with exact per-item positions and masks, so a batch decodes as each item alone.
+        """
+        sampler = sampler if sampler is not None else self.sampler
+        min_ratio = self.min_len_ratio if min_len_ratio is None else min_len_ratio
+        max_ratio = self.max_len_ratio if max_len_ratio is None else max_len_ratio
+        if spk_vector is None:
+            if ref_audio is None:
+                raise ValueError("generate needs ref_audio (with ref_audio_len) or spk_vector")
+            spk_vector = self.speaker(ref_audio, ref_audio_len)
+        spk = self.spk_proj(spk_vector.to(self.spk_proj.weight.dtype))
+        b, device = text_token.shape[0], text_token.device
+        text_token_len = text_token_len.to(device)
+        min_len = (text_token_len.double() * min_ratio).floor().long()
+        max_len = (text_token_len.double() * max_ratio).floor().long().clamp_min(min_len)
+
+        prefix, valid = self._inference_prefix(
+            spk,
+            text_token,
+            text_token_len,
+            prompt_text_token,
+            prompt_text_token_len,
+            prompt_speech_token,
+            prompt_speech_token_len,
+        )
+        padded = not bool(valid.all())
+        positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+        next_pos = positions[:, -1:] + 1
+        n_steps = int(max_len.max())
+
+        tokens = torch.zeros(b, n_steps, dtype=torch.long, device=device)
+        history = torch.full((b, sampler.window), -1, dtype=torch.long, device=device)
+        lengths = torch.zeros(b, dtype=torch.long, device=device)
+        finished = max_len == 0
+        cache = DynamicCache(config=self.backbone.config) if use_cache else None
+        hidden = self._decode(prefix, valid, positions, cache, padded)
+        seq_inputs, seq_valid, seq_pos = prefix, valid, positions
+        for step in range(n_steps):
+            ids = sampler(self._next_logp(hidden, step, min_len), history, generator)
+            ids = ids.masked_fill(finished, self.eos_id)
+            tokens[:, step] = ids.masked_fill(ids == self.eos_id, 0)
+            lengths += ~finished & (ids != self.eos_id)
+            finished = finished | (ids == self.eos_id) | (lengths >= max_len)
+            if history.shape[1]:
+                history = torch.cat([history[:, 1:], ids.unsqueeze(1)], dim=1)
+            if step + 1 == n_steps or bool(finished.all()):
+                break
+            new = self.speech_embedding(ids).unsqueeze(1)
+            seq_valid = torch.cat([seq_valid, seq_valid.new_ones(b, 1)], dim=1)
+            if use_cache:
+                hidden = self._decode(new, seq_valid, next_pos, cache, padded)
+            else:  # full recomputation: the slow reference the cache is tested against
+                seq_inputs = torch.cat([seq_inputs, new], dim=1)
+                seq_pos = torch.cat([seq_pos, next_pos], dim=1)
+                hidden = self._decode(seq_inputs, seq_valid, seq_pos, None, padded)
+            next_pos = next_pos + 1
+        width = int(lengths.max()) if b else 0
+        return tokens[:, :width], lengths
+
+    def extra_repr(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"speech_token_size={self.speech_token_size}, params={n / 1e6:.2f}M, bistream_prob={self.bistream_prob}"

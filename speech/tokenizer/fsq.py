@@ -1,0 +1,112 @@
+"""Finite scalar quantisation (FSQ; Mentzer et al., 2023, "Finite Scalar Quantization: VQ-VAE Made
+Simple", arXiv 2309.15505).
+
+Each of the ``D = len(levels)`` channels is squashed into a bounded range and rounded to one of
+``levels[i]`` integers; the code of a frame is the tuple of those integers and its id the
+mixed-radix number they spell (channel 0 is the least significant digit). With the default
+8 channels x 3 levels this gives ``3**8 = 6561`` ids, the S3Tokenizer v2 vocabulary, with the same
+digit order. There is no codebook to learn and nothing can collapse: the gradient goes straight
+through the rounding (paper Sec. 3).
+
+Shapes: ``z [..., D]`` in, normalised codes ``[..., D]`` (values in [-1, 1]) and ids ``[...]``
+(int64) out.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["FSQ", "codebook_stats"]
+
+
+class FSQ(nn.Module):
+    """Quantise ``[..., D]`` vectors onto the integer grid ``prod(levels)`` with straight-through rounding."""
+
+    def __init__(self, levels: Sequence[int] = (3,) * 8, eps: float = 1e-3):
+        super().__init__()
+        levels = [int(level) for level in levels]
+        if not levels or any(level < 2 for level in levels):
+            raise ValueError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels}")
+        self.levels_list = levels
+        self.codebook_size = math.prod(levels)
+        if self.codebook_size >= 2**62:
+            raise ValueError(f"FSQ levels {levels} give too many codes for int64 ids")
+        levels_t = torch.tensor(levels, dtype=torch.long)
+        # basis[i] = prod(levels[:i]): the place value of channel i in the mixed-radix id.
+        basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
+        # Integer grid per channel: odd L -> {-(L-1)/2 .. (L-1)/2}; even L -> {-L/2 .. L/2 - 1}.
+        # `half` rescales the grid to [-1, 1]; `digit = q + half` maps it to 0 .. L-1.
+        half_width = levels_t // 2
+        # Bound (paper App. A): tanh(z + shift) * h - offset. tanh spans (-1, 1), so the bounded
+        # value spans (-h - offset, h - offset); with h = (L - 1)(1 + eps) / 2 that interval reaches
+        # just past the outermost grid points (which rounding then hits) but stops far short of the
+        # next half-integer, giving exactly L rounded values. Even L needs the 0.5 offset because
+        # its grid is not symmetric; the shift keeps bound(0) = 0 (it needs offset < h, hence 1 + eps).
+        h = (levels_t.double() - 1) * (1 + eps) / 2
+        offset = torch.where(levels_t % 2 == 0, 0.5, 0.0).double()
+        shift = torch.atanh(offset / h)
+        self.register_buffer("levels", levels_t, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+        self.register_buffer("half_width", half_width, persistent=False)
+        self.register_buffer("_h", h.float(), persistent=False)
+        self.register_buffer("_offset", offset.float(), persistent=False)
+        self.register_buffer("_shift", shift.float(), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        """Number of channels ``D`` a code vector has."""
+        return len(self.levels_list)
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Squash ``z`` into the continuous range whose rounding hits exactly ``levels[i]`` integers."""
+        return torch.tanh(z + self._shift) * self._h - self._offset
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z [..., D]`` -> (normalised codes ``[..., D]`` in [-1, 1], ids ``[...]`` int64).
+
+        The codes carry the gradient of :meth:`bound` unchanged (straight-through estimator):
+        ``round(b)`` in the forward pass, ``d/db = 1`` in the backward pass.
+        """
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"FSQ expects {self.dim} channels in the last axis, got {tuple(z.shape)}")
+        # Rounding boundaries must not depend on bf16 precision: quantise in fp32.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            bounded = self.bound(z.float())
+            rounded = torch.round(bounded)
+            quantised = bounded + (rounded - bounded).detach()
+            ids = self.codes_to_ids(rounded.detach(), normalised=False)
+            codes = quantised / self.half_width
+        return codes, ids
+
+    def codes_to_ids(self, codes: torch.Tensor, normalised: bool = True) -> torch.Tensor:
+        """Code vectors ``[..., D]`` (normalised, or integer grid values) -> ids ``[...]`` int64."""
+        grid = codes * self.half_width if normalised else codes
+        digits = torch.round(grid).long() + self.half_width
+        return (digits * self.basis).sum(dim=-1)
+
+    def ids_to_codes(self, ids: torch.Tensor, normalised: bool = True) -> torch.Tensor:
+        """Ids ``[...]`` -> code vectors ``[..., D]`` float32 (normalised to [-1, 1] by default)."""
+        digits = torch.div(ids.long().unsqueeze(-1), self.basis, rounding_mode="floor") % self.levels
+        grid = (digits - self.half_width).float()
+        return grid / self.half_width if normalised else grid
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels_list}, codebook_size={self.codebook_size}"
+
+
+def codebook_stats(ids: torch.Tensor, mask: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
+    """Fraction of the codebook used by the valid ids and the perplexity of their distribution.
+
+    Computed with ``index_add_`` into a fixed-size histogram, so there is no host sync (``bincount``
+    would read the maximum id back to size its output). Perplexity ``exp(H)``, ``H`` the entropy of
+    the empirical code distribution in nats: 1 when one code is used, ``codebook_size`` at best.
+    """
+    weights = mask.reshape(-1).float()
+    counts = torch.zeros(codebook_size, device=ids.device, dtype=torch.float32)
+    counts.index_add_(0, ids.reshape(-1).clamp(0, codebook_size - 1), weights)
+    probs = counts / counts.sum().clamp_min(1.0)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return {"code_usage": (counts > 0).float().mean(), "code_perplexity": torch.exp(entropy)}

@@ -1,0 +1,187 @@
+"""The project's own FSQ tokenizer behind the speech-tokenizer interface (drop-in for S3Tokenizer).
+
+``OwnFSQTokenizer.from_checkpoint(ckpt)`` rebuilds :class:`FSQTokenizerModel` from the config of a
+``train.py --model fsq`` run (the one stored inside the checkpoint, ``config.yaml`` beside it, or
+one given explicitly) and loads its weights. Only the model's part of the config is built (the
+data pipeline, optimizer and scheduler are left out), so extraction needs none of them.
+``tokenize`` turns 1-D waveforms at :attr:`sample_rate` into 1-D int64 tensors of ids
+``0 .. codebook_size - 1`` at 25 Hz, like the S3Tokenizer backend, so ``name_fsq.pt`` files from
+either are interchangeable.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+
+from speech.config import ConfigError, resolve_config_text
+from speech.tokenizer.base import SpeechTokenizer, SpeechTokenizerError
+from speech.tokenizer.model import FSQTokenizerModel
+
+__all__ = ["OwnFSQTokenizer", "load_checkpoint", "model_config_text"]
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``(weights, config text or None)`` from a trainer checkpoint (file, or DeepSpeed folder with
+    ``model.pt``), a plain ``.pt`` state dict or a ``.safetensors`` export."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise SpeechTokenizerError(f"FSQ tokenizer checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise SpeechTokenizerError(f"cannot read FSQ tokenizer checkpoint {path}: {exc}") from None
+    config = None
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        config = obj.get("config") if isinstance(obj.get("config"), str) else None
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SpeechTokenizerError(f"{path} holds neither a trainer checkpoint nor a state dict")
+    state = dict(obj)
+    # Weights saved from a DDP / compiled wrapper carry a prefix on every key.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, config
+
+
+def _subtree_ids(node: yaml.Node, seen: set[int]) -> set[int]:
+    """Ids of every node under ``node`` (aliases are the same node objects, so they are followed)."""
+    if id(node) in seen:
+        return seen
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _subtree_ids(key, seen)
+            _subtree_ids(value, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            _subtree_ids(value, seen)
+    return seen
+
+
+def model_config_text(text: str, model_key: str = "fsq") -> str:
+    """A resolved config reduced to ``model_key`` and the top-level entries it refers to."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    entries = dict((k.value, v) for k, v in root.value) if isinstance(root, yaml.MappingNode) else {}
+    if model_key not in entries:
+        raise SpeechTokenizerError(f"the config has no {model_key!r} entry (top-level keys: {', '.join(entries)})")
+    # Each node belongs to the top-level entry where it first appears (where its anchor is
+    # defined); later appearances are aliases. Keep the entries that own a node the model uses.
+    owner: dict[int, str] = {}
+    for key, value in root.value:
+        for node_id in _subtree_ids(value, set()):
+            owner.setdefault(node_id, key.value)
+    keep = {owner[node_id] for node_id in _subtree_ids(entries[model_key], set())}
+    root.value = [(k, v) for k, v in root.value if k.value in keep]
+    return yaml.serialize(root)
+
+
+def _read_config(path: str | os.PathLike) -> str:
+    try:
+        return resolve_config_text(path)
+    except ConfigError as exc:
+        raise SpeechTokenizerError(str(exc)) from None
+
+
+def _build_model(config_text: str, model_key: str) -> FSQTokenizerModel:
+    try:
+        model = load_hyperpyyaml(io.StringIO(model_config_text(config_text, model_key)))[model_key]
+    except SpeechTokenizerError:
+        raise
+    except Exception as exc:
+        message = f"cannot build the FSQ tokenizer from its config: {type(exc).__name__}: {exc}"
+        raise SpeechTokenizerError(message) from None
+    if not isinstance(model, FSQTokenizerModel):
+        raise SpeechTokenizerError(f"config key {model_key!r} builds a {type(model).__name__}, not FSQTokenizerModel")
+    return model
+
+
+class OwnFSQTokenizer(SpeechTokenizer):
+    """Speech tokenizer backed by a trained :class:`FSQTokenizerModel` (25 Hz, 6561 ids by default)."""
+
+    sample_rate = 24000
+    token_rate = 25
+    codebook_size = 6561
+
+    def __init__(self, model: FSQTokenizerModel, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        # Instance values from the model (class values above are only the defaults' description).
+        self.sample_rate = model.sample_rate
+        self.token_rate = model.token_rate
+        self.codebook_size = model.codebook_size
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike,
+        config: str | os.PathLike | Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        model_key: str = "fsq",
+    ) -> "OwnFSQTokenizer":
+        """Rebuild the model and load ``checkpoint``'s weights.
+
+        ``config``: the training YAML (model under ``model_key``), a mapping of
+        :class:`FSQTokenizerModel` arguments, or None for the config stored in the checkpoint
+        (else ``config.yaml`` beside it, as ``train.py`` writes).
+        """
+        checkpoint = Path(checkpoint)
+        state, stored = load_checkpoint(checkpoint)
+        if isinstance(config, Mapping):
+            try:
+                model = FSQTokenizerModel(**config)
+            except (TypeError, ValueError) as exc:
+                raise SpeechTokenizerError(f"bad FSQ tokenizer arguments: {exc}") from None
+        else:
+            if config is not None:
+                text = _read_config(config)
+            elif stored is not None:
+                text = stored
+            else:
+                beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.yaml"
+                if not beside.is_file():
+                    raise SpeechTokenizerError(f"{checkpoint} stores no config and there is no {beside}; pass --config")
+                text = _read_config(beside)
+            model = _build_model(text, model_key)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches: keep the first line of PyTorch's report
+            detail = str(exc).strip().splitlines()
+            raise SpeechTokenizerError(f"{checkpoint} does not match its config: {detail[-1].strip()}") from None
+        if missing or unexpected:
+            # Strict in substance, with one clear line instead of a page of key names.
+            raise SpeechTokenizerError(
+                f"{checkpoint} does not match its config: {len(missing)} missing key(s) (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+        log.info("loaded FSQ tokenizer %s (%d codes, %d Hz input)", checkpoint, model.codebook_size, model.sample_rate)
+        return cls(model, device)
+
+    @torch.inference_mode()
+    def tokenize(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """1-D float waveforms at :attr:`sample_rate` -> 1-D int64 CPU tensors of ids, one batched pass."""
+        if not wavs:
+            return []
+        for i, wav in enumerate(wavs):
+            if wav.dim() != 1:
+                raise ValueError(f"tokenize expects 1-D waveforms, item {i} has shape {tuple(wav.shape)}")
+        lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
+        audio = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
+        ids, token_len = self.model.tokenize(audio.to(self.device), lengths.to(self.device))
+        ids, token_len = ids.cpu(), token_len.cpu().tolist()
+        return [row[:n].clone() for row, n in zip(ids, token_len)]

@@ -1,0 +1,306 @@
+"""Checkpoint files: atomic writes, naming, discovery, pruning, weight loading and averaging.
+
+Layout of ``model_dir`` (``S`` = optimizer step, zero-padded to 9 digits so names sort):
+
+    config.yaml             resolved config text (also stored inside every checkpoint)
+    step_S.pt               torch engine: model, optimizers, schedulers, scaler, EMA, trainer state
+    step_S/                 DeepSpeed engine: DeepSpeed's shard files + model.pt + trainer.pt
+    step_S.yaml             metrics beside each checkpoint: step, epoch, CV and train losses
+    tensorboard/, comet/    logs
+
+Every file is written to a hidden temporary name in the same folder and renamed into place
+(``os.replace``, atomic on POSIX), so a process killed mid-save leaves at most a stray
+``.step_S.pt.tmp-PID`` that is ignored and cleaned up on the next start, never a truncated
+checkpoint under a final name. Everything this module reads goes through
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+from torch import nn
+
+__all__ = [
+    "CheckpointInfo", "atomic_torch_save", "atomic_write_text", "checkpoint_name", "list_checkpoints",
+    "resolve_checkpoint", "prune_checkpoints", "clean_temp_files", "write_metrics", "read_metrics",
+    "load_weights", "load_pretrained", "average_state_dicts", "save_safetensors", "read_config_text",
+]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step_(\d+)(\.pt)?$")
+TMP_PREFIX = "."  # temporary files and folders are hidden: `.step_S.pt.tmp-PID`
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One complete checkpoint on disk."""
+
+    step: int
+    path: Path
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path.parent / f"step_{self.step:09d}.yaml"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.parent / f"{TMP_PREFIX}{path.name}.tmp-{os.getpid()}"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file, fsync, then rename over ``path``: never a partial file."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temp + fsync + rename)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def checkpoint_name(step: int, directory: bool = False) -> str:
+    """``step_000001200.pt`` (torch engine) or ``step_000001200`` (a DeepSpeed folder)."""
+    return f"step_{step:09d}" + ("" if directory else ".pt")
+
+
+def list_checkpoints(model_dir: str | os.PathLike) -> list[CheckpointInfo]:
+    """Complete checkpoints in ``model_dir``, oldest first."""
+    model_dir = Path(model_dir)
+    found = []
+    if not model_dir.is_dir():
+        return found
+    for entry in model_dir.iterdir():
+        m = _NAME.match(entry.name)
+        if not m:
+            continue
+        is_file = m.group(2) is not None
+        if (is_file and entry.is_file()) or (not is_file and (entry / "trainer.pt").is_file()):
+            found.append(CheckpointInfo(int(m.group(1)), entry))
+    return sorted(found, key=lambda c: (c.step, c.path.is_dir()))
+
+
+def resolve_checkpoint(arg: str | None, model_dir: str | os.PathLike) -> Path | None:
+    """``--checkpoint`` value → path: ``last`` is the newest complete one (None if there is none)."""
+    if not arg:
+        return None
+    if arg == "last":
+        found = list_checkpoints(model_dir)
+        return found[-1].path if found else None
+    path = Path(arg)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def prune_checkpoints(model_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (and their YAML); 0 keeps all."""
+    if keep_last <= 0:
+        return []
+    removed = []
+    for info in list_checkpoints(model_dir)[:-keep_last]:
+        if info.path.is_dir():
+            shutil.rmtree(info.path)
+        else:
+            info.path.unlink()
+        info.metrics_path.unlink(missing_ok=True)
+        removed.append(info.path)
+    return removed
+
+
+def clean_temp_files(model_dir: str | os.PathLike) -> list[Path]:
+    """Remove leftovers of saves that were killed half-way (hidden ``*.tmp-PID`` entries)."""
+    model_dir = Path(model_dir)
+    removed = []
+    if not model_dir.is_dir():
+        return removed
+    for entry in model_dir.iterdir():
+        if entry.name.startswith(TMP_PREFIX + "step_") and ".tmp" in entry.name:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def write_metrics(info_path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
+    """Write the YAML beside a checkpoint (``step_S.yaml``)."""
+    info_path = Path(info_path)
+    step = int(_NAME.match(info_path.name).group(1))
+    path = info_path.parent / f"step_{step:09d}.yaml"
+    atomic_write_text(path, yaml.safe_dump(_plain(metrics), sort_keys=False))
+    return path
+
+
+def read_metrics(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The YAML metrics beside a checkpoint ({} when there are none)."""
+    checkpoint = Path(checkpoint)
+    m = _NAME.match(checkpoint.name)
+    if not m:
+        return {}
+    path = checkpoint.parent / f"step_{int(m.group(1)):09d}.yaml"
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def _plain(x: Any) -> Any:
+    """Tensors/NumPy scalars → Python numbers so YAML stays readable."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        return x.item()
+    return x
+
+
+def _weights_file(path: Path) -> Path:
+    return path / "model.pt" if path.is_dir() else path
+
+
+def load_weights(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
+    """Model weights from a trainer checkpoint (file or DeepSpeed folder), a ``.pt`` state dict,
+    an averaged checkpoint or a ``.safetensors`` file; ``ema=True`` picks the EMA weights."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.suffix == ".safetensors":
+        if ema:
+            raise ValueError(f"{path} holds plain weights; it has no separate EMA weights")
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(_weights_file(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        if ema:
+            if obj.get("ema") is None:
+                raise ValueError(f"{path} has no EMA weights (train with train_conf.ema_decay > 0)")
+            return dict(obj["ema"])
+        return dict(obj["model"])
+    if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if ema:
+            raise ValueError(f"{path} is a plain state dict; it has no separate EMA weights")
+        return dict(obj)
+    raise ValueError(f"{path} holds neither a checkpoint nor a state dict")
+
+
+def read_config_text(path: str | os.PathLike) -> str | None:
+    """The resolved config text stored inside a checkpoint, if any."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return None
+    obj = torch.load(_weights_file(path), map_location="cpu", weights_only=True)
+    return obj.get("config") if isinstance(obj, Mapping) else None
+
+
+def load_pretrained(module: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Load weights only (no optimizer/step), reporting every missing and unexpected key.
+
+    Partial loading is allowed on purpose (e.g. a new head on a pretrained body), but never
+    silently: both lists are logged, and a file that matches no key at all is an error.
+    """
+    state = load_weights(path)
+    own = module.state_dict()
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise ValueError(f"--pretrained_model {path}: none of its {len(state)} keys match the model")
+    mismatched = [k for k in matched if state[k].shape != own[k].shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"--pretrained_model {path}: shape mismatch for {len(mismatched)} key(s), "
+                         f"e.g. {k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+    result = module.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    log.info("pretrained weights from %s: %d keys loaded", path, len(matched))
+    if missing:
+        log.warning("pretrained: %d model keys not in the file (kept at init): %s", len(missing), _preview(missing))
+    if unexpected:
+        log.warning("pretrained: %d file keys not in the model (ignored): %s", len(unexpected), _preview(unexpected))
+    return missing, unexpected
+
+
+def _preview(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def average_state_dicts(states: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating tensors (accumulated in float64, cast back to each dtype);
+    integer tensors (counters such as ``num_batches_tracked``) are taken from the last state."""
+    states = list(states)
+    if not states:
+        raise ValueError("nothing to average")
+    keys = list(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if set(s) != set(keys):
+            diff = sorted(set(s) ^ set(keys))
+            raise ValueError(f"state {i} has different keys from state 0, e.g. {diff[:3]}")
+    out = {}
+    for k in keys:
+        ref = states[0][k]
+        if ref.is_floating_point() or ref.is_complex():
+            acc = torch.zeros_like(ref, dtype=torch.complex128 if ref.is_complex() else torch.float64)
+            for s in states:
+                acc += s[k].to(acc.dtype)
+            out[k] = (acc / len(states)).to(ref.dtype)
+        else:
+            out[k] = states[-1][k].clone()
+    return out
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write weights as safetensors, atomically; tied (shared-storage) tensors are cloned, since the
+    format refuses shared storage, and each is stored under its own key."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+    tmp = _tmp_name(path)
+    try:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

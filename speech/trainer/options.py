@@ -1,0 +1,89 @@
+"""``train_conf``: the loop settings of a config file, validated before any heavy work.
+
+Every supported key (all optional):
+
+==========================  ========  ===========================================================
+key                         default   meaning
+==========================  ========  ===========================================================
+``max_epoch``               1         epochs to train (an epoch = one pass over ``--train_data``)
+``max_steps``               0         stop after this many optimizer steps (0 = no limit);
+                                      a checkpoint is saved when it is reached
+``accum_grad``              1         micro-batches per optimizer step (gradient accumulation)
+``grad_clip``               0         clip the global gradient L2 norm to this value (0 = off;
+                                      the norm is still computed, logged and checked)
+``log_interval``            10        optimizer steps between log lines / TensorBoard points
+``save_per_step``           0         also checkpoint every N optimizer steps (0 = epoch ends only)
+``cv_per_step``             0         also run CV every N steps (0 = only at checkpoints)
+``keep_last``               0         keep only the newest K checkpoints (0 = keep all)
+``ema_decay``               0         EMA of the weights with this decay (0 = off), saved in
+                                      every checkpoint
+``seed``                    0         model init, data order and every RNG stream derive from it
+``find_unused_parameters``  false     DDP flag; forced on for models with ``parameter_groups()``
+==========================  ========  ===========================================================
+
+Checkpoints are also written at every epoch end and when training stops; CV runs at every
+checkpoint so each ``step_S.yaml`` holds CV metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from speech.config import ConfigError
+
+__all__ = ["TrainConf"]
+
+
+@dataclass
+class TrainConf:
+    """Validated ``train_conf`` section (see the module docstring for every key)."""
+
+    max_epoch: int = 1
+    max_steps: int = 0
+    accum_grad: int = 1
+    grad_clip: float = 0.0
+    log_interval: int = 10
+    save_per_step: int = 0
+    cv_per_step: int = 0
+    keep_last: int = 0
+    ema_decay: float = 0.0
+    seed: int = 0
+    find_unused_parameters: bool = False
+
+    @classmethod
+    def from_dict(cls, conf: Mapping[str, Any] | None) -> "TrainConf":
+        """Check keys and types; an unknown key or a bad value is a one-line ``ConfigError``."""
+        conf = dict(conf or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(conf) - set(fields))
+        if unknown:
+            raise ConfigError(f"train_conf: unknown key(s) {', '.join(unknown)} "
+                              f"(supported: {', '.join(fields)})")
+        values = {}
+        for name, value in conf.items():
+            kind = type(fields[name].default)
+            if value is None:
+                value = fields[name].default
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise ConfigError(f"train_conf.{name} must be true or false, got {value!r}")
+            elif kind is int:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                    raise ConfigError(f"train_conf.{name} must be an integer, got {value!r}")
+                value = int(value)
+            elif kind is float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"train_conf.{name} must be a number, got {value!r}")
+                value = float(value)
+            values[name] = value
+        out = cls(**values)
+        for name in ("max_epoch", "accum_grad", "log_interval"):
+            if getattr(out, name) < 1:
+                raise ConfigError(f"train_conf.{name} must be >= 1, got {getattr(out, name)}")
+        for name in ("max_steps", "save_per_step", "cv_per_step", "keep_last", "grad_clip"):
+            if getattr(out, name) < 0:
+                raise ConfigError(f"train_conf.{name} must be >= 0, got {getattr(out, name)}")
+        if not (out.ema_decay == 0 or 0 < out.ema_decay < 1):
+            raise ConfigError(f"train_conf.ema_decay must be 0 (off) or in (0, 1), got {out.ema_decay}")
+        return out
