@@ -17,8 +17,8 @@ Per run (a config, batch size and dtype; each in a fresh process so peak RSS is 
 - parameter counts of encoder + posterior, decoder, discriminator; peak RSS.
 
 ``--quality CONFIG CHECKPOINT`` instead round-trips the dev split through a trained codec (posterior
-mean) and prints the mean over utterances of: the multi-scale mel distance (the training mel loss,
-DAC's 7 scales), SI-SDR, STOI (``pystoi``) and wide-band PESQ (``pesq``, at 16 kHz).
+mean) and prints the mean over utterances of the evaluation toolkit's codec metrics
+(``speech.eval.codec``): multi-scale mel distance, multi-resolution STFT distance, SI-SDR, PESQ-WB, STOI.
 """
 
 from __future__ import annotations
@@ -155,42 +155,19 @@ def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict:
     }
 
 
-def si_sdr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    """Scale-invariant SDR in dB (Le Roux et al. 2019), both signals made zero-mean."""
-    ref = reference.double() - reference.double().mean()
-    est = estimate.double() - estimate.double().mean()
-    target = (est @ ref) / (ref @ ref).clamp_min(1e-12) * ref
-    noise = est - target
-    return float(10 * torch.log10((target @ target).clamp_min(1e-12) / (noise @ noise).clamp_min(1e-12)))
-
-
 def quality(config: str, checkpoint: str, split: str, threads: int) -> None:
-    """Print dev-split reconstruction metrics of a trained codec."""
-    import torchaudio
-    from pesq import pesq
-    from pystoi import stoi
+    """Print the split's mean codec metrics (``speech.eval.codec``) for a trained codec's round trip."""
+    import math
+
+    from dac_vae.inference import roundtrip
+    from speech.eval.codec import CodecMetrics
 
     torch.set_num_threads(threads)
     codec = load_codec(config, checkpoint)
-    ids = (REPO / "data" / "splits" / f"{split}.txt").read_text().split()
-    wavs = _corpus(split)
-    device = torch.device("cpu")
-    from dac_vae.inference import roundtrip
-
-    rows = []
-    for utt, wav in zip(ids, wavs):
-        rec = roundtrip(codec, [wav], device)[0]
-        mel = float(codec.mel_loss(rec.unsqueeze(0), wav.unsqueeze(0)))
-        ref16 = torchaudio.functional.resample(wav, codec.sample_rate, 16000).numpy()
-        rec16 = torchaudio.functional.resample(rec, codec.sample_rate, 16000).numpy()
-        rows.append(
-            (mel, si_sdr(wav, rec), stoi(wav.numpy(), rec.numpy(), codec.sample_rate), pesq(16000, ref16, rec16, "wb"))
-        )
-    mean = [statistics.fmean(col) for col in zip(*rows)]
-    print(
-        f"{checkpoint} on {split} ({len(rows)} utterances): mel distance {mean[0]:.3f}, SI-SDR {mean[1]:.2f} dB, "
-        f"STOI {mean[2]:.3f}, PESQ-WB {mean[3]:.3f}"
-    )
+    metrics = CodecMetrics(codec.sample_rate)
+    rows = [metrics(wav, roundtrip(codec, [wav], torch.device("cpu"))[0]) for wav in _corpus(split)]
+    mean = {k: statistics.fmean(r[k] for r in rows if not math.isnan(r[k])) for k in CodecMetrics.names}
+    print(f"{checkpoint} on {split} ({len(rows)} utterances): " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
 
 
 def main() -> None:
