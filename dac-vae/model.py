@@ -1,0 +1,437 @@
+"""DAC-VAE: DAC's convolutional encoder/decoder with a Gaussian posterior instead of the RVQ.
+
+Shapes: audio ``[B, S]`` in [-1, 1] with lengths ``[B]``; latents ``[B, D, T]`` with
+``T = ceil(S / hop)``; decoded audio has exactly the input length.
+
+Training follows the GAN contract of docs/contracts.md: :meth:`DACVAE.parameter_groups` returns
+``{"generator": ..., "discriminator": ...}`` and the trainer calls, every iteration and in that
+order, ``forward(batch, group="generator", step=s)`` then ``forward(batch, group="discriminator",
+step=s)``, stepping that group's optimizer on the returned ``loss``.
+
+The generator runs once per iteration. The generator call reconstructs the batch, takes its
+reconstruction, KL and adversarial / feature-matching losses against the current discriminator,
+and caches the *detached* reconstruction; the discriminator call of the same batch object and step
+trains on that cached fake (no graph is kept between the calls). So, as in DAC, the discriminator
+at iteration t learns from the fakes of the generator before its update of iteration t; the
+generator's adversarial loss sees the discriminator before (DAC: after) that iteration's update.
+Any other call order or batch object recomputes the fake under ``no_grad``: slower, never wrong.
+During the generator call the discriminator's parameters do not collect gradients (they are
+frozen for the duration of its forward, as the shared trainer also does), and the discriminator
+call builds no generator graph, so each group's loss reaches only its own parameters. Under DDP
+each call leaves the other group's parameters unused: wrap with ``find_unused_parameters=True``
+(the shared trainer does so for any model with ``parameter_groups()``).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from dac_vae.discriminators import Discriminator
+from dac_vae.layers import (
+    DecoderBlock,
+    EncoderBlock,
+    Snake1d,
+    WNConv1d,
+    apply_mask,
+    lengths_to_mask,
+)
+from dac_vae.losses import (
+    MultiScaleMelLoss,
+    discriminator_loss,
+    dispersive_loss,
+    feature_matching_loss,
+    gaussian_kl,
+    generator_adversarial_loss,
+)
+
+__all__ = ["Encoder", "Decoder", "GaussianPosterior", "DACVAE", "Reconstruction"]
+
+DEFAULT_LOSS_WEIGHTS = {"mel": 15.0, "adversarial": 1.0, "feature": 2.0, "kl": 0.1, "dispersive": 0.0}
+
+
+def _stage_masks(latent_len: torch.Tensor | None, n_frames: int, factors: Sequence[int]) -> list:
+    """Masks ``[B, 1, n_frames * f]`` (valid = ``latent_len * f``) for each upsampling factor ``f``."""
+    if latent_len is None:
+        return [None] * len(factors)
+    return [lengths_to_mask(latent_len * f, n_frames * f) for f in factors]
+
+
+class Encoder(nn.Module):
+    """Waveform ``[B, S]`` (S a multiple of the hop) -> features ``[B, C, S / hop]``.
+
+    A k=7 conv to ``channels``, then one :class:`EncoderBlock` per stride, each doubling the
+    channels, then a snake. The latent heads live in :class:`GaussianPosterior`.
+    """
+
+    def __init__(
+        self, strides: Sequence[int] = (2, 3, 4, 4, 5), channels: int = 64, dilations: Sequence[int] = (1, 3, 9)
+    ):
+        super().__init__()
+        self.strides = [int(s) for s in strides]
+        self.hop = math.prod(self.strides)
+        self.conv_in = WNConv1d(1, channels, 7, padding=3)
+        blocks = []
+        ch = channels
+        for stride in self.strides:
+            blocks.append(EncoderBlock(ch, 2 * ch, stride, tuple(dilations)))
+            ch *= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.act_out = Snake1d(ch)
+        self.out_channels = ch
+
+    def forward(self, wav: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
+        """``wav`` ``[B, S]``, ``latent_len`` ``[B]`` valid latent frames (None: all valid)."""
+        n_frames = wav.shape[-1] // self.hop
+        # Cumulative downsampling after each stage, expressed as frames per latent frame.
+        factors = [self.hop]
+        for stride in self.strides:
+            factors.append(factors[-1] // stride)
+        masks = _stage_masks(latent_len, n_frames, factors)
+        x = apply_mask(self.conv_in(wav.unsqueeze(1)), masks[0])
+        for block, mask, out_mask in zip(self.blocks, masks[:-1], masks[1:]):
+            x = block(x, mask, out_mask)
+        return self.act_out(x)
+
+
+class Decoder(nn.Module):
+    """Latent ``[B, D, T]`` -> waveform ``[B, T * hop]`` in (-1, 1).
+
+    A k=7 conv to ``channels``, one :class:`DecoderBlock` per stride (the encoder's, reversed),
+    each halving the channels, then snake, a k=7 conv to one channel and tanh.
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[int] = (2, 3, 4, 4, 5),
+        latent_dim: int = 80,
+        channels: int = 1536,
+        dilations: Sequence[int] = (1, 3, 9),
+    ):
+        super().__init__()
+        self.strides = [int(s) for s in reversed(list(strides))]
+        self.hop = math.prod(self.strides)
+        self.latent_dim = latent_dim
+        if channels % (2 ** len(self.strides)):
+            raise ValueError(f"decoder channels {channels} cannot be halved {len(self.strides)} times")
+        self.conv_in = WNConv1d(latent_dim, channels, 7, padding=3)
+        blocks = []
+        ch = channels
+        for stride in self.strides:
+            blocks.append(DecoderBlock(ch, ch // 2, stride, tuple(dilations)))
+            ch //= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.act_out = Snake1d(ch)
+        self.conv_out = WNConv1d(ch, 1, 7, padding=3)
+
+    def forward(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` ``[B, D, T]`` with padded frames zeroed -> ``[B, T * hop]`` (zero past ``latent_len * hop``)."""
+        factors = [1]
+        for stride in self.strides:
+            factors.append(factors[-1] * stride)
+        masks = _stage_masks(latent_len, z.shape[-1], factors)
+        x = apply_mask(self.conv_in(z), masks[0])
+        for block, mask in zip(self.blocks, masks[1:]):
+            x = block(x, mask)
+        x = torch.tanh(self.conv_out(self.act_out(x)))
+        return apply_mask(x, masks[-1]).squeeze(1)
+
+
+class GaussianPosterior(nn.Module):
+    """Two linear conv heads: encoder features -> ``mu`` and ``logs`` (log standard deviation).
+
+    Nothing follows the heads but the clamp of ``logs`` (bounds the posterior std to
+    ``[exp(logs_min), exp(logs_max)]``) and the padding mask: no activation squashes the latent.
+    """
+
+    def __init__(
+        self, in_channels: int, latent_dim: int, kernel_size: int = 3, logs_min: float = -10.0, logs_max: float = 2.0
+    ):
+        super().__init__()
+        if not logs_min < logs_max:
+            raise ValueError(f"logs_min ({logs_min}) must be below logs_max ({logs_max})")
+        self.logs_min, self.logs_max = float(logs_min), float(logs_max)
+        self.mu_head = WNConv1d(in_channels, latent_dim, kernel_size, padding=kernel_size // 2)
+        self.logs_head = WNConv1d(in_channels, latent_dim, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h`` ``[B, C, T]`` -> ``(mu, logs)`` each ``[B, D, T]``, padded frames zeroed."""
+        mu = self.mu_head(h)
+        logs = self.logs_head(h).clamp(self.logs_min, self.logs_max)
+        return apply_mask(mu, mask), apply_mask(logs, mask)
+
+
+@dataclass
+class Reconstruction:
+    """What one generator pass produces (training and media)."""
+
+    audio: torch.Tensor  # [B, S], zero past each item's length
+    mu: torch.Tensor  # [B, D, T]
+    logs: torch.Tensor  # [B, D, T]
+    latent_len: torch.Tensor  # [B]
+
+
+@contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` without building gradients for its parameters (input gradients still flow)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class DACVAE(nn.Module):
+    """The codec: encoder, Gaussian posterior, decoder; discriminator and losses for training.
+
+    Options from DC-Speech-VAE, each a switch: ``sigma_max > 0`` adds σ-VAE noise ``σ ε`` with
+    ``σ ~ U(0, sigma_max)`` per item to the training latent; ``latent_norm`` applies a parameter-free
+    LayerNorm over the latent dimension before the decoder (in training *and* in :meth:`decode`);
+    ``loss_weights["dispersive"] > 0`` enables the dispersive loss on ``mu``.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        latent_dim: int = 80,
+        sample_rate: int = 24000,
+        token_rate: int = 25,
+        posterior_kernel: int = 3,
+        logs_min: float = -10.0,
+        logs_max: float = 2.0,
+        sigma_max: float = 0.0,
+        latent_norm: bool = False,
+        discriminator: Discriminator | None = None,
+        mel_loss: MultiScaleMelLoss | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        disc_start_step: int = 0,
+    ):
+        super().__init__()
+        if encoder.hop != decoder.hop:
+            raise ValueError(f"encoder hop {encoder.hop} != decoder hop {decoder.hop}: give both the same strides")
+        if decoder.latent_dim != latent_dim:
+            raise ValueError(f"decoder latent_dim {decoder.latent_dim} != latent_dim {latent_dim}")
+        frame_rate = sample_rate / encoder.hop
+        if abs(frame_rate / token_rate - round(frame_rate / token_rate)) > 1e-9 or round(frame_rate / token_rate) < 1:
+            raise ValueError(
+                f"latent rate {frame_rate} Hz (sample_rate {sample_rate} / hop {encoder.hop}) is not an integer "
+                f"multiple of token_rate {token_rate} Hz"
+            )
+        unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown loss_weights {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}")
+        self.encoder = encoder
+        self.posterior = GaussianPosterior(encoder.out_channels, latent_dim, posterior_kernel, logs_min, logs_max)
+        self.decoder = decoder
+        self.discriminator = discriminator
+        self.mel_loss = mel_loss if mel_loss is not None else MultiScaleMelLoss(sample_rate)
+        self.latent_dim = latent_dim
+        self.sample_rate = sample_rate
+        self.hop = encoder.hop
+        self.token_rate = token_rate
+        self.latent_ratio = int(round(frame_rate / token_rate))  # latent frames per token: 2 or 3
+        self.sigma_max = float(sigma_max)
+        self.latent_norm = bool(latent_norm)
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        self.disc_start_step = int(disc_start_step)
+        self._fake_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------------------- inference API
+    def latent_length(self, n_samples: torch.Tensor) -> torch.Tensor:
+        """Latent frames for ``n_samples`` samples: ``ceil(n / hop)``."""
+        return (n_samples + self.hop - 1) // self.hop
+
+    def encode(
+        self, audio: torch.Tensor, audio_len: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``audio`` ``[B, S]`` -> ``(mu, logs, latent_len)``; latents ``[B, D, ceil(S / hop)]``.
+
+        Items are zero-padded to a hop multiple; with ``audio_len`` each item is encoded exactly as
+        it would be alone (padded frames zeroed, ``latent_len = ceil(audio_len / hop)``).
+        """
+        n = audio.shape[-1]
+        pad = (-n) % self.hop
+        if pad:
+            audio = F.pad(audio, (0, pad))
+        if audio_len is None:  # one length: no masks needed (they would be all True)
+            latent_len = torch.full(
+                (audio.shape[0],), audio.shape[-1] // self.hop, dtype=torch.long, device=audio.device
+            )
+            mu, logs = self.posterior(self.encoder(audio))
+            return mu, logs, latent_len
+        audio = audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
+        latent_len = self.latent_length(audio_len)
+        h = self.encoder(audio, latent_len)
+        mu, logs = self.posterior(h, lengths_to_mask(latent_len, h.shape[-1]))
+        return mu, logs, latent_len
+
+    def decode(
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, length: int | None = None
+    ) -> torch.Tensor:
+        """``z`` ``[B, D, T]`` -> audio ``[B, T * hop]`` (or the first ``length`` samples).
+
+        Frames past ``latent_len`` are ignored (decoded as if absent) and give zeros.
+        """
+        if self.latent_norm:
+            # Parameter-free LayerNorm over the latent dimension of each frame (DC-Speech-VAE).
+            z = F.layer_norm(z.transpose(1, 2), (z.shape[1],)).transpose(1, 2)
+        if latent_len is not None:
+            z = apply_mask(z, lengths_to_mask(latent_len, z.shape[-1]))
+        audio = self.decoder(z, latent_len)
+        return audio if length is None else audio[..., :length]
+
+    def sample_latent(self, mu: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
+        """Training latent ``z = mu + exp(logs) ε`` (+ σ-VAE noise ``σ ε'``, ``σ ~ U(0, sigma_max)``)."""
+        z = mu + torch.exp(logs) * torch.randn_like(mu)
+        if self.sigma_max > 0:
+            sigma = torch.rand(mu.shape[0], 1, 1, device=mu.device, dtype=mu.dtype) * self.sigma_max
+            z = z + sigma * torch.randn_like(mu)
+        return z
+
+    def reconstruct(self, audio: torch.Tensor, audio_len: torch.Tensor | None = None) -> Reconstruction:
+        """Encode, sample (``mu`` in eval mode), decode; output zeroed past each item's length."""
+        mu, logs, latent_len = self.encode(audio, audio_len)
+        z = self.sample_latent(mu, logs) if self.training else mu
+        out = self.decode(z, latent_len, length=audio.shape[-1])
+        if audio_len is not None:
+            out = out * lengths_to_mask(audio_len, out.shape[-1]).squeeze(1)
+        return Reconstruction(out, mu, logs, latent_len)
+
+    # ----------------------------------------------------------------------------- training API
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Generator first: the trainer runs the groups in this order every iteration."""
+        if self.discriminator is None:
+            raise ValueError("DACVAE has no discriminator: give one in the config to train")
+        generator = [*self.encoder.parameters(), *self.posterior.parameters(), *self.decoder.parameters()]
+        return {"generator": generator, "discriminator": list(self.discriminator.parameters())}
+
+    def forward(self, batch: Mapping[str, Any], group: str | None = None, step: int = 0) -> dict[str, torch.Tensor]:
+        """One group's losses for ``batch`` (keys ``audio`` ``[B, S]``, ``audio_len`` ``[B]``).
+
+        ``group=None`` gives the reconstruction objective only (mel, KL, dispersive): the loss of a
+        plain autoencoder run, and a validation loss free of the adversarial game.
+        """
+        audio = batch["audio"]
+        audio_len = batch.get("audio_len")
+        if group == "generator":
+            return self._generator_losses(audio, audio_len, step, adversarial=True)
+        if group == "discriminator":
+            return self._discriminator_losses(audio, audio_len, step)
+        if group is None:
+            return self._generator_losses(audio, audio_len, step, adversarial=False)
+        raise ValueError(f"unknown parameter group {group!r}; expected 'generator', 'discriminator' or None")
+
+    def _adversarial_on(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.disc_start_step
+
+    def _generator_losses(
+        self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int, adversarial: bool
+    ) -> dict[str, torch.Tensor]:
+        rec = self.reconstruct(audio, audio_len)
+        real = self._masked(audio, audio_len)
+        w = self.loss_weights
+        latent_mask = lengths_to_mask(rec.latent_len, rec.mu.shape[-1]).squeeze(1)
+        terms = {
+            "mel": self.mel_loss(rec.audio, real, audio_len),
+            "kl": gaussian_kl(rec.mu, rec.logs, latent_mask),
+        }
+        if w["dispersive"] > 0:
+            terms["dispersive"] = dispersive_loss(rec.mu, latent_mask)
+        if adversarial and self._adversarial_on(step):
+            with _frozen(self.discriminator):
+                fake_out = self.discriminator(rec.audio)
+                with torch.no_grad():
+                    real_out = self.discriminator(real)
+            terms["adversarial"] = generator_adversarial_loss([o[-1] for o in fake_out])
+            terms["feature"] = feature_matching_loss([o[:-1] for o in real_out], [o[:-1] for o in fake_out])
+            self._fake_cache = (audio, step, rec.audio.detach())
+        loss = sum(w[name] * value for name, value in terms.items())
+        out = {name: value.detach() for name, value in terms.items()}
+        with torch.no_grad():
+            out["posterior_std"] = (torch.exp(rec.logs.float()) * latent_mask.unsqueeze(1)).sum() / (
+                latent_mask.sum() * rec.mu.shape[1]
+            ).clamp_min(1)
+        out["loss"] = loss
+        return out
+
+    def _fake_for(self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int) -> torch.Tensor:
+        """The generator call's reconstruction of this very batch and step, or a fresh one."""
+        cache, self._fake_cache = self._fake_cache, None
+        if cache is not None and cache[0] is audio and cache[1] == step:
+            return cache[2]
+        with torch.no_grad():
+            return self.reconstruct(audio, audio_len).audio
+
+    def _discriminator_losses(
+        self, audio: torch.Tensor, audio_len: torch.Tensor | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        if self.discriminator is None:
+            raise ValueError("DACVAE has no discriminator: give one in the config to train")
+        if not self._adversarial_on(step):
+            self._fake_cache = None
+            # Warm-up: the discriminator must not learn. A zero that touches every parameter gives
+            # them exact zero gradients, so the trainer's backward and step stay uniform (with
+            # AdamW, give the discriminator weight_decay 0 so the step leaves it exactly as is).
+            zero = sum(p.reshape(-1)[0] for p in self.discriminator.parameters()) * 0.0
+            return {"loss": zero}
+        fake = self._fake_for(audio, audio_len, step)
+        real_out = self.discriminator(self._masked(audio, audio_len))
+        fake_out = self.discriminator(fake)
+        loss = discriminator_loss([o[-1] for o in real_out], [o[-1] for o in fake_out])
+        return {"loss": loss, "discriminator": loss.detach()}
+
+    @staticmethod
+    def _masked(audio: torch.Tensor, audio_len: torch.Tensor | None) -> torch.Tensor:
+        if audio_len is None:
+            return audio
+        return audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
+
+    @torch.no_grad()
+    def media(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """First item of ``batch``: input and reconstruction (posterior mean) audio, mel images."""
+        audio = batch["audio"][:1]
+        audio_len = batch.get("audio_len")
+        n = int(audio_len[0]) if audio_len is not None else audio.shape[-1]
+        audio = audio[:, :n]
+        mu, _, latent_len = self.encode(audio)
+        recon = self.decode(mu, latent_len, length=n)
+        mel_in = self.mel_loss.log_mel(audio, len(self.mel_loss.window_lengths) - 2)[0]
+        mel_out = self.mel_loss.log_mel(recon, len(self.mel_loss.window_lengths) - 2)[0]
+        return {
+            "audio/input": (audio[0].float().cpu(), self.sample_rate),
+            "audio/reconstruction": (recon[0].float().cpu(), self.sample_rate),
+            "image/mel": _mel_figure(mel_in.float().cpu(), mel_out.float().cpu()),
+        }
+
+    def remove_weight_norm(self) -> "DACVAE":
+        """Fold weight norm into plain weights (inference speed); do it after loading a checkpoint."""
+        for module in self.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        return self
+
+
+def _mel_figure(mel_in: torch.Tensor, mel_out: torch.Tensor):
+    """A matplotlib figure with the input mel above the reconstruction's (no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5))
+    lo, hi = float(mel_in.min()), float(mel_in.max())
+    for i, (mel, title) in enumerate(((mel_in, "input"), (mel_out, "reconstruction"))):
+        ax = fig.add_subplot(2, 1, i + 1)
+        ax.imshow(mel.numpy(), origin="lower", aspect="auto", vmin=lo, vmax=hi, interpolation="none")
+        ax.set_title(title)
+        ax.set_ylabel("mel bin")
+    fig.tight_layout()
+    return fig
