@@ -73,16 +73,18 @@ class MaskedConv1d(nn.Conv1d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mode: str = "same", stride: int = 1, groups: int = 1):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups)
         pads = {"same": ((kernel_size - 1) // 2, kernel_size // 2), "causal": (kernel_size - 1, 0), "lookahead": (0, kernel_size - 1)}
         if mode not in pads:
             raise ValueError(f"conv mode must be one of {sorted(pads)}, got {mode!r}")
-        self.pads = pads[mode]
+        left, right = pads[mode]
+        # Symmetric padding is done by the conv itself (no padded copy); the others pad explicitly.
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=left if left == right else 0, groups=groups)
+        self.pads = None if left == right else (left, right)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)
-        return super().forward(F.pad(x, self.pads))
+        return super().forward(x if self.pads is None else F.pad(x, self.pads))
 
 
 class Attention(nn.Module):
