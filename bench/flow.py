@@ -13,6 +13,7 @@ CPU), utilisation against the matmul peak, peak RSS; then inference: encoder tim
 (one guided estimator call = a batch of 2B), and a 10-step Euler solve with its real-time factor.
 The speaker extractor is not part of the benchmarked shapes: the batch carries a fixed 192-d vector.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,13 +131,19 @@ def run_one(name: str, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
         solve_s = _median_time(lambda: model.sample(tok, tok_len, spk=spk, n_steps=10, cfg_w=0.7), 1, 1)
     audio_s = args.batch * frames / FRAME_RATE
     return dict(
-        name=name, dtype=dtype,
+        name=name,
+        dtype=dtype,
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
         est_params_m=sum(p.numel() for p in model.estimator.parameters()) / 1e6,
-        step_s=step_s, frames_per_s=args.batch * frames / step_s,
-        gflop=flops / 1e9, gflops=flops / step_s / 1e9,
+        step_s=step_s,
+        frames_per_s=args.batch * frames / step_s,
+        gflop=flops / 1e9,
+        gflops=flops / step_s / 1e9,
         rss_mb=max(train_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        enc_ms=enc_s * 1e3, nfe_ms=nfe_s * 1e3, solve_s=solve_s, rtf=solve_s / audio_s,
+        enc_ms=enc_s * 1e3,
+        nfe_ms=nfe_s * 1e3,
+        solve_s=solve_s,
+        rtf=solve_s / audio_s,
     )
 
 
@@ -156,11 +163,19 @@ def main() -> None:
     peaks = {"fp32": args.peak_fp32, "bf16": args.peak_bf16}
     if args.measure_peak:
         torch.set_num_threads(args.threads)
-        peaks = {"fp32": max(matmul_peak_gflops(torch.float32).values()), "bf16": max(matmul_peak_gflops(torch.bfloat16).values())}
-    print(f"flow bench: B={args.batch} x {args.tokens} tokens ({args.tokens * RATIO} latent frames), latent {LATENT_DIM}, "
-          f"{args.threads} threads, torch {torch.__version__}; peak fp32 {peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s")
-    header = (f"{'config':<10} {'dtype':<5} {'params':>7} {'est':>6} {'step s':>7} {'frames/s':>9} {'GFLOP':>7} "
-              f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>7} {'enc ms':>7} {'NFE ms':>7} {'10-step s':>9} {'RTF':>6}")
+        peaks = {
+            "fp32": max(matmul_peak_gflops(torch.float32).values()),
+            "bf16": max(matmul_peak_gflops(torch.bfloat16).values()),
+        }
+    print(
+        f"flow bench: B={args.batch} x {args.tokens} tokens ({args.tokens * RATIO} latent frames), "
+        f"latent {LATENT_DIM}, {args.threads} threads, torch {torch.__version__}; "
+        f"peak fp32 {peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s"
+    )
+    header = (
+        f"{'config':<10} {'dtype':<5} {'params':>7} {'est':>6} {'step s':>7} {'frames/s':>9} {'GFLOP':>7} "
+        f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>7} {'enc ms':>7} {'NFE ms':>7} {'10-step s':>9} {'RTF':>6}"
+    )
     print(header)
     print("-" * len(header))
     ctx = mp.get_context("spawn")
@@ -169,10 +184,16 @@ def main() -> None:
             with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:  # fresh process: own peak RSS
                 r = pool.submit(run_one, name, dtype, args).result()
             util = r["gflops"] / peaks[dtype]
-            print(f"{name:<10} {dtype:<5} {r['params_m']:6.1f}M {r['est_params_m']:5.1f}M {r['step_s']:7.3f} {r['frames_per_s']:9.0f} "
-                  f"{r['gflop']:7.1f} {r['gflops']:8.1f} {util:6.1%} {r['rss_mb']:7.0f} {r['enc_ms']:7.1f} {r['nfe_ms']:7.1f} "
-                  f"{r['solve_s']:9.2f} {r['rtf']:6.3f}", flush=True)
-    print("step = forward + backward + AdamW (median); NFE = one guided estimator call (batch 2B); RTF = 10-step solve / audio seconds")
+            print(
+                f"{name:<10} {dtype:<5} {r['params_m']:6.1f}M {r['est_params_m']:5.1f}M {r['step_s']:7.3f} "
+                f"{r['frames_per_s']:9.0f} {r['gflop']:7.1f} {r['gflops']:8.1f} {util:6.1%} {r['rss_mb']:7.0f} "
+                f"{r['enc_ms']:7.1f} {r['nfe_ms']:7.1f} {r['solve_s']:9.2f} {r['rtf']:6.3f}",
+                flush=True,
+            )
+    print(
+        "step = forward + backward + AdamW (median); NFE = one guided estimator call (batch 2B); "
+        "RTF = 10-step solve / audio seconds"
+    )
 
 
 if __name__ == "__main__":

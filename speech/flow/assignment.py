@@ -5,6 +5,7 @@ items by minimum total distance, so paths cross less and training converges fast
 k-nearest variant (Li et al. 2025, "Improved Immiscible Diffusion") draws ``k`` noises per item and
 keeps the closest. Distances count **valid frames only**: padding never decides a pairing.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ token rate -> upsample by ``token_latent_ratio`` (any integer) -> transformer bl
 projection to the latent dimension. The structure follows CosyVoice2's upsampling encoder; positions
 are rotary, attention goes through SDPA with boolean masks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,10 +58,14 @@ class TokenEncoder(nn.Module):
         self.head_dim = head_dim
         self.embed = nn.Embedding(vocab_size, dim)
         self.look_ahead = LookAhead(dim, look_ahead) if look_ahead > 0 else None
-        self.token_blocks = nn.ModuleList(TransformerBlock(dim, heads, head_dim, ffn_dim, dropout) for _ in range(token_blocks))
+        self.token_blocks = nn.ModuleList(
+            TransformerBlock(dim, heads, head_dim, ffn_dim, dropout) for _ in range(token_blocks)
+        )
         # Nearest upsampling then a causal conv spanning two tokens' worth of frames smooths token edges.
         self.up_conv = MaskedConv1d(dim, dim, 2 * self.ratio + 1, mode="causal")
-        self.latent_blocks = nn.ModuleList(TransformerBlock(dim, heads, head_dim, ffn_dim, dropout) for _ in range(latent_blocks))
+        self.latent_blocks = nn.ModuleList(
+            TransformerBlock(dim, heads, head_dim, ffn_dim, dropout) for _ in range(latent_blocks)
+        )
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, out_dim)
 
@@ -74,7 +79,9 @@ class TokenEncoder(nn.Module):
             x = block(x, attn_mask, rope)
         return x
 
-    def forward(self, token: torch.Tensor, token_len: torch.Tensor, streaming: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, token: torch.Tensor, token_len: torch.Tensor, streaming: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode padded tokens; ``streaming`` trains/runs with chunk attention of ``chunk_size`` tokens."""
         N = token.shape[1]
         mask = lengths_to_mask(token_len, N)

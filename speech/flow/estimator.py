@@ -6,6 +6,7 @@ and return ``[B, D, T]`` (zero on padded frames). Conditions enter as input chan
 ``None`` condition with channels > 0 means "absent" and is read as zeros (that is what classifier-free
 guidance feeds the unconditional branch). The YAML picks the class.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,14 @@ __all__ = ["Estimator", "UNet1D", "DiT"]
 class Estimator(nn.Module):
     """Plug point for flow estimators: records the channel layout of the inputs it concatenates."""
 
-    def __init__(self, in_channels: int, out_channels: int | None, mu_channels: int | None, spk_channels: int, cond_channels: int | None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None,
+        mu_channels: int | None,
+        spk_channels: int,
+        cond_channels: int | None,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
@@ -38,11 +46,17 @@ class Estimator(nn.Module):
         self.cond_channels = in_channels if cond_channels is None else cond_channels
         self.total_in = in_channels + self.mu_channels + spk_channels + self.cond_channels
 
-    def _stack_inputs(self, x: torch.Tensor, mu: torch.Tensor | None, spk: torch.Tensor | None, cond: torch.Tensor | None) -> torch.Tensor:
+    def _stack_inputs(
+        self, x: torch.Tensor, mu: torch.Tensor | None, spk: torch.Tensor | None, cond: torch.Tensor | None
+    ) -> torch.Tensor:
         """Concatenate ``[x, mu, spk, cond]`` along channels, reading missing conditions as zeros."""
         B, _, T = x.shape
         parts = [x]
-        for value, channels, per_frame in ((mu, self.mu_channels, True), (spk, self.spk_channels, False), (cond, self.cond_channels, True)):
+        for value, channels, per_frame in (
+            (mu, self.mu_channels, True),
+            (spk, self.spk_channels, False),
+            (cond, self.cond_channels, True),
+        ):
             if channels == 0:
                 continue
             if value is None:
@@ -52,7 +66,16 @@ class Estimator(nn.Module):
             parts.append(value.to(x.dtype))
         return torch.cat(parts, dim=1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor | None, t: torch.Tensor, spk: torch.Tensor | None = None, cond: torch.Tensor | None = None, streaming: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor | None,
+        t: torch.Tensor,
+        spk: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        streaming: bool = False,
+    ) -> torch.Tensor:
         """Velocity ``[B, D, T]`` at ``x`` and flow time ``t`` ``[B]``."""
         raise NotImplementedError
 
@@ -94,12 +117,26 @@ class ResnetBlock(nn.Module):
 class UNetStage(nn.Module):
     """A resnet block followed by transformer blocks (the CosyVoice2 decoder stage)."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, n_blocks: int, heads: int, head_dim: int, ffn_mult: int, dropout: float):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_dim: int,
+        n_blocks: int,
+        heads: int,
+        head_dim: int,
+        ffn_mult: int,
+        dropout: float,
+    ):
         super().__init__()
         self.resnet = ResnetBlock(in_channels, out_channels, time_dim)
-        self.blocks = nn.ModuleList(TransformerBlock(out_channels, heads, head_dim, ffn_mult * out_channels, dropout) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(out_channels, heads, head_dim, ffn_mult * out_channels, dropout) for _ in range(n_blocks)
+        )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor, attn_mask: torch.Tensor
+    ) -> torch.Tensor:
         h = self.resnet(x, mask, t_emb).transpose(1, 2)
         for block in self.blocks:
             h = block(h, attn_mask)
@@ -160,12 +197,21 @@ class UNet1D(Estimator):
             return chunk_attention_mask(mask, max(self.chunk_size >> level, 1))
         return key_mask(mask)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor | None, t: torch.Tensor, spk: torch.Tensor | None = None, cond: torch.Tensor | None = None, streaming: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor | None,
+        t: torch.Tensor,
+        spk: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        streaming: bool = False,
+    ) -> torch.Tensor:
         h = self._stack_inputs(x, mu, spk, cond)
         t_emb = self.time_mlp(timestep_embedding(t, self.time_in))
         skips, masks = [], []
         m = mask
-        for level, (stage, down) in enumerate(zip(self.down, self.downsample)):
+        for level, (stage, down) in enumerate(zip(self.down, self.downsample, strict=True)):
             h = stage(h, m, t_emb, self._attn_mask(m, level, streaming))
             skips.append(h)
             masks.append(m)
@@ -176,7 +222,7 @@ class UNet1D(Estimator):
         attn = self._attn_mask(m, self.levels - 1, streaming)
         for stage in self.mid:
             h = stage(h, m, t_emb, attn)
-        for i, (stage, up) in enumerate(zip(self.up, self.upsample)):
+        for i, (stage, up) in enumerate(zip(self.up, self.upsample, strict=True)):
             level = self.levels - 1 - i
             m = masks[level]
             h = stage(torch.cat([h, skips[level]], dim=1), m, t_emb, self._attn_mask(m, level, streaming))
@@ -204,7 +250,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None, :].chunk(6, dim=-1)
         x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, attn_mask, rope)
         return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
@@ -245,7 +293,16 @@ class DiT(Estimator):
             nn.init.zeros_(layer.bias)
         self.dim = dim
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor | None, t: torch.Tensor, spk: torch.Tensor | None = None, cond: torch.Tensor | None = None, streaming: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor | None,
+        t: torch.Tensor,
+        spk: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        streaming: bool = False,
+    ) -> torch.Tensor:
         T = x.shape[-1]
         fmask = mask[:, None, :].to(x.dtype)
         h = self.inp(self._stack_inputs(x, mu, spk, cond).transpose(1, 2)).transpose(1, 2)  # [B, C, T]

@@ -9,13 +9,15 @@ sample as ``<utt>_flow.pt`` in the latent file format (``mu [D, T]``, ``sample_r
 ``n_samples``, ``checkpoint``) so the codec's decoder turns them into audio for the eval toolkit (mel
 distance to the ground truth), and a ``summary.json``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -74,8 +76,20 @@ def evaluate_batches(
         frames = float(batch["latent_len"].sum())
         losses.append(float(model(batch)["loss"]) * frames)
         weights.append(frames)
-        extra = {"ref_audio": batch["ref_audio"], "ref_audio_len": batch["ref_audio_len"]} if model.speaker is not None else {}
-        latent, lengths = model.sample(batch["speech_token"], batch["speech_token_len"], n_steps=n_steps, cfg_w=cfg_w, solver=solver, seed=seed, **extra)
+        extra = (
+            {"ref_audio": batch["ref_audio"], "ref_audio_len": batch["ref_audio_len"]}
+            if model.speaker is not None
+            else {}
+        )
+        latent, lengths = model.sample(
+            batch["speech_token"],
+            batch["speech_token_len"],
+            n_steps=n_steps,
+            cfg_w=cfg_w,
+            solver=solver,
+            seed=seed,
+            **extra,
+        )
         target_len = torch.minimum(batch["latent_len"], lengths)
         real.update(batch["latent"], target_len)
         fake.update(latent[..., : batch["latent"].shape[-1]], target_len)
@@ -88,8 +102,10 @@ def evaluate_batches(
         "utterances": len(samples),
         "frames": int(real.count),
         "cv_loss": sum(losses) / sum(weights),
-        "real_mean_avg": rm.mean().item(), "sample_mean_avg": fm.mean().item(),
-        "real_std_avg": rs.mean().item(), "sample_std_avg": fs.mean().item(),
+        "real_mean_avg": rm.mean().item(),
+        "sample_mean_avg": fm.mean().item(),
+        "real_std_avg": rs.mean().item(),
+        "sample_std_avg": fs.mean().item(),
         "mean_abs_diff": (fm - rm).abs().mean().item(),
         "std_abs_diff": (fs - rs).abs().mean().item(),
         "std_ratio": (fs / rs.clamp_min(1e-8)).mean().item(),
@@ -130,8 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     model.load_state_dict(load_weights(args.checkpoint, ema=args.ema), strict=True)
     model.to(args.device).eval()
     pipeline = config.get("cv_data_pipeline") or config["data_pipeline"]
-    batches = (to_device(b, torch.device(args.device)) for b in tqdm(Dataset(args.data, pipeline, shuffle=False, partition=False), desc="evaluate", unit="batch"))
-    summary, samples = evaluate_batches(model, batches, args.n_steps, args.cfg_w, args.solver, args.seed, args.max_batches)
+    batches = (
+        to_device(b, torch.device(args.device))
+        for b in tqdm(Dataset(args.data, pipeline, shuffle=False, partition=False), desc="evaluate", unit="batch")
+    )
+    summary, samples = evaluate_batches(
+        model, batches, args.n_steps, args.cfg_w, args.solver, args.seed, args.max_batches
+    )
     summary["checkpoint"] = str(args.checkpoint)
     if args.out_dir:
         out = Path(args.out_dir)
@@ -139,14 +160,24 @@ def main(argv: list[str] | None = None) -> None:
         sample_rate = int(config.get("sample_rate", 24000))
         hop = sample_rate // (TOKEN_RATE * model.ratio)
         for utt, latent in samples:
-            torch.save({"mu": latent.float(), "sample_rate": sample_rate, "hop": hop, "n_samples": latent.shape[-1] * hop,
-                        "checkpoint": str(args.checkpoint)}, out / f"{utt}_flow.pt")
+            torch.save(
+                {
+                    "mu": latent.float(),
+                    "sample_rate": sample_rate,
+                    "hop": hop,
+                    "n_samples": latent.shape[-1] * hop,
+                    "checkpoint": str(args.checkpoint),
+                },
+                out / f"{utt}_flow.pt",
+            )
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{summary['utterances']} utterances, {summary['frames']} frames: cv loss {summary['cv_loss']:.4f}; "
-          f"per-dim mean real {summary['real_mean_avg']:+.3f} / sampled {summary['sample_mean_avg']:+.3f} "
-          f"(|diff| {summary['mean_abs_diff']:.3f}, corr {summary['mean_corr']:.3f}); "
-          f"std real {summary['real_std_avg']:.3f} / sampled {summary['sample_std_avg']:.3f} "
-          f"(|diff| {summary['std_abs_diff']:.3f}, ratio {summary['std_ratio']:.3f}, corr {summary['std_corr']:.3f})")
+    print(
+        f"{summary['utterances']} utterances, {summary['frames']} frames: cv loss {summary['cv_loss']:.4f}; "
+        f"per-dim mean real {summary['real_mean_avg']:+.3f} / sampled {summary['sample_mean_avg']:+.3f} "
+        f"(|diff| {summary['mean_abs_diff']:.3f}, corr {summary['mean_corr']:.3f}); "
+        f"std real {summary['real_std_avg']:.3f} / sampled {summary['sample_std_avg']:.3f} "
+        f"(|diff| {summary['std_abs_diff']:.3f}, ratio {summary['std_ratio']:.3f}, corr {summary['std_corr']:.3f})"
+    )
 
 
 if __name__ == "__main__":

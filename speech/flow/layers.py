@@ -4,6 +4,7 @@ Shapes: sequences are ``[B, T, C]`` inside transformer blocks and ``[B, C, T]`` 
 masks are ``[B, T]`` bool with True = valid. Every operation either works frame by frame or sees
 padding as zeros, so a padded item gives the same valid frames as the item alone (tested).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def chunk_attention_mask(mask: torch.Tensor, chunk: int) -> torch.Tensor:
     return causal[None, None] & mask[:, None, None, :]
 
 
-def rotary_tables(length: int, dim: int, device: torch.device, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    length: int, dim: int, device: torch.device, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``[T, dim]`` of rotary position embedding (Su et al. 2021, RoFormer eq. 34)."""
     inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
     angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
@@ -72,13 +75,27 @@ class MaskedConv1d(nn.Conv1d):
     (current and future frames only).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mode: str = "same", stride: int = 1, groups: int = 1):
-        pads = {"same": ((kernel_size - 1) // 2, kernel_size // 2), "causal": (kernel_size - 1, 0), "lookahead": (0, kernel_size - 1)}
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        mode: str = "same",
+        stride: int = 1,
+        groups: int = 1,
+    ):
+        pads = {
+            "same": ((kernel_size - 1) // 2, kernel_size // 2),
+            "causal": (kernel_size - 1, 0),
+            "lookahead": (0, kernel_size - 1),
+        }
         if mode not in pads:
             raise ValueError(f"conv mode must be one of {sorted(pads)}, got {mode!r}")
         left, right = pads[mode]
         # Symmetric padding is done by the conv itself (no padded copy); the others pad explicitly.
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=left if left == right else 0, groups=groups)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=left if left == right else 0, groups=groups
+        )
         self.pads = None if left == right else (left, right)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
@@ -96,7 +113,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * heads * head_dim)
         self.out = nn.Linear(heads * head_dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
@@ -110,7 +129,9 @@ class FeedForward(nn.Sequential):
     """Position-wise MLP with GELU."""
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        super().__init__(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
 
 
 class TransformerBlock(nn.Module):
@@ -123,6 +144,8 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), attn_mask, rope))
         return x + self.drop(self.ffn(self.norm2(x)))

@@ -12,9 +12,11 @@ and tensors, so Stage 2 and the flow autoencoder share this module.
 Options (each a constructor argument, set from YAML): time sampler, immiscible noise assignment,
 contrastive flow matching (ΔFM), classifier-free-guidance dropout of all conditions together.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -27,8 +29,16 @@ __all__ = ["masked_mse", "derangement", "FlowMatching", "TIME_SAMPLERS", "ASSIGN
 
 Conditions = dict[str, "torch.Tensor | None"]
 
-TIME_SAMPLERS: dict[str, type[TimeSampler]] = {"uniform": UniformTime, "logit_normal": LogitNormalTime, "cosine": CosineTime}
-ASSIGNMENTS: dict[str, type[NoiseAssignment]] = {"independent": IndependentNoise, "lsa": LinearSumAssignment, "knn": KNearestNoise}
+TIME_SAMPLERS: dict[str, type[TimeSampler]] = {
+    "uniform": UniformTime,
+    "logit_normal": LogitNormalTime,
+    "cosine": CosineTime,
+}
+ASSIGNMENTS: dict[str, type[NoiseAssignment]] = {
+    "independent": IndependentNoise,
+    "lsa": LinearSumAssignment,
+    "knn": KNearestNoise,
+}
 
 
 def _build(spec: Any, registry: dict[str, type], args: dict[str, Any], what: str) -> Any:
@@ -101,7 +111,10 @@ class FlowMatching:
         if not 0.0 <= cfg_dropout < 1.0:
             raise ConfigError(f"flow matching: cfg_dropout must be in [0, 1), got {cfg_dropout}")
         if solver not in SOLVERS or schedule not in SCHEDULES:
-            raise ConfigError(f"flow matching: solver/schedule must be in {sorted(SOLVERS)} / {sorted(SCHEDULES)}, got {solver!r}/{schedule!r}")
+            raise ConfigError(
+                f"flow matching: solver/schedule must be in {sorted(SOLVERS)} / {sorted(SCHEDULES)}, "
+                f"got {solver!r}/{schedule!r}"
+            )
         if contrastive_weight < 0:
             raise ConfigError(f"flow matching: contrastive_weight must be >= 0, got {contrastive_weight}")
         self.sigma_min = sigma_min
@@ -109,7 +122,9 @@ class FlowMatching:
         if immiscible is None:
             self.assignment: NoiseAssignment = IndependentNoise()
         else:
-            self.assignment = _build(immiscible, ASSIGNMENTS, {"k": immiscible_k} if immiscible == "knn" else {}, "immiscible")
+            self.assignment = _build(
+                immiscible, ASSIGNMENTS, {"k": immiscible_k} if immiscible == "knn" else {}, "immiscible"
+            )
         self.cfg_dropout = cfg_dropout
         self.contrastive_weight = contrastive_weight
         self.n_steps, self.cfg_w, self.solver, self.schedule = n_steps, cfg_w, solver, schedule
@@ -164,14 +179,34 @@ class FlowMatching:
 
     # ----------------------------------------------------------------------------------- sampling
 
-    def guided_velocity(self, estimator: Callable[..., torch.Tensor], x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, conditions: Conditions, cfg_w: float, **estimator_kwargs: Any) -> torch.Tensor:
+    def guided_velocity(
+        self,
+        estimator: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        t: torch.Tensor,
+        conditions: Conditions,
+        cfg_w: float,
+        **estimator_kwargs: Any,
+    ) -> torch.Tensor:
         """``(1 + w)·v(x | c) - w·v(x | ∅)``, both halves in one estimator call on a batch of 2B."""
         doubled = {name: None if c is None else torch.cat([c, torch.zeros_like(c)]) for name, c in conditions.items()}
-        v = estimator(torch.cat([x, x]), torch.cat([mask, mask]), t=torch.cat([t, t]), **doubled, **estimator_kwargs).float()
+        v = estimator(
+            torch.cat([x, x]), torch.cat([mask, mask]), t=torch.cat([t, t]), **doubled, **estimator_kwargs
+        ).float()
         v_cond, v_uncond = v.chunk(2)
         return (1.0 + cfg_w) * v_cond - cfg_w * v_uncond
 
-    def velocity(self, estimator: Callable[..., torch.Tensor], x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, conditions: Conditions, cfg_w: float, **estimator_kwargs: Any) -> torch.Tensor:
+    def velocity(
+        self,
+        estimator: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        t: torch.Tensor,
+        conditions: Conditions,
+        cfg_w: float,
+        **estimator_kwargs: Any,
+    ) -> torch.Tensor:
         """Guided velocity; ``cfg_w = 0`` skips the unconditional half (it would cancel exactly)."""
         if cfg_w == 0:
             return estimator(x, mask, t=t, **conditions, **estimator_kwargs).float()

@@ -10,6 +10,7 @@ Inference (``sample``): the same conditions, seeded fixed noise (frame ``j``'s n
 the seed and ``j``, so batching, padding and streaming never change it), an ODE solve with guidance,
 then the statistics are undone: the result is in the DAC-VAE's raw ``mu`` space.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ from speech.flow.estimator import Estimator
 from speech.flow.matching import FlowMatching
 from speech.utils.mask import lengths_to_mask
 
-__all__ = ["FlowModel", "load_latent_stats", "seeded_noise", "concat_padded", "fit_length"]
+__all__ = ["FlowModel", "load_latent_stats", "seeded_noise", "concat_padded", "fit_length", "shift_left"]
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,21 @@ def load_latent_stats(path: str | Path, dim: int) -> tuple[torch.Tensor, torch.T
     if not path.is_file():
         raise ConfigError(f"latent_stats file not found: {path}")
     try:
-        stats = json.loads(path.read_text(encoding="utf-8")) if path.suffix == ".json" else torch.load(path, map_location="cpu", weights_only=True)
+        stats = (
+            json.loads(path.read_text(encoding="utf-8"))
+            if path.suffix == ".json"
+            else torch.load(path, map_location="cpu", weights_only=True)
+        )
         mean = torch.as_tensor(stats["mean"], dtype=torch.float32).flatten()
         std = torch.as_tensor(stats["std"], dtype=torch.float32).flatten()
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"latent_stats {path}: expected a dict with 'mean' and 'std' of length {dim} ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"latent_stats {path}: expected a dict with 'mean' and 'std' of length {dim} ({type(exc).__name__}: {exc})"
+        ) from None
     if mean.numel() != dim or std.numel() != dim:
-        raise ConfigError(f"latent_stats {path}: mean/std have {mean.numel()}/{std.numel()} entries, the model's latent_dim is {dim}")
+        raise ConfigError(
+            f"latent_stats {path}: mean/std have {mean.numel()}/{std.numel()} entries, the model's latent_dim is {dim}"
+        )
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
         raise ConfigError(f"latent_stats {path}: mean/std must be finite and std > 0")
     return mean, std
@@ -74,7 +83,9 @@ def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, length - x.shape[-1]))
 
 
-def concat_padded(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_padded(
+    a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-item concatenation of padded sequences ``a`` ``[B, Ta]`` and ``b`` ``[B, Tb]`` -> ``[B, Ta + Tb]``, lengths.
 
     Item ``i`` becomes ``a[i, :a_len[i]]`` followed by ``b[i, :b_len[i]]`` then zeros; built with a
@@ -122,9 +133,15 @@ class FlowModel(nn.Module):
         if encoder.out_dim != latent_dim:
             raise ConfigError(f"flow: encoder out_dim {encoder.out_dim} != latent_dim {latent_dim}")
         if estimator.in_channels != latent_dim or estimator.out_channels != latent_dim:
-            raise ConfigError(f"flow: estimator in/out channels {estimator.in_channels}/{estimator.out_channels} != latent_dim {latent_dim}")
+            raise ConfigError(
+                f"flow: estimator in/out channels {estimator.in_channels}/{estimator.out_channels} "
+                f"!= latent_dim {latent_dim}"
+            )
         if estimator.mu_channels != latent_dim or estimator.cond_channels != latent_dim:
-            raise ConfigError(f"flow: estimator mu/cond channels {estimator.mu_channels}/{estimator.cond_channels} must equal latent_dim {latent_dim}")
+            raise ConfigError(
+                f"flow: estimator mu/cond channels {estimator.mu_channels}/{estimator.cond_channels} "
+                f"must equal latent_dim {latent_dim}"
+            )
         if (speaker is None) != (estimator.spk_channels == 0):
             raise ConfigError("flow: give a speaker module together with estimator spk_channels > 0, or neither")
         self.encoder, self.estimator, self.matching = encoder, estimator, matching
@@ -166,13 +183,13 @@ class FlowModel(nn.Module):
             state = torch.load(p, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and isinstance(state.get("model"), dict):
                 state = state["model"]
-        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not picked:
             raise ConfigError(f"flow: no '{prefix}*' weights in speaker_checkpoint {p}")
         self.speaker.load_state_dict(picked, strict=True)
         log.info("flow: speaker extractor loaded from %s (%d tensors)", p, len(picked))
 
-    def train(self, mode: bool = True) -> "FlowModel":
+    def train(self, mode: bool = True) -> FlowModel:
         """Train mode everywhere except a frozen speaker extractor (its dropout/norm stay in eval)."""
         super().train(mode)
         if self.freeze_speaker:
@@ -187,7 +204,12 @@ class FlowModel(nn.Module):
         """Inverse of :meth:`normalise`."""
         return x.float() * self.latent_std[:, None] + self.latent_mean[:, None]
 
-    def speaker_condition(self, spk: torch.Tensor | None = None, ref_audio: torch.Tensor | None = None, ref_audio_len: torch.Tensor | None = None) -> torch.Tensor | None:
+    def speaker_condition(
+        self,
+        spk: torch.Tensor | None = None,
+        ref_audio: torch.Tensor | None = None,
+        ref_audio_len: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """Speaker input of the estimator ``[B, spk_channels]`` from a vector or reference audio."""
         if self.speaker is None:
             return None
@@ -217,7 +239,11 @@ class FlowModel(nn.Module):
         x1 = self.normalise(latent) * mask[:, None, :]
         # Eval draws (t, noise, prompts, dropout) from a fixed seed so CV losses compare across checkpoints.
         gen = None if self.training else torch.Generator(device=mu.device).manual_seed(self.cv_seed)
-        spk = self.speaker_condition(None, batch.get("ref_audio"), batch.get("ref_audio_len")) if self.speaker is not None else None
+        spk = (
+            self.speaker_condition(None, batch.get("ref_audio"), batch.get("ref_audio_len"))
+            if self.speaker is not None
+            else None
+        )
 
         # Prompt: with prob. prompt_prob, the first 0..max_ratio of the item's tokens are given as condition.
         n_tok = mask.sum(dim=1) // self.ratio
@@ -227,8 +253,13 @@ class FlowModel(nn.Module):
         prompt = lengths_to_mask(prompt_len, T) & mask
         cond = x1 * prompt[:, None, :]
         out = self.matching.loss(
-            self.estimator, x1, mask, {"mu": mu, "spk": spk, "cond": cond},
-            loss_mask=mask & ~prompt, generator=gen, streaming=streaming,
+            self.estimator,
+            x1,
+            mask,
+            {"mu": mu, "spk": spk, "cond": cond},
+            loss_mask=mask & ~prompt,
+            generator=gen,
+            streaming=streaming,
         )
         out["len_mismatch"] = (latent_len != token_len * self.ratio).float().mean()
         return out
@@ -278,7 +309,16 @@ class FlowModel(nn.Module):
             p_mask = lengths_to_mask(prompt_frames, p_lat.shape[-1])[:, None, :]
             cond = fit_length(self.normalise(p_lat) * p_mask, T)
         noise = seeded_noise(seed, D, T, mu.device)[None].expand(B, -1, -1)
-        x = self.matching.sample(self.estimator, noise, mask, {"mu": mu, "spk": spk_c, "cond": cond}, n_steps=n_steps, cfg_w=cfg_w, solver=solver, streaming=streaming)
+        x = self.matching.sample(
+            self.estimator,
+            noise,
+            mask,
+            {"mu": mu, "spk": spk_c, "cond": cond},
+            n_steps=n_steps,
+            cfg_w=cfg_w,
+            solver=solver,
+            streaming=streaming,
+        )
         x = shift_left(x, prompt_frames, out_frames)
         out_len = speech_token_len * r
         out_mask = lengths_to_mask(out_len, out_frames)[:, None, :]

@@ -2,9 +2,10 @@
 
 A field is called as ``field(x, t)`` with ``t`` a 0-dim tensor on ``x``'s device; no host syncs.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +38,9 @@ SOLVERS: dict[str, Callable[[Field, torch.Tensor, torch.Tensor], torch.Tensor]] 
 NFE_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2}
 
 
-def integrate(field: Field, x0: torch.Tensor, n_steps: int = 10, solver: str = "euler", schedule: str = "cosine") -> torch.Tensor:
+def integrate(
+    field: Field, x0: torch.Tensor, n_steps: int = 10, solver: str = "euler", schedule: str = "cosine"
+) -> torch.Tensor:
     """Integrate ``field`` from ``x0`` at t = 0 to t = 1 with ``n_steps`` of ``solver`` on ``schedule``."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown ODE solver {solver!r}; choose from {sorted(SOLVERS)}")

@@ -3,10 +3,11 @@
 Convention of the whole package: ``t = 0`` is noise, ``t = 1`` is data. Training samplers draw one
 ``t`` per item; inference schedules give the ``n + 1`` grid points from 0 to 1 of an ODE solve.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -1,4 +1,5 @@
 """Flow tests run tiny models: one intra-op thread is faster than two contending ones on shared CPUs."""
+
 from __future__ import annotations
 
 import pytest

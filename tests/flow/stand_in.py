@@ -1,5 +1,6 @@
 """Stand-ins used by the flow tests: a tiny module with the shared speaker extractor's interface, and
 a loader for the flow configs that swaps it in (the real extractor lives in ``speech.llm.speaker``)."""
+
 from __future__ import annotations
 
 import io

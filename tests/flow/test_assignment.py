@@ -1,4 +1,5 @@
 """Immiscible noise assignment: exact minimum-cost matching, k-nearest variant, padding ignored."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Token encoder: output length = ratio x tokens, padding-invariance, look-ahead and chunk reach."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,16 @@ from speech.flow.encoder import TokenEncoder
 
 
 def _encoder(ratio, out_dim=7, blocks=1, **kw):
-    kw = {"dim": 16, "token_blocks": blocks, "latent_blocks": blocks, "heads": 2, "ffn_dim": 32, "dropout": 0.0, "vocab_size": 50, **kw}
+    kw = {
+        "dim": 16,
+        "token_blocks": blocks,
+        "latent_blocks": blocks,
+        "heads": 2,
+        "ffn_dim": 32,
+        "dropout": 0.0,
+        "vocab_size": 50,
+        **kw,
+    }
     return TokenEncoder(out_dim, ratio, **kw).eval()
 
 
@@ -53,7 +63,7 @@ def test_streaming_chunks_do_not_see_the_future():
     tokens = torch.randint(0, 50, (1, 16))
     lengths = torch.tensor([16])
     changed = tokens.clone()
-    changed[0, 4 + 3:] = (changed[0, 4 + 3:] + 1) % 50  # beyond chunk 0 + its look-ahead
+    changed[0, 4 + 3 :] = (changed[0, 4 + 3 :] + 1) % 50  # beyond chunk 0 + its look-ahead
     with torch.no_grad():
         a, _ = enc(tokens, lengths, streaming=True)
         b, _ = enc(changed, lengths, streaming=True)

@@ -1,4 +1,5 @@
 """Estimators: shapes, padding-invariance (batched = one by one), conditions, gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,9 +10,20 @@ from speech.flow.estimator import DiT, UNet1D
 
 def _make(kind, D=6, spk=5, cond=None):
     if kind == "unet1":
-        return UNet1D(D, spk_channels=spk, cond_channels=cond, channels=[12], n_blocks=1, num_mid_blocks=1, heads=2, head_dim=4)
+        return UNet1D(
+            D, spk_channels=spk, cond_channels=cond, channels=[12], n_blocks=1, num_mid_blocks=1, heads=2, head_dim=4
+        )
     if kind == "unet3":  # three resolutions: odd lengths exercise down/up-sampling crops
-        return UNet1D(D, spk_channels=spk, cond_channels=cond, channels=[8, 12, 16], n_blocks=1, num_mid_blocks=1, heads=2, head_dim=4)
+        return UNet1D(
+            D,
+            spk_channels=spk,
+            cond_channels=cond,
+            channels=[8, 12, 16],
+            n_blocks=1,
+            num_mid_blocks=1,
+            heads=2,
+            head_dim=4,
+        )
     return DiT(D, spk_channels=spk, cond_channels=cond, dim=16, depth=2, heads=2, head_dim=8, conv_kernel=5)
 
 
@@ -40,7 +52,14 @@ def test_padded_batch_equals_items_alone(kind):
         assert out.shape == (B, D, T)
         assert (out[~mask[:, None, :].expand_as(out)] == 0).all()
         for b, n in enumerate(lengths):
-            alone = est(x[b : b + 1, :, :n], mask[b : b + 1, :n], mu=mu[b : b + 1, :, :n], t=t[b : b + 1], spk=spk[b : b + 1], cond=cond[b : b + 1, :, :n])
+            alone = est(
+                x[b : b + 1, :, :n],
+                mask[b : b + 1, :n],
+                mu=mu[b : b + 1, :, :n],
+                t=t[b : b + 1],
+                spk=spk[b : b + 1],
+                cond=cond[b : b + 1, :, :n],
+            )
             assert torch.allclose(out[b, :, :n], alone[0], atol=1e-5), (kind, b)
 
 
@@ -49,13 +68,25 @@ def test_missing_conditions_read_as_zeros_and_all_inputs_matter(kind):
     est = _randomise(_make(kind)).eval()
     B, D, T = 2, 6, 8
     mask = torch.ones(B, T, dtype=torch.bool)
-    x, mu, cond, spk, t = torch.randn(B, D, T), torch.randn(B, D, T), torch.randn(B, D, T), torch.randn(B, 5), torch.rand(B)
+    x, mu, cond, spk, t = (
+        torch.randn(B, D, T),
+        torch.randn(B, D, T),
+        torch.randn(B, D, T),
+        torch.randn(B, 5),
+        torch.rand(B),
+    )
     with torch.no_grad():
         a = est(x, mask, mu=mu, t=t, spk=None, cond=None)
         b = est(x, mask, mu=mu, t=t, spk=torch.zeros(B, 5), cond=torch.zeros(B, D, T))
         assert torch.equal(a, b)
         base = est(x, mask, mu=mu, t=t, spk=spk, cond=cond)
-        for name, changed in (("x", dict(x=x + 1)), ("mu", dict(mu=mu + 1)), ("t", dict(t=t * 0.5)), ("spk", dict(spk=-spk)), ("cond", dict(cond=cond + 1))):
+        for name, changed in (
+            ("x", dict(x=x + 1)),
+            ("mu", dict(mu=mu + 1)),
+            ("t", dict(t=t * 0.5)),
+            ("spk", dict(spk=-spk)),
+            ("cond", dict(cond=cond + 1)),
+        ):
             kw = dict(x=x, mu=mu, t=t, spk=spk, cond=cond)
             kw.update(changed)
             assert not torch.allclose(est(kw.pop("x"), mask, **kw), base, atol=1e-5), name
@@ -66,14 +97,31 @@ def test_gradients_reach_every_parameter(kind):
     est = _randomise(_make(kind)).train()
     B, D, T = 2, 6, 9
     mask = torch.arange(T)[None] < torch.tensor([9, 5])[:, None]
-    out = est(torch.randn(B, D, T), mask, mu=torch.randn(B, D, T), t=torch.rand(B), spk=torch.randn(B, 5), cond=torch.randn(B, D, T))
+    out = est(
+        torch.randn(B, D, T),
+        mask,
+        mu=torch.randn(B, D, T),
+        t=torch.rand(B),
+        spk=torch.randn(B, 5),
+        cond=torch.randn(B, D, T),
+    )
     out.square().sum().backward()
     missing = [n for n, p in est.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
 
 def test_channel_layout_without_speaker_or_prompt():
-    est = UNet1D(4, mu_channels=3, spk_channels=0, cond_channels=0, channels=[8], n_blocks=1, num_mid_blocks=0, heads=1, head_dim=4)
+    est = UNet1D(
+        4,
+        mu_channels=3,
+        spk_channels=0,
+        cond_channels=0,
+        channels=[8],
+        n_blocks=1,
+        num_mid_blocks=0,
+        heads=1,
+        head_dim=4,
+    )
     assert est.total_in == 7
     out = est(torch.randn(1, 4, 5), torch.ones(1, 5, dtype=torch.bool), mu=torch.randn(1, 3, 5), t=torch.rand(1))
     assert out.shape == (1, 4, 5)
@@ -81,5 +129,11 @@ def test_channel_layout_without_speaker_or_prompt():
 
 def test_dit_starts_at_zero_velocity():
     est = _make("dit")
-    out = est(torch.randn(2, 6, 7), torch.ones(2, 7, dtype=torch.bool), mu=torch.randn(2, 6, 7), t=torch.rand(2), spk=torch.randn(2, 5))
+    out = est(
+        torch.randn(2, 6, 7),
+        torch.ones(2, 7, dtype=torch.bool),
+        mu=torch.randn(2, 6, 7),
+        t=torch.rand(2),
+        spk=torch.randn(2, 5),
+    )
     assert torch.equal(out, torch.zeros_like(out))

@@ -1,4 +1,5 @@
 """Held-out evaluation helpers: moment accumulation and the evaluation loop."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,9 +32,17 @@ def test_evaluate_batches_reports_loss_and_moments():
     batches = []
     for lengths in ([6, 4], [5]):
         n = torch.tensor(lengths)
-        batches.append(dict(utt=[f"u{len(batches)}_{i}" for i in range(len(lengths))], speech_token=torch.randint(0, 6561, (len(lengths), 6)),
-                            speech_token_len=n, latent=torch.randn(len(lengths), 4, 12) * (torch.arange(12)[None] < 2 * n[:, None])[:, None],
-                            latent_len=2 * n, ref_audio=torch.randn(len(lengths), 2400), ref_audio_len=torch.full((len(lengths),), 2400)))
+        batches.append(
+            dict(
+                utt=[f"u{len(batches)}_{i}" for i in range(len(lengths))],
+                speech_token=torch.randint(0, 6561, (len(lengths), 6)),
+                speech_token_len=n,
+                latent=torch.randn(len(lengths), 4, 12) * (torch.arange(12)[None] < 2 * n[:, None])[:, None],
+                latent_len=2 * n,
+                ref_audio=torch.randn(len(lengths), 2400),
+                ref_audio_len=torch.full((len(lengths),), 2400),
+            )
+        )
     summary, samples = evaluate_batches(model, batches, n_steps=2)
     assert summary["utterances"] == 3 and summary["frames"] == 30
     assert [u for u, _ in samples] == ["u0_0", "u0_1", "u1_0"]

@@ -1,4 +1,5 @@
 """The flow-matching objective: path, masked loss, CFG dropout, contrastive term, guidance."""
+
 from __future__ import annotations
 
 import math
@@ -137,7 +138,9 @@ def test_contrastive_term_equals_reference_and_never_uses_self(monkeypatch):
 
     monkeypatch.setattr(matching_mod, "derangement", recording_derangement)
     lam = 0.05
-    fm = FlowMatching(sigma_min=0.0, time_sampler=FixedTime(t), immiscible=FixedNoise(x0), cfg_dropout=0.0, contrastive_weight=lam)
+    fm = FlowMatching(
+        sigma_min=0.0, time_sampler=FixedTime(t), immiscible=FixedNoise(x0), cfg_dropout=0.0, contrastive_weight=lam
+    )
     out = fm.loss(Recorder(), x1, mask, {})
     (perm,) = seen
     assert not (perm == torch.arange(4)).any()

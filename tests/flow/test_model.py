@@ -1,4 +1,5 @@
 """Stage 2 model: configs, losses, prompts, statistics, speaker loading, batched sampling."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,7 +48,9 @@ def _batch(model: FlowModel, lengths=(9, 5, 7), garbage: float = 0.0) -> dict:
         audio = torch.where(ref_mask, audio, garbage)
     else:
         latent, tokens, audio = latent * lat_mask[:, None, :], tokens * tok_mask, audio * ref_mask
-    return dict(speech_token=tokens, speech_token_len=n, latent=latent, latent_len=n * r, ref_audio=audio, ref_audio_len=ref_len)
+    return dict(
+        speech_token=tokens, speech_token_len=n, latent=latent, latent_len=n * r, ref_audio=audio, ref_audio_len=ref_len
+    )
 
 
 @pytest.mark.parametrize("ratio", [2, 3])
@@ -68,7 +71,9 @@ def test_config_builds_and_trains_one_step(ratio):
 def test_sample_length_is_ratio_times_tokens(ratio):
     model = _model(ratio).eval()
     b = _batch(model, lengths=(6, 3))
-    latent, length = model.sample(b["speech_token"], b["speech_token_len"], ref_audio=b["ref_audio"], ref_audio_len=b["ref_audio_len"], n_steps=2)
+    latent, length = model.sample(
+        b["speech_token"], b["speech_token_len"], ref_audio=b["ref_audio"], ref_audio_len=b["ref_audio_len"], n_steps=2
+    )
     assert latent.shape == (2, model.latent_dim, 6 * ratio)
     assert length.tolist() == [6 * ratio, 3 * ratio]
     assert (latent[1, :, 3 * ratio :] == 0).all()
@@ -126,27 +131,48 @@ def _one_by_one(model, b, prompt=None, **kw):
         extra = {}
         if prompt is not None:
             p = int(prompt["prompt_token_len"][i])
-            extra = dict(prompt_token=prompt["prompt_token"][i : i + 1, :p], prompt_token_len=prompt["prompt_token_len"][i : i + 1],
-                         prompt_latent=prompt["prompt_latent"][i : i + 1, :, : p * model.ratio])
+            extra = dict(
+                prompt_token=prompt["prompt_token"][i : i + 1, :p],
+                prompt_token_len=prompt["prompt_token_len"][i : i + 1],
+                prompt_latent=prompt["prompt_latent"][i : i + 1, :, : p * model.ratio],
+            )
         ref = int(b["ref_audio_len"][i])
-        lat, length = model.sample(b["speech_token"][i : i + 1, :n], b["speech_token_len"][i : i + 1],
-                                   ref_audio=b["ref_audio"][i : i + 1, :ref], ref_audio_len=b["ref_audio_len"][i : i + 1], **extra, **kw)
+        lat, length = model.sample(
+            b["speech_token"][i : i + 1, :n],
+            b["speech_token_len"][i : i + 1],
+            ref_audio=b["ref_audio"][i : i + 1, :ref],
+            ref_audio_len=b["ref_audio_len"][i : i + 1],
+            **extra,
+            **kw,
+        )
         assert length.item() == n * model.ratio
         outs.append(lat[0])
     return outs
 
 
-@pytest.mark.parametrize("name,use_prompt,solver", [("unet2", False, "euler"), ("unet3", True, "midpoint"), ("dit", True, "euler")])
+@pytest.mark.parametrize(
+    "name,use_prompt,solver", [("unet2", False, "euler"), ("unet3", True, "midpoint"), ("dit", True, "euler")]
+)
 def test_batched_sampling_equals_one_by_one(name, use_prompt, solver):
     model = {"unet2": lambda: _model(2), "unet3": lambda: _model(3), "dit": lambda: _dit_model()}[name]().eval()
     b = _batch(model, lengths=(8, 3, 6))
     prompt = None
     if use_prompt:
         pl = torch.tensor([2, 4, 0])
-        prompt = dict(prompt_token=torch.randint(0, 6561, (3, 4)) * (torch.arange(4)[None] < pl[:, None]), prompt_token_len=pl,
-                      prompt_latent=torch.randn(3, model.latent_dim, 4 * model.ratio))
+        prompt = dict(
+            prompt_token=torch.randint(0, 6561, (3, 4)) * (torch.arange(4)[None] < pl[:, None]),
+            prompt_token_len=pl,
+            prompt_latent=torch.randn(3, model.latent_dim, 4 * model.ratio),
+        )
     kw = dict(n_steps=3, cfg_w=0.7, solver=solver, seed=11)
-    batched, lengths = model.sample(b["speech_token"], b["speech_token_len"], ref_audio=b["ref_audio"], ref_audio_len=b["ref_audio_len"], **(prompt or {}), **kw)
+    batched, lengths = model.sample(
+        b["speech_token"],
+        b["speech_token_len"],
+        ref_audio=b["ref_audio"],
+        ref_audio_len=b["ref_audio_len"],
+        **(prompt or {}),
+        **kw,
+    )
     for i, alone in enumerate(_one_by_one(model, b, prompt, **kw)):
         n = int(lengths[i])
         assert torch.allclose(batched[i, :, :n], alone, atol=1e-4), (name, i)
@@ -161,8 +187,15 @@ def test_prompt_changes_the_continuation_and_seed_is_fixed():
     again, _ = model.sample(b["speech_token"], b["speech_token_len"], seed=3, **common)
     other, _ = model.sample(b["speech_token"], b["speech_token_len"], seed=4, **common)
     assert torch.equal(a, again) and not torch.allclose(a, other)
-    prompted, _ = model.sample(b["speech_token"], b["speech_token_len"], seed=3, prompt_token=torch.randint(0, 6561, (1, 3)),
-                               prompt_token_len=torch.tensor([3]), prompt_latent=torch.randn(1, model.latent_dim, 6), **common)
+    prompted, _ = model.sample(
+        b["speech_token"],
+        b["speech_token_len"],
+        seed=3,
+        prompt_token=torch.randint(0, 6561, (1, 3)),
+        prompt_token_len=torch.tensor([3]),
+        prompt_latent=torch.randn(1, model.latent_dim, 6),
+        **common,
+    )
     assert prompted.shape == a.shape and not torch.allclose(prompted, a)
 
 
@@ -189,11 +222,18 @@ def test_latent_statistics_are_buffers_applied_in_training_and_undone_in_samplin
         raw = dict(b, latent=(b["latent"] * std[:, None] + mean[:, None]) * (b["latent"] != 0).any(1, keepdim=True))
         assert scaled(raw)["loss"].item() == pytest.approx(plain(b)["loss"].item(), rel=1e-4)
         # Inference: samples come back in raw space; prompts are normalised on the way in.
-        common = dict(ref_audio=b["ref_audio"][:1], ref_audio_len=b["ref_audio_len"][:1], n_steps=2,
-                      prompt_token=torch.randint(0, 6561, (1, 2)), prompt_token_len=torch.tensor([2]))
+        common = dict(
+            ref_audio=b["ref_audio"][:1],
+            ref_audio_len=b["ref_audio_len"][:1],
+            n_steps=2,
+            prompt_token=torch.randint(0, 6561, (1, 2)),
+            prompt_token_len=torch.tensor([2]),
+        )
         p = torch.randn(1, D, 4)
         x, _ = plain.sample(b["speech_token"][:1], b["speech_token_len"][:1], prompt_latent=p, **common)
-        y, _ = scaled.sample(b["speech_token"][:1], b["speech_token_len"][:1], prompt_latent=p * std[:, None] + mean[:, None], **common)
+        y, _ = scaled.sample(
+            b["speech_token"][:1], b["speech_token_len"][:1], prompt_latent=p * std[:, None] + mean[:, None], **common
+        )
         assert torch.allclose(y, x * std[:, None] + mean[:, None], atol=1e-4)
     # The statistics travel with the checkpoint: a model built without the file gets them back.
     rebuilt = _model()
@@ -252,7 +292,12 @@ def test_config_consistency_is_checked():
         FlowModel(enc, UNet1D(6, channels=[8], n_blocks=0, num_mid_blocks=0), FlowMatching(), 8)
     with pytest.raises(ConfigError, match="speaker"):
         FlowModel(enc, UNet1D(8, spk_channels=8, channels=[8], n_blocks=0, num_mid_blocks=0), FlowMatching(), 8)
-    model = FlowModel(enc, UNet1D(8, spk_channels=0, channels=[8], n_blocks=0, num_mid_blocks=0, heads=1, head_dim=4), FlowMatching(), 8)
+    model = FlowModel(
+        enc,
+        UNet1D(8, spk_channels=0, channels=[8], n_blocks=0, num_mid_blocks=0, heads=1, head_dim=4),
+        FlowMatching(),
+        8,
+    )
     lat, _ = model.sample(torch.randint(0, 6561, (1, 4)), torch.tensor([4]), n_steps=1)  # no speaker needed
     assert lat.shape == (1, 8, 8)
 
@@ -272,14 +317,14 @@ def test_concat_padded_and_shift_left_equal_loops():
     assert length.tolist() == [7, 3, 5]
     for i in range(3):
         ref = torch.cat([a[i, : al[i]], b[i, : bl[i]]])
-        assert torch.equal(out[i, : length[i]], ref) and (out[i, length[i]:] == 0).all()
+        assert torch.equal(out[i, : length[i]], ref) and (out[i, length[i] :] == 0).all()
     x = torch.randn(3, 2, 9)
     off = torch.tensor([0, 3, 7])
     y = shift_left(x, off, 5)
     for i in range(3):
         o = int(off[i])
         ref = x[i, :, o : o + 5]
-        assert torch.equal(y[i, :, : ref.shape[-1]], ref) and (y[i, :, ref.shape[-1]:] == 0).all()
+        assert torch.equal(y[i, :, : ref.shape[-1]], ref) and (y[i, :, ref.shape[-1] :] == 0).all()
 
 
 def test_media_returns_a_latent_figure():
@@ -295,8 +340,10 @@ def _importable(name: str) -> bool:
         return False
 
 
-@pytest.mark.skipif(not all(_importable(m) for m in ("speech.llm.speaker", "speech.dataset.processors", "speech.trainer.scheduler")),
-                    reason="needs the LM speaker extractor, the data processors and the trainer (other parts)")
+@pytest.mark.skipif(
+    not all(_importable(m) for m in ("speech.llm.speaker", "speech.dataset.processors", "speech.trainer.scheduler")),
+    reason="needs the LM speaker extractor, the data processors and the trainer (other parts)",
+)
 @pytest.mark.parametrize("name", ["tiny/flow.yaml", "tiny/flow_3x.yaml"])
 def test_real_config_with_real_speaker_extractor(name):
     from speech.config import load_config

@@ -1,4 +1,5 @@
 """ODE solvers and t-schedules against closed forms."""
+
 from __future__ import annotations
 
 import math
@@ -77,6 +78,8 @@ def test_midpoint_is_second_order_on_a_nonlinear_field():
     field = lambda x, t: -x  # noqa: E731
     x0 = torch.ones(1, dtype=torch.float64)
     exact = math.exp(-1)
-    err = {s: [abs(integrate(field, x0, n, s, "linear").item() - exact) for n in (8, 16)] for s in ("euler", "midpoint")}
+    err = {
+        s: [abs(integrate(field, x0, n, s, "linear").item() - exact) for n in (8, 16)] for s in ("euler", "midpoint")
+    }
     assert err["euler"][0] / err["euler"][1] == pytest.approx(2, rel=0.1)
     assert err["midpoint"][0] / err["midpoint"][1] == pytest.approx(4, rel=0.1)
