@@ -89,9 +89,9 @@ class ConvNormAct(nn.Module):
     A per-frame norm (not GroupNorm over time) keeps padded frames from changing the valid ones.
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, mode: str = "same"):
         super().__init__()
-        self.conv = MaskedConv1d(in_channels, out_channels, 3)
+        self.conv = MaskedConv1d(in_channels, out_channels, 3, mode=mode)
         self.norm = nn.LayerNorm(out_channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -102,11 +102,11 @@ class ConvNormAct(nn.Module):
 class ResnetBlock(nn.Module):
     """Two conv blocks with the time embedding added in between, plus a 1x1 residual."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int):
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, mode: str = "same"):
         super().__init__()
-        self.block1 = ConvNormAct(in_channels, out_channels)
+        self.block1 = ConvNormAct(in_channels, out_channels, mode)
         self.time = nn.Sequential(nn.Mish(), nn.Linear(time_dim, out_channels))
-        self.block2 = ConvNormAct(out_channels, out_channels)
+        self.block2 = ConvNormAct(out_channels, out_channels, mode)
         self.skip = nn.Conv1d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
@@ -127,9 +127,10 @@ class UNetStage(nn.Module):
         head_dim: int,
         ffn_mult: int,
         dropout: float,
+        mode: str = "same",
     ):
         super().__init__()
-        self.resnet = ResnetBlock(in_channels, out_channels, time_dim)
+        self.resnet = ResnetBlock(in_channels, out_channels, time_dim, mode)
         self.blocks = nn.ModuleList(
             TransformerBlock(out_channels, heads, head_dim, ffn_mult * out_channels, dropout) for _ in range(n_blocks)
         )
@@ -148,7 +149,9 @@ class UNet1D(Estimator):
 
     ``channels`` lists the width per resolution; each level but the last halves the time axis
     (stride-2 conv), the decoder mirrors it with nearest upsampling + conv and skip connections.
-    ``channels=[256]`` (one level, no downsampling) is the CosyVoice2 layout.
+    ``channels=[256]`` (one level, no downsampling) is the CosyVoice2 layout. ``causal`` makes every
+    conv look only backwards, so with ``streaming`` chunk attention a frame never depends on a later
+    chunk (then ``chunk_size`` must be a multiple of ``2 ** (levels - 1)``).
     """
 
     def __init__(
@@ -166,30 +169,36 @@ class UNet1D(Estimator):
         ffn_mult: int = 4,
         dropout: float = 0.0,
         chunk_size: int = 50,
+        causal: bool = False,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
         channels = list(channels)
         if not channels:
             raise ValueError("UNet1D needs at least one channel level")
+        if causal and chunk_size % (1 << (len(channels) - 1)):
+            raise ValueError(
+                f"UNet1D: chunk_size {chunk_size} must be a multiple of 2^(levels-1) = {1 << (len(channels) - 1)}"
+            )
         self.levels, self.chunk_size = len(channels), chunk_size
+        mode = "causal" if causal else "same"
         time_dim = 4 * channels[0]
         self.time_in = channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(self.time_in, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
-        stage = lambda cin, cout: UNetStage(cin, cout, time_dim, n_blocks, heads, head_dim, ffn_mult, dropout)  # noqa: E731
+        stage = lambda cin, cout: UNetStage(cin, cout, time_dim, n_blocks, heads, head_dim, ffn_mult, dropout, mode)  # noqa: E731
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         prev = self.total_in
         for i, c in enumerate(channels):
             last = i == len(channels) - 1
             self.down.append(stage(prev, c))
-            self.downsample.append(MaskedConv1d(c, c, 3, stride=1 if last else 2))
+            self.downsample.append(MaskedConv1d(c, c, 3, mode=mode, stride=1 if last else 2))
             prev = c
         self.mid = nn.ModuleList(stage(channels[-1], channels[-1]) for _ in range(num_mid_blocks))
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(channels))):
             c = channels[i]
             self.up.append(stage(2 * c, c))
-            self.upsample.append(MaskedConv1d(c, channels[i - 1] if i > 0 else c, 3))
-        self.final = ConvNormAct(channels[0], channels[0])
+            self.upsample.append(MaskedConv1d(c, channels[i - 1] if i > 0 else c, 3, mode=mode))
+        self.final = ConvNormAct(channels[0], channels[0], mode)
         self.proj = nn.Conv1d(channels[0], self.out_channels, 1)
 
     def _attn_mask(self, mask: torch.Tensor, level: int, streaming: bool) -> torch.Tensor:
@@ -259,7 +268,10 @@ class DiTBlock(nn.Module):
 
 
 class DiT(Estimator):
-    """Diffusion transformer over frames: input projection + conv positions, adaLN-zero blocks, RoPE."""
+    """Diffusion transformer over frames: input projection + conv positions, adaLN-zero blocks, RoPE.
+
+    ``causal`` makes the position convs look only backwards (chunk-causal with ``streaming``).
+    """
 
     def __init__(
         self,
@@ -276,13 +288,15 @@ class DiT(Estimator):
         conv_kernel: int = 31,
         dropout: float = 0.0,
         chunk_size: int = 50,
+        causal: bool = False,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
         self.head_dim, self.chunk_size = head_dim, chunk_size
         self.inp = nn.Linear(self.total_in, dim)
         # Two grouped convs give relative position cues before attention (as in F5-TTS's input block).
-        self.pos1 = MaskedConv1d(dim, dim, conv_kernel, groups=16 if dim % 16 == 0 else 1)
-        self.pos2 = MaskedConv1d(dim, dim, conv_kernel, groups=16 if dim % 16 == 0 else 1)
+        mode, groups = ("causal" if causal else "same"), (16 if dim % 16 == 0 else 1)
+        self.pos1 = MaskedConv1d(dim, dim, conv_kernel, mode=mode, groups=groups)
+        self.pos2 = MaskedConv1d(dim, dim, conv_kernel, mode=mode, groups=groups)
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, head_dim, ffn_mult * dim, dropout) for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False)

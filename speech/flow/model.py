@@ -142,6 +142,12 @@ class FlowModel(nn.Module):
                 f"flow: estimator mu/cond channels {estimator.mu_channels}/{estimator.cond_channels} "
                 f"must equal latent_dim {latent_dim}"
             )
+        est_chunk = getattr(estimator, "chunk_size", 0)
+        if est_chunk and encoder.chunk_size and est_chunk != encoder.chunk_size * encoder.ratio:
+            raise ConfigError(
+                f"flow: estimator chunk_size {est_chunk} != encoder chunk_size {encoder.chunk_size} "
+                f"x ratio {encoder.ratio}"
+            )
         if (speaker is None) != (estimator.spk_channels == 0):
             raise ConfigError("flow: give a speaker module together with estimator spk_channels > 0, or neither")
         self.encoder, self.estimator, self.matching = encoder, estimator, matching

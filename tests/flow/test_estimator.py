@@ -137,3 +137,41 @@ def test_dit_starts_at_zero_velocity():
         spk=torch.randn(2, 5),
     )
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("kind", ["unet1", "unet3", "dit"])
+def test_causal_streaming_never_looks_into_a_later_chunk(kind):
+    D, T, chunk = 6, 24, 8
+    kw = dict(spk_channels=5, chunk_size=chunk, causal=True)
+    if kind == "dit":
+        est = DiT(D, dim=16, depth=2, heads=2, head_dim=8, conv_kernel=5, **kw)
+    else:
+        est = UNet1D(
+            D,
+            channels=[12] if kind == "unet1" else [8, 12, 16],
+            n_blocks=1,
+            num_mid_blocks=1,
+            heads=2,
+            head_dim=4,
+            **kw,
+        )
+    est = _randomise(est).eval()
+    mask = torch.ones(2, T, dtype=torch.bool)
+    x, mu, cond, spk, t = (
+        torch.randn(2, D, T),
+        torch.randn(2, D, T),
+        torch.randn(2, D, T),
+        torch.randn(2, 5),
+        torch.rand(2),
+    )
+    later = lambda a: torch.cat([a[..., : 2 * chunk], a[..., 2 * chunk :] + 1], dim=-1)  # noqa: E731
+    with torch.no_grad():
+        base = est(x, mask, mu=mu, t=t, spk=spk, cond=cond, streaming=True)
+        moved = est(later(x), mask, mu=later(mu), t=t, spk=spk, cond=later(cond), streaming=True)
+        full = est(later(x), mask, mu=later(mu), t=t, spk=spk, cond=later(cond))
+        base_full = est(x, mask, mu=mu, t=t, spk=spk, cond=cond)
+    assert torch.allclose(base[..., : 2 * chunk], moved[..., : 2 * chunk], atol=1e-6)
+    assert not torch.allclose(base[..., 2 * chunk :], moved[..., 2 * chunk :], atol=1e-4)
+    assert not torch.allclose(base_full[..., : 2 * chunk], full[..., : 2 * chunk], atol=1e-4)  # full attention sees it
+    with pytest.raises(ValueError, match="chunk_size"):
+        UNet1D(D, channels=[8, 12, 16], chunk_size=10, causal=True)

@@ -290,6 +290,8 @@ def test_config_consistency_is_checked():
     enc = TokenEncoder(8, 2, dim=16, token_blocks=0, latent_blocks=0, heads=2, ffn_dim=16)
     with pytest.raises(ConfigError, match="latent_dim"):
         FlowModel(enc, UNet1D(6, channels=[8], n_blocks=0, num_mid_blocks=0), FlowMatching(), 8)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        FlowModel(enc, UNet1D(8, channels=[8], n_blocks=0, num_mid_blocks=0, chunk_size=40), FlowMatching(), 8)
     with pytest.raises(ConfigError, match="speaker"):
         FlowModel(enc, UNet1D(8, spk_channels=8, channels=[8], n_blocks=0, num_mid_blocks=0), FlowMatching(), 8)
     model = FlowModel(
@@ -353,3 +355,32 @@ def test_real_config_with_real_speaker_extractor(name):
     out = model(_batch(model))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("ratio", [2, 3])
+def test_streamed_prefix_equals_offline_with_causal_chunks(ratio):
+    """Chunked encoder + causal chunked estimator + frame-indexed noise: sampling the tokens received so far
+    (plus the 3-token look-ahead) gives the final result's frames for every completed chunk."""
+    D, chunk = 6, 4
+    enc = TokenEncoder(
+        D, ratio, dim=16, token_blocks=1, latent_blocks=1, heads=2, ffn_dim=32, dropout=0.0, chunk_size=chunk
+    )
+    est = UNet1D(
+        D,
+        spk_channels=D,
+        channels=[12],
+        n_blocks=1,
+        num_mid_blocks=1,
+        heads=2,
+        head_dim=4,
+        chunk_size=chunk * ratio,
+        causal=True,
+    )
+    model = FlowModel(enc, est, FlowMatching(), D, speaker=TinySpeaker()).eval()
+    tokens, ref = torch.randint(0, 6561, (1, 16)), torch.randn(1, 2400)
+    kw = dict(ref_audio=ref, ref_audio_len=torch.tensor([2400]), n_steps=3, cfg_w=0.7, seed=2, streaming=True)
+    offline, _ = model.sample(tokens, torch.tensor([16]), **kw)
+    done = 2 * chunk  # two chunks complete once their look-ahead tokens have arrived
+    prefix, _ = model.sample(tokens[:, : done + 3], torch.tensor([done + 3]), **kw)
+    assert torch.allclose(prefix[..., : done * ratio], offline[..., : done * ratio], atol=1e-5)
+    assert not torch.allclose(prefix[..., done * ratio :], offline[..., done * ratio : (done + 3) * ratio], atol=1e-3)
