@@ -84,9 +84,10 @@ class Estimator(nn.Module):
 
 
 class ConvNormAct(nn.Module):
-    """Masked conv (kernel 3) -> per-frame LayerNorm -> Mish.
+    """Masked conv (kernel 3) -> per-frame LayerNorm -> SiLU.
 
     A per-frame norm (not GroupNorm over time) keeps padded frames from changing the valid ones.
+    SiLU rather than CosyVoice's Mish: as smooth, and ~4x cheaper forward + backward on CPU.
     """
 
     def __init__(self, in_channels: int, out_channels: int, mode: str = "same"):
@@ -96,7 +97,7 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.conv(x, mask)
-        return F.mish(self.norm(h.transpose(1, 2)).transpose(1, 2))
+        return F.silu(self.norm(h.transpose(1, 2)).transpose(1, 2))
 
 
 class ResnetBlock(nn.Module):
@@ -105,7 +106,7 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, time_dim: int, mode: str = "same"):
         super().__init__()
         self.block1 = ConvNormAct(in_channels, out_channels, mode)
-        self.time = nn.Sequential(nn.Mish(), nn.Linear(time_dim, out_channels))
+        self.time = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels))
         self.block2 = ConvNormAct(out_channels, out_channels, mode)
         self.skip = nn.Conv1d(in_channels, out_channels, 1)
 
@@ -320,7 +321,7 @@ class DiT(Estimator):
         T = x.shape[-1]
         fmask = mask[:, None, :].to(x.dtype)
         h = self.inp(self._stack_inputs(x, mu, spk, cond).transpose(1, 2)).transpose(1, 2)  # [B, C, T]
-        h = h + self.pos2(F.mish(self.pos1(h, mask)), mask)
+        h = h + self.pos2(F.silu(self.pos1(h, mask)), mask)
         h = (h * fmask).transpose(1, 2)
         c = self.time_mlp(timestep_embedding(t, self.dim))
         attn_mask = chunk_attention_mask(mask, self.chunk_size) if streaming and self.chunk_size > 0 else key_mask(mask)
