@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import time
@@ -140,6 +141,7 @@ def run_one(name: str, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
         gflop=flops / 1e9,
         gflops=flops / step_s / 1e9,
         rss_mb=max(train_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        load=os.getloadavg()[0],
         enc_ms=enc_s * 1e3,
         nfe_ms=nfe_s * 1e3,
         solve_s=solve_s,
@@ -174,7 +176,7 @@ def main() -> None:
     )
     header = (
         f"{'config':<10} {'dtype':<5} {'params':>7} {'est':>6} {'step s':>7} {'frames/s':>9} {'GFLOP':>7} "
-        f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>7} {'enc ms':>7} {'NFE ms':>7} {'10-step s':>9} {'RTF':>6}"
+        f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>7} {'enc ms':>7} {'NFE ms':>7} {'10-step s':>9} {'RTF':>6} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -187,12 +189,12 @@ def main() -> None:
             print(
                 f"{name:<10} {dtype:<5} {r['params_m']:6.1f}M {r['est_params_m']:5.1f}M {r['step_s']:7.3f} "
                 f"{r['frames_per_s']:9.0f} {r['gflop']:7.1f} {r['gflops']:8.1f} {util:6.1%} {r['rss_mb']:7.0f} "
-                f"{r['enc_ms']:7.1f} {r['nfe_ms']:7.1f} {r['solve_s']:9.2f} {r['rtf']:6.3f}",
+                f"{r['enc_ms']:7.1f} {r['nfe_ms']:7.1f} {r['solve_s']:9.2f} {r['rtf']:6.3f} {r['load']:5.1f}",
                 flush=True,
             )
     print(
         "step = forward + backward + AdamW (median); NFE = one guided estimator call (batch 2B); "
-        "RTF = 10-step solve / audio seconds"
+        "RTF = 10-step solve / audio seconds; load = 1-min load average after the run (other jobs make figures noisy)"
     )
 
 
