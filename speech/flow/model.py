@@ -245,11 +245,7 @@ class FlowModel(nn.Module):
         x1 = self.normalise(latent) * mask[:, None, :]
         # Eval draws (t, noise, prompts, dropout) from a fixed seed so CV losses compare across checkpoints.
         gen = None if self.training else torch.Generator(device=mu.device).manual_seed(self.cv_seed)
-        spk = (
-            self.speaker_condition(None, batch.get("ref_audio"), batch.get("ref_audio_len"))
-            if self.speaker is not None
-            else None
-        )
+        spk = self.speaker_condition(None, batch.get("ref_audio"), batch.get("ref_audio_len"))
 
         # Prompt: with prob. prompt_prob, the first 0..max_ratio of the item's tokens are given as condition.
         n_tok = mask.sum(dim=1) // self.ratio
