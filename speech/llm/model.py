@@ -20,7 +20,7 @@ from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from speech.config import ConfigError
 from speech.llm.layout import bistream_allowed, build_layout
-from speech.llm.sampling import RasSampler, Sampler
+from speech.llm.sampling import RasSampler, RowRandom, Sampler
 from speech.utils.mask import lengths_to_mask
 
 __all__ = ["IGNORE_ID", "SpeechLM", "build_qwen2"]
@@ -299,7 +299,7 @@ class SpeechLM(nn.Module):
         sampler: Sampler | None = None,
         min_len_ratio: float | None = None,
         max_len_ratio: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowRandom | None = None,
         use_cache: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Speech tokens for a batch of texts: ``(tokens [B, N], lengths [B])``, eos excluded, 0-padded.
@@ -309,7 +309,9 @@ class SpeechLM(nn.Module):
         ``prompt_speech_token`` the model continues the prompt utterance (one-shot); without them it
         is zero-shot from the reference alone. Each item yields between ``min_len_ratio`` and
         ``max_len_ratio`` times its text length (prompt text excluded) tokens. Batched items are
-        left-padded with exact per-item positions and masks, so a batch decodes as each item alone.
+        left-padded with exact per-item positions and masks, so a batch decodes as each item alone;
+        with a :class:`RowRandom` generator the random draws are per item too, so sampled tokens
+        do not depend on the batch either.
         """
         sampler = sampler if sampler is not None else self.sampler
         min_ratio = self.min_len_ratio if min_len_ratio is None else min_len_ratio

@@ -2,24 +2,74 @@
 
 A sampler maps next-token log-probabilities ``logp [B, V]`` (forbidden ids already at ``-inf``)
 and the recent history of generated ids ``history [B, W]`` (``-1`` where there is none yet) to
-ids ``[B]``. Randomness comes only from the ``torch.Generator`` passed in, so a fixed seed gives
-the same tokens. Chosen from YAML (``!new:speech.llm.sampling.RasSampler``).
+ids ``[B]``. Randomness comes only from the generator passed in, so a fixed seed gives the same
+tokens: a ``torch.Generator`` (one stream for the whole batch), or a :class:`RowRandom`, whose
+draws for a row depend only on that row's seed and the draw count, so an utterance samples the
+same tokens in any batch as alone. Chosen from YAML (``!new:speech.llm.sampling.RasSampler``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["GreedySampler", "RasSampler", "Sampler", "TopKTopPSampler", "full_sample", "top_k_top_p_sample"]
+__all__ = [
+    "GreedySampler",
+    "RasSampler",
+    "RowRandom",
+    "Sampler",
+    "TopKTopPSampler",
+    "draw",
+    "full_sample",
+    "top_k_top_p_sample",
+]
+
+_M31 = (1 << 31) - 1
 
 
-def full_sample(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def _hash31(x: torch.Tensor) -> torch.Tensor:
+    """Integer hash of int64 values in ``[0, 2**31)`` to ``[0, 2**31)`` (products stay below 2**63)."""
+    for _ in range(3):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _M31
+    return (x >> 16) ^ x
+
+
+class RowRandom:
+    """Per-row random numbers: draw ``k`` of row ``i`` depends only on ``seeds[i]`` and ``k``.
+
+    A counter-based generator (an integer hash of the seed's key and the draw count, computed on
+    the seeds' device: no host sync, no per-row kernel), so a batch gives each item the numbers it
+    would get alone, whatever its neighbours. Every call of :meth:`uniform` advances the count.
+    """
+
+    def __init__(self, seeds: torch.Tensor):
+        self.key = _hash31((seeds.long() & _M31) ^ 0x2545F491)
+        self.count = 0
+
+    def uniform(self) -> torch.Tensor:
+        """One float64 in ``(0, 1)`` per row."""
+        step = (self.count * 0x9E3779B + 0x6A09E66) & _M31  # Weyl sequence over draw counts
+        h = _hash31(_hash31((self.key + step) & _M31) ^ 0x5851F42D)
+        self.count += 1
+        return (h.double() + 0.5) / float(1 << 31)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | RowRandom | None = None) -> torch.Tensor:
+    """One index per row of ``probs [B, K]`` (non-negative, any positive sum), in proportion to it."""
+    if not isinstance(generator, RowRandom):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(-1)
+    target = generator.uniform().to(cdf.device) * cdf[:, -1]
+    # The first index whose cumulative mass reaches the target: never one of zero probability.
+    return (cdf < target.unsqueeze(-1)).sum(-1).clamp_max(probs.shape[-1] - 1)
+
+
+def full_sample(logp: torch.Tensor, generator: torch.Generator | RowRandom | None = None) -> torch.Tensor:
     """One id per row drawn from the whole distribution ``exp(logp)``."""
-    return torch.multinomial(logp.float().exp(), 1, generator=generator).squeeze(-1)
+    return draw(logp.float().exp(), generator)
 
 
 def top_k_top_p_sample(
-    logp: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None = None
+    logp: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | RowRandom | None = None
 ) -> torch.Tensor:
     """Nucleus sampling restricted to the ``top_k`` most likely ids.
 
@@ -30,8 +80,8 @@ def top_k_top_p_sample(
     probs, ids = logp.float().exp().topk(min(top_k, logp.shape[-1]), dim=-1)  # sorted, descending
     mass_before = probs.cumsum(-1) - probs
     probs = probs * (mass_before < top_p)
-    choice = torch.multinomial(probs, 1, generator=generator)
-    return ids.gather(-1, choice).squeeze(-1)
+    choice = draw(probs, generator)
+    return ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
 
 class Sampler:
@@ -40,7 +90,7 @@ class Sampler:
     window: int = 0
 
     def __call__(
-        self, logp: torch.Tensor, history: torch.Tensor, generator: torch.Generator | None = None
+        self, logp: torch.Tensor, history: torch.Tensor, generator: torch.Generator | RowRandom | None = None
     ) -> torch.Tensor:
         raise NotImplementedError
 
