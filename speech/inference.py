@@ -1,0 +1,718 @@
+"""Text + a reference voice -> 24 kHz speech, with the three trained models loaded once.
+
+    LM (BPE text, speaker vector of the prompt clip)      -> 25 Hz FSQ speech tokens
+    flow (tokens, speaker [, prompt tokens + latents])    -> DAC-VAE latents (raw ``mu`` space)
+    DAC-VAE decoder                                       -> waveform, exactly tokens / 25 s long
+
+Zero-shot by default: the voice comes from the prompt clip alone. With the prompt's transcript
+(``prompt_text``) and a speech tokenizer, the LM continues the prompt utterance and the flow is
+conditioned on the prompt's latents (one-shot), as CosyVoice 2 does.
+
+Every utterance is synthesized exactly as it would be alone, whatever batch it is in: the LM
+decodes left-padded batches with per-item positions and draws its random numbers per item
+(:class:`~speech.llm.sampling.RowRandom`), the flow's noise depends only on the seed and the frame,
+and the codec masks padding. So ``--list`` output equals single-utterance output with the same seed.
+
+:func:`main` is the ``inference.py`` CLI (also installed as ``speech-tts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "InferenceError",
+    "Utterance",
+    "Synthesis",
+    "SynthesisOptions",
+    "Synthesizer",
+    "check_compatible",
+    "read_list",
+    "main",
+]
+
+log = logging.getLogger("speech.inference")
+
+TOKEN_RATE = 25  # FSQ tokens per second: the LM's and the flow's common clock
+
+
+class InferenceError(ValueError):
+    """A missing/mismatched model or an unusable input, reported in one line."""
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _top_level_keys(text: str) -> set[str]:
+    return set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, flags=re.MULTILINE))
+
+
+@contextlib.contextmanager
+def _config_file(checkpoint: Path, config: str | os.PathLike | None, what: str) -> Iterator[Path]:
+    """The config to rebuild ``checkpoint``'s model: the one given, ``config.yaml`` beside the
+    checkpoint (the trainer writes it into the model directory), or the copy stored inside it."""
+    from speech.trainer.checkpoint import read_config_text
+
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise InferenceError(f"{what} config not found: {path}")
+        yield path
+        return
+    beside = checkpoint.parent / "config.yaml"
+    if beside.is_file():
+        yield beside
+        return
+    text = read_config_text(checkpoint) if checkpoint.is_file() else None
+    if not text:
+        raise InferenceError(
+            f"{what} checkpoint {checkpoint} has no config.yaml beside it and none stored inside: give --{what}_config"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text, encoding="utf-8")
+        yield path
+
+
+def _load_state(model: nn.Module, checkpoint: Path, what: str, ema: bool = False) -> None:
+    """Load trained weights, all of them: a missing, unexpected or reshaped tensor is one error line."""
+    from speech.trainer.checkpoint import load_weights
+
+    try:
+        state = load_weights(checkpoint, ema=ema)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise InferenceError(f"{what} checkpoint {checkpoint}: {exc}") from None
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise InferenceError(
+                f"{what} checkpoint {checkpoint} does not fit its config: {key} is {tuple(value.shape)} "
+                f"in the checkpoint, {tuple(own[key].shape)} in the model"
+            )
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InferenceError(
+            f"{what} checkpoint {checkpoint} does not fit its config: "
+            f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]}) tensors"
+        )
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    key: str,
+    config: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    ema: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model under ``key`` of a training config and load its trained weights (eval mode).
+
+    ``overrides`` apply only to top-level keys the config defines (paths the training run needed,
+    such as ``latent_stats``, are switched off: the checkpoint carries what they provided).
+    Returns the model and the whole built config (for e.g. its ``text_tokenizer``).
+    """
+    from speech.config import ConfigError, load_config
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise InferenceError(f"{key} checkpoint not found: {checkpoint}")
+    with _config_file(checkpoint, config, key) as path:
+        defined = _top_level_keys(path.read_text(encoding="utf-8"))
+        if key not in defined:
+            raise InferenceError(f"{key} config {path} defines no '{key}:' model (is it another model's config?)")
+        over = {k: v for k, v in (overrides or {}).items() if k in defined}
+        try:
+            built = load_config(path, over)
+        except ConfigError as exc:
+            raise InferenceError(f"{key} config: {str(exc).splitlines()[0]}") from None
+    model = built[key]
+    _load_state(model, checkpoint, key, ema=ema)
+    return model.eval(), built
+
+
+def check_compatible(llm: nn.Module, flow: nn.Module, codec: nn.Module, text_tokenizer: Any = None) -> None:
+    """Raise :class:`InferenceError` (one line) when the three models cannot work together."""
+    if flow.latent_dim != codec.latent_dim or flow.ratio != codec.latent_ratio:
+        raise InferenceError(
+            f"the flow predicts {flow.latent_dim}-dim latents at {flow.ratio} frames per token "
+            f"({flow.ratio}x), the codec has {codec.latent_dim}-dim latents at {codec.latent_ratio} "
+            f"({codec.latent_ratio}x): use a flow trained on this codec's latents"
+        )
+    frame_rate = codec.sample_rate / codec.hop
+    if abs(frame_rate / flow.ratio - TOKEN_RATE) > 1e-6:
+        raise InferenceError(
+            f"codec frame rate {frame_rate:g} Hz / {flow.ratio} frames per token is not the {TOKEN_RATE} Hz token rate"
+        )
+    flow_vocab = flow.encoder.embed.num_embeddings
+    if flow_vocab < llm.speech_token_size:
+        raise InferenceError(
+            f"the LM emits {llm.speech_token_size} speech token ids, the flow embeds only {flow_vocab}"
+        )
+    rates = {"LM speaker": llm.speaker.sample_rate, "codec": codec.sample_rate}
+    if flow.speaker is not None:
+        rates["flow speaker"] = flow.speaker.sample_rate
+    if len(set(rates.values())) > 1:
+        raise InferenceError(f"sample rates differ: {', '.join(f'{k} {v}' for k, v in rates.items())}")
+    if text_tokenizer is not None:
+        n_text = llm.decoder.embed_tokens.num_embeddings
+        if text_tokenizer.vocab_size > n_text:
+            raise InferenceError(
+                f"text tokenizer has {text_tokenizer.vocab_size} ids, the LM embeds {n_text}: "
+                "use the tokenizer the LM was trained with"
+            )
+
+
+# ----------------------------------------------------------------------------------- requests
+
+
+@dataclass
+class Utterance:
+    """One synthesis request, validated: text ids and the prompt clip at the model rate."""
+
+    utt: str
+    text: str
+    text_token: torch.Tensor  # [L] int64
+    prompt: torch.Tensor  # [S] float32 at the model sample rate
+    prompt_path: str = ""
+    prompt_text: str | None = None
+    prompt_text_token: torch.Tensor | None = None
+
+
+@dataclass
+class Synthesis:
+    utt: str
+    audio: torch.Tensor  # [N] float32, N = n_tokens * samples_per_token
+    n_tokens: int
+
+
+@dataclass
+class SynthesisOptions:
+    """Sampling and solver settings; ``None`` keeps the value the model was configured with."""
+
+    seed: int = 0
+    sampling: str = "config"  # config | ras | topk | greedy
+    top_k: int = 25
+    top_p: float = 0.8
+    min_len_ratio: float | None = None
+    max_len_ratio: float | None = None
+    n_steps: int | None = None
+    cfg_w: float | None = None
+    solver: str | None = None
+
+    def sampler(self, default: Any) -> Any:
+        from speech.llm.sampling import GreedySampler, RasSampler, TopKTopPSampler
+
+        if self.sampling == "config":
+            return default
+        if self.sampling == "ras":
+            return RasSampler(top_k=self.top_k, top_p=self.top_p)
+        if self.sampling == "topk":
+            return TopKTopPSampler(top_k=self.top_k, top_p=self.top_p)
+        if self.sampling == "greedy":
+            return GreedySampler()
+        raise InferenceError(f"unknown sampling {self.sampling!r}: choose config, ras, topk or greedy")
+
+
+@dataclass
+class Timer:
+    """Seconds spent per stage (synchronised at stage ends only, never inside a loop)."""
+
+    seconds: Counter = field(default_factory=Counter)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, device: torch.device) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.seconds[name] += time.perf_counter() - start
+
+
+def _pad(seqs: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([s.shape[-1] for s in seqs], dtype=torch.long)
+    padded = nn.utils.rnn.pad_sequence([s.reshape(-1) for s in seqs], batch_first=True)
+    return padded.to(device), lengths.to(device)
+
+
+class Synthesizer:
+    """The LM, flow and codec (+ text tokenizer, + optional speech tokenizer), loaded once."""
+
+    def __init__(
+        self,
+        llm: nn.Module,
+        flow: nn.Module,
+        codec: nn.Module,
+        text_tokenizer: Any,
+        speech_tokenizer: Any = None,
+        device: str | torch.device = "cpu",
+        min_prompt_seconds: float = 0.5,
+        max_prompt_seconds: float = 15.0,
+    ):
+        check_compatible(llm, flow, codec, text_tokenizer)
+        if not 0 < min_prompt_seconds <= max_prompt_seconds:
+            raise InferenceError(f"need 0 < min_prompt_seconds <= max_prompt_seconds, got {min_prompt_seconds}, {max_prompt_seconds}")
+        self.device = torch.device(device)
+        self.llm, self.flow, self.codec = llm.to(self.device).eval(), flow.to(self.device).eval(), codec.to(self.device).eval()
+        self.text_tokenizer, self.speech_tokenizer = text_tokenizer, speech_tokenizer
+        self.sample_rate = int(codec.sample_rate)
+        self.samples_per_token = codec.hop * flow.ratio
+        self.min_prompt_seconds, self.max_prompt_seconds = min_prompt_seconds, max_prompt_seconds
+        self.timer = Timer()
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        llm: str | os.PathLike,
+        flow: str | os.PathLike,
+        codec: str | os.PathLike,
+        *,
+        llm_config: str | os.PathLike | None = None,
+        flow_config: str | os.PathLike | None = None,
+        codec_config: str | os.PathLike | None = None,
+        text_tokenizer: str | os.PathLike | None = None,
+        speech_tokenizer: str | os.PathLike | None = None,
+        speech_tokenizer_type: str = "own",
+        flow_ema: bool = False,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> "Synthesizer":
+        """Build every part from trained checkpoints; the configs default to the ones saved with them."""
+        from dac_vae.checkpoint import CodecLoadError, load_codec
+
+        from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
+
+        over = {"text_tokenizer_path": str(text_tokenizer)} if text_tokenizer else {}
+        llm_model, llm_built = load_model(llm, "llm", llm_config, over)
+        if text_tokenizer:
+            try:
+                tokenizer = load_text_tokenizer(text_tokenizer)
+            except TextTokenizerError as exc:
+                raise InferenceError(str(exc)) from None
+        else:
+            tokenizer = llm_built.get("text_tokenizer")
+            if tokenizer is None:
+                raise InferenceError("the LM config names no text_tokenizer: give --text_tokenizer")
+        # The flow's statistics and speaker weights are in its checkpoint: the training-time files are not needed.
+        flow_model, _ = load_model(flow, "flow", flow_config, {"latent_stats": None, "speaker_checkpoint": None}, flow_ema)
+        codec_path = Path(codec)
+        if not codec_path.is_file():
+            raise InferenceError(f"codec checkpoint not found: {codec_path}")
+        with _config_file(codec_path, codec_config, "codec") as path:
+            try:
+                codec_model = load_codec(path, codec_path)
+            except CodecLoadError as exc:
+                raise InferenceError(f"codec: {exc}") from None
+        speech_tok = None
+        if speech_tokenizer:
+            from speech.tokenizer import SpeechTokenizerError, tokenizer_class
+
+            try:
+                speech_tok = tokenizer_class(speech_tokenizer_type).from_checkpoint(speech_tokenizer, device=device)
+            except (SpeechTokenizerError, FileNotFoundError, ValueError) as exc:
+                raise InferenceError(f"speech tokenizer: {exc}") from None
+        return cls(llm_model, flow_model, codec_model, tokenizer, speech_tok, device=device, **kwargs)
+
+    # ---------------------------------------------------------------------------- requests
+
+    def prepare(self, utt: str, text: str, prompt_wav: str | os.PathLike, prompt_text: str | None = None) -> Utterance:
+        """Validate one request; an unusable one raises :class:`InferenceError` naming why.
+
+        Prompts shorter than ``min_prompt_seconds`` are refused (too little voice to clone); longer
+        than ``max_prompt_seconds`` are cut to their first ``max_prompt_seconds`` (a warning), unless
+        a transcript is given: it would no longer match, so that request is refused.
+        """
+        from speech.audio import AudioError, load_audio
+
+        if not isinstance(text, str) or not text.strip():
+            raise InferenceError("empty text")
+        text_token = self.text_tokenizer.encode(text.strip())
+        if not text_token:
+            raise InferenceError(f"text {text!r} gives no tokens")
+        if prompt_wav is None or str(prompt_wav) == "":
+            raise InferenceError("no prompt wav given")
+        try:
+            wav, _ = load_audio(prompt_wav, self.sample_rate)
+        except AudioError as exc:
+            raise InferenceError(f"prompt wav {exc}") from None
+        seconds = wav.numel() / self.sample_rate
+        if seconds < self.min_prompt_seconds:
+            raise InferenceError(
+                f"prompt wav {prompt_wav} is {seconds:.2f} s, shorter than {self.min_prompt_seconds:g} s"
+            )
+        if not float(wav.abs().max()) > 0:
+            raise InferenceError(f"prompt wav {prompt_wav} is silent")
+        prompt_text = prompt_text.strip() if isinstance(prompt_text, str) and prompt_text.strip() else None
+        if seconds > self.max_prompt_seconds:
+            if prompt_text is not None:
+                raise InferenceError(
+                    f"prompt wav {prompt_wav} is {seconds:.1f} s, longer than {self.max_prompt_seconds:g} s, "
+                    "and cannot be cut while its transcript is given: cut it, or drop the prompt text"
+                )
+            log.warning("%s: prompt is %.1f s, using its first %g s", utt, seconds, self.max_prompt_seconds)
+            wav = wav[: int(self.max_prompt_seconds * self.sample_rate)]
+        prompt_ids = None
+        if prompt_text is not None:
+            if self.speech_tokenizer is None:
+                raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
+            prompt_ids = torch.tensor(self.text_tokenizer.encode(prompt_text), dtype=torch.long)
+        return Utterance(
+            utt=utt,
+            text=text.strip(),
+            text_token=torch.tensor(text_token, dtype=torch.long),
+            prompt=wav,
+            prompt_path=str(prompt_wav),
+            prompt_text=prompt_text,
+            prompt_text_token=prompt_ids,
+        )
+
+    # --------------------------------------------------------------------------- synthesis
+
+    def _one_shot_prompt(self, batch: list[Utterance]) -> dict[str, torch.Tensor]:
+        """Prompt text ids, speech tokens and raw latents for the items that have a transcript."""
+        from speech.audio import resample
+
+        dev, has = self.device, [u.prompt_text_token is not None for u in batch]
+        empty = torch.zeros(0, dtype=torch.long)
+        text_ids = [u.prompt_text_token if h else empty for u, h in zip(batch, has)]
+        with_text = [u for u, h in zip(batch, has) if h]
+        sr_tok = self.speech_tokenizer.sample_rate
+        ids = iter(self.speech_tokenizer.tokenize([resample(u.prompt, self.sample_rate, sr_tok) for u in with_text]))
+        speech_ids = [next(ids).long() if h else empty for h in has]
+        pt, pt_len = _pad(text_ids, dev)
+        ps, ps_len = _pad(speech_ids, dev)
+        audio, audio_len = _pad([u.prompt for u in batch], dev)
+        mu, _, _ = self.codec.encode(audio, audio_len)
+        return {"pt": pt, "pt_len": pt_len, "ps": ps, "ps_len": ps_len, "latent": mu}
+
+    @torch.inference_mode()
+    def synthesize(self, batch: list[Utterance], options: SynthesisOptions | None = None) -> list[Synthesis]:
+        """One forward pass of each model over ``batch``; results in the batch's order."""
+        from speech.llm.sampling import RowRandom
+
+        opt = options or SynthesisOptions()
+        dev, timer = self.device, self.timer
+        b = len(batch)
+        text, text_len = _pad([u.text_token for u in batch], dev)
+        ref, ref_len = _pad([u.prompt for u in batch], dev)
+        one_shot = self.speech_tokenizer is not None and any(u.prompt_text_token is not None for u in batch)
+        with timer("prompt", dev):
+            prompt = self._one_shot_prompt(batch) if one_shot else None
+        with timer("lm", dev):
+            tokens, n_tok = self.llm.generate(
+                text,
+                text_len,
+                spk_vector=self.llm.speaker(ref, ref_len),
+                prompt_text_token=prompt["pt"] if prompt else None,
+                prompt_text_token_len=prompt["pt_len"] if prompt else None,
+                prompt_speech_token=prompt["ps"] if prompt else None,
+                prompt_speech_token_len=prompt["ps_len"] if prompt else None,
+                sampler=opt.sampler(self.llm.sampler),
+                min_len_ratio=opt.min_len_ratio,
+                max_len_ratio=opt.max_len_ratio,
+                generator=RowRandom(torch.full((b,), opt.seed, dtype=torch.long, device=dev)),
+            )
+        if tokens.shape[1] == 0:
+            raise InferenceError("the LM produced no speech tokens (min_len_ratio 0 and an immediate eos)")
+        with timer("flow", dev):
+            latent, latent_len = self.flow.sample(
+                tokens,
+                n_tok,
+                ref_audio=ref,
+                ref_audio_len=ref_len,
+                prompt_token=prompt["ps"] if prompt else None,
+                prompt_token_len=prompt["ps_len"] if prompt else None,
+                prompt_latent=prompt["latent"] if prompt else None,
+                n_steps=opt.n_steps,
+                cfg_w=opt.cfg_w,
+                solver=opt.solver,
+                seed=opt.seed,
+            )
+        with timer("codec", dev):
+            audio = self.codec.decode(latent.to(dev), latent_len).float().cpu()
+        n_tok = n_tok.cpu().tolist()
+        return [
+            Synthesis(u.utt, audio[i, : n * self.samples_per_token].clone(), n) for i, (u, n) in enumerate(zip(batch, n_tok))
+        ]
+
+    def run(
+        self, utterances: list[Utterance], options: SynthesisOptions | None = None, batch_size: int = 8
+    ) -> Iterator[Synthesis]:
+        """Synthesize many requests, ``batch_size`` per forward, grouped by text length (longest first)."""
+        if batch_size < 1:
+            raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
+        order = sorted(range(len(utterances)), key=lambda i: -utterances[i].text_token.numel())
+        for start in range(0, len(order), batch_size):
+            yield from self.synthesize([utterances[i] for i in order[start : start + batch_size]], options)
+
+
+# ---------------------------------------------------------------------------------------- lists
+
+
+def read_list(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Requests from JSON lines (``utt``, ``text``, ``prompt_wav``, optional ``prompt_text``) or TSV
+    (``utt<TAB>text<TAB>prompt_wav[<TAB>prompt_text]``).
+
+    A relative ``prompt_wav`` is found beside the list first, then from the working directory.
+    Unreadable lines are returned with an ``error`` entry (counted and skipped by the caller).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InferenceError(f"list not found: {path}")
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if path.suffix == ".tsv" or (not line.lstrip().startswith("{") and "\t" in line):
+            fields = line.split("\t")
+            if len(fields) < 3:
+                rows.append({"utt": f"line{n}", "error": "TSV line needs utt, text and prompt_wav"})
+                continue
+            row = dict(zip(("utt", "text", "prompt_wav", "prompt_text"), fields))
+        else:
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                rows.append({"utt": f"line{n}", "error": f"bad JSON ({exc})"})
+                continue
+        row["utt"] = str(row.get("utt") or f"line{n}")
+        wav = row.get("prompt_wav")
+        if isinstance(wav, str) and wav and not Path(wav).is_absolute():
+            beside = path.parent / wav
+            row["prompt_wav"] = str(beside if beside.exists() or not Path(wav).exists() else Path(wav))
+        rows.append(row)
+    return rows
+
+
+def _safe_name(utt: str) -> bool:
+    return bool(utt) and utt not in (".", "..") and "/" not in utt and "\\" not in utt and "\0" not in utt
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference.py",
+        description="Text + a reference voice -> 24 kHz speech with trained LM, flow and DAC-VAE checkpoints.",
+        epilog=(
+            "examples:\n"
+            "  python inference.py --llm exp/demo/llm/final.pt --flow exp/demo/flow/final.pt \\\n"
+            "      --codec exp/demo/dac_vae/final.pt --text 'Hello there.' --prompt_wav ref.wav --out hello.wav\n"
+            "  python inference.py --llm ... --flow ... --codec ... --list test.jsonl --out_dir synth/\n"
+            "Configs default to config.yaml beside each checkpoint (or the copy inside it)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m = parser.add_argument_group("models")
+    m.add_argument("--llm", required=True, help="Stage 1 LM checkpoint")
+    m.add_argument("--flow", required=True, help="Stage 2 flow checkpoint")
+    m.add_argument("--codec", required=True, help="DAC-VAE checkpoint")
+    m.add_argument("--llm_config", help="default: config.yaml beside --llm")
+    m.add_argument("--flow_config", help="default: config.yaml beside --flow")
+    m.add_argument("--codec_config", help="default: config.yaml beside --codec")
+    m.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
+    m.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
+    m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for --prompt_text (one-shot)")
+    m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
+    i = parser.add_argument_group("input / output (one utterance, or a list)")
+    i.add_argument("--text", help="text to speak")
+    i.add_argument("--prompt_wav", help="reference clip of the voice to clone")
+    i.add_argument("--prompt_text", help="transcript of --prompt_wav (optional: one-shot continuation)")
+    i.add_argument("--out", help="output wav (with --text)")
+    i.add_argument("--list", help="JSON lines (utt, text, prompt_wav[, prompt_text]) or TSV of requests")
+    i.add_argument("--out_dir", help="folder for <utt>.wav, synthesis.jsonl and rtf.json (with --list)")
+    s = parser.add_argument_group("sampling")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same output (default: 0)")
+    s.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"],
+                   help="LM token sampling (default: the LM config's sampler)")
+    s.add_argument("--top_k", type=int, default=25, help="for --sampling ras|topk (default: 25)")
+    s.add_argument("--top_p", type=float, default=0.8, help="for --sampling ras|topk (default: 0.8)")
+    s.add_argument("--min_len_ratio", type=float, help="fewest speech tokens per text token (default: LM config)")
+    s.add_argument("--max_len_ratio", type=float, help="most speech tokens per text token (default: LM config)")
+    s.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
+    s.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
+    s.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+    r = parser.add_argument_group("running")
+    r.add_argument("--batch_size", type=int, default=8, help="utterances per forward pass with --list (default: 8)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    r.add_argument("--min_prompt_seconds", type=float, default=0.5, help="shorter prompts are refused (default: 0.5)")
+    r.add_argument("--max_prompt_seconds", type=float, default=15.0,
+                   help="longer prompts are cut to this (refused with --prompt_text) (default: 15)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    single = args.text is not None or args.out is not None or args.prompt_wav is not None
+    if args.list and single:
+        parser.error("give either --list/--out_dir or --text/--prompt_wav/--out, not both")
+    if args.list:
+        if not args.out_dir:
+            parser.error("--list needs --out_dir")
+    else:
+        missing = [f"--{k}" for k in ("text", "prompt_wav", "out") if getattr(args, k) is None]
+        if missing:
+            parser.error(f"missing {', '.join(missing)} (or give --list and --out_dir)")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
+    if args.n_steps is not None and args.n_steps < 1:
+        parser.error("--n_steps must be >= 1")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Load, validate every request, synthesize, write; returns the exit status."""
+    from tqdm import tqdm
+
+    from speech.audio import save_audio
+
+    device = _device(args.device)
+    if not args.list:  # what can be checked without the models fails before they load
+        if not args.text.strip():
+            raise InferenceError("empty text")
+        if not Path(args.prompt_wav).is_file():
+            raise InferenceError(f"prompt wav {args.prompt_wav}: file not found")
+    synth = Synthesizer.from_checkpoints(
+        args.llm,
+        args.flow,
+        args.codec,
+        llm_config=args.llm_config,
+        flow_config=args.flow_config,
+        codec_config=args.codec_config,
+        text_tokenizer=args.text_tokenizer,
+        speech_tokenizer=args.speech_tokenizer,
+        speech_tokenizer_type=args.speech_tokenizer_type,
+        flow_ema=args.flow_ema,
+        device=device,
+        min_prompt_seconds=args.min_prompt_seconds,
+        max_prompt_seconds=args.max_prompt_seconds,
+    )
+    options = SynthesisOptions(
+        seed=args.seed,
+        sampling=args.sampling,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_len_ratio=args.min_len_ratio,
+        max_len_ratio=args.max_len_ratio,
+        n_steps=args.n_steps,
+        cfg_w=args.cfg_w,
+        solver=args.solver,
+    )
+
+    if not args.list:  # one utterance: any problem is the run's error
+        out = Path(args.out)
+        utt = synth.prepare(out.stem, args.text, args.prompt_wav, args.prompt_text)
+        start = time.perf_counter()
+        (result,) = synth.synthesize([utt], options)
+        wall = time.perf_counter() - start
+        save_audio(out, result.audio, synth.sample_rate)
+        seconds = result.audio.numel() / synth.sample_rate
+        print(f"wrote {out}: {seconds:.2f} s ({result.n_tokens} tokens) in {wall:.2f} s, RTF {wall / seconds:.3f}")
+        return 0
+
+    out_dir = Path(args.out_dir)
+    skipped: Counter = Counter()
+    requests, seen = [], set()
+    for row in read_list(args.list):
+        utt = row["utt"]
+        try:
+            if "error" in row:
+                raise InferenceError(row["error"])
+            if not _safe_name(utt):
+                raise InferenceError(f"utt {utt!r} cannot be a file name")
+            if utt in seen:
+                raise InferenceError("duplicate utt (the first one is kept)")
+            requests.append(synth.prepare(utt, row.get("text"), row.get("prompt_wav"), row.get("prompt_text")))
+            seen.add(utt)
+        except InferenceError as exc:
+            log.warning("skipped %s: %s", utt, exc)
+            skipped[str(exc)] += 1
+    if not requests:
+        print(f"error: nothing to synthesize in {args.list} ({sum(skipped.values())} unusable lines)", file=sys.stderr)
+        return 1
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest, audio_seconds = [], 0.0
+    start = time.perf_counter()
+    bar = tqdm(total=len(requests), desc="synthesize", unit="utt", disable=args.quiet, file=sys.stderr)
+    by_utt = {r.utt: r for r in requests}
+    for result in synth.run(requests, options, args.batch_size):
+        wav_path = out_dir / f"{result.utt}.wav"
+        save_audio(wav_path, result.audio, synth.sample_rate)
+        seconds = result.audio.numel() / synth.sample_rate
+        audio_seconds += seconds
+        req = by_utt[result.utt]
+        manifest.append({"utt": result.utt, "wav": str(wav_path), "text": req.text, "prompt_wav": req.prompt_path,
+                         "n_tokens": result.n_tokens, "seconds": round(seconds, 4)})
+        bar.update(1)
+    bar.close()
+    wall = time.perf_counter() - start
+    order = {r.utt: i for i, r in enumerate(requests)}
+    manifest.sort(key=lambda m: order[m["utt"]])
+    (out_dir / "synthesis.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest), encoding="utf-8")
+    rtf = {
+        "utterances": len(manifest),
+        "skipped": sum(skipped.values()),
+        "audio_seconds": round(audio_seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "rtf": round(wall / max(audio_seconds, 1e-9), 4),
+        **{f"{k}_seconds": round(v, 3) for k, v in synth.timer.seconds.items()},
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+    }
+    _write_json(out_dir / "rtf.json", rtf)
+    print(
+        f"wrote {len(manifest)} wavs to {out_dir} ({len(requests)} requested, {rtf['skipped']} skipped): "
+        f"{audio_seconds:.1f} s of audio in {wall:.1f} s, RTF {rtf['rtf']:.3f}"
+    )
+    for reason, count in skipped.most_common():
+        print(f"  skipped {count}: {reason}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_cli(args)
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
