@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Lists for the demo's synthesis and evaluation stages, from a prepare_data index.
+
+    python recipes/demo/make_synth_list.py exp/demo/data/heldout.jsonl --out exp/demo/synth/list.jsonl
+    python recipes/demo/make_synth_list.py exp/demo/data/test.jsonl --wav_paths   # one absolute wav path a line
+
+The synthesis list has one line per utterance: ``utt, text, wav`` (the ground truth, for evaluation)
+and ``prompt_wav``: another utterance of the same speaker (the next one in the index, cyclically), so
+the voice is cloned from a clip that does not contain the target sentence.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def read_index(path: Path) -> list[dict]:
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for item in items:  # prepare_data writes paths relative to the index file
+        item["wav"] = str((path.parent / item["wav"]).resolve())
+    return items
+
+
+def synth_list(items: list[dict]) -> list[dict]:
+    by_spk: dict[str, list[dict]] = {}
+    for item in items:
+        by_spk.setdefault(item["spk"], []).append(item)
+    rows = []
+    for utts in by_spk.values():
+        if len(utts) < 2:
+            raise SystemExit(f"error: speaker {utts[0]['spk']} has one utterance; a prompt needs another")
+        for i, item in enumerate(utts):
+            prompt = utts[(i + 1) % len(utts)]
+            rows.append({"utt": item["utt"], "text": item["text"], "wav": item["wav"], "prompt_wav": prompt["wav"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("index", type=Path, help="JSON-lines index from tools/prepare_data.py")
+    parser.add_argument("--out", type=Path, help="synthesis list to write (JSON lines)")
+    parser.add_argument("--wav_paths", action="store_true", help="print the index's wav paths instead")
+    args = parser.parse_args()
+    items = read_index(args.index)
+    if args.wav_paths:
+        print("\n".join(item["wav"] for item in items))
+        return
+    if args.out is None:
+        parser.error("--out is required unless --wav_paths is given")
+    rows = synth_list(items)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    print(f"wrote {len(rows)} utterances to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The demo: the whole system trained and run on the embedded corpus (data/) with tiny configs, on CPU.
+#
+#   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2]
+#
+# Stages (each reads only what an earlier stage wrote; paths are defined once below):
+#   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
+#   3 extract FSQ tokens         4 train the DAC-VAE     5 extract DAC-VAE latents
+#   6 training indexes           7 train the Stage 1 LM  8 train the Stage 2 flow
+#   9 final checkpoints         10 synthesize the held-out speakers
+#  11 evaluate                  12 write report.md
+#
+# Tiny CPU models make low-quality speech: the demo shows that every piece works end to end.
+# For real quality run recipes/libritts/run.sh with the full-size configs on GPUs.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+stage=0
+stop_stage=12
+exp=exp/demo
+corpus=data
+nj=2                 # torch threads / loader workers
+fsq_steps=500        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
+codec_steps=150
+llm_steps=600
+flow_steps=600
+. recipes/lib.sh
+parse_options "$@"
+
+splits="train dev test heldout"
+data=$exp/data                      # stage 0: <split>.jsonl, <split>.list
+bpe=$exp/bpe/tokenizer.json         # stage 1
+fsq_dir=$exp/fsq                    # stage 2
+tokens=$exp/tokens                  # stage 3: <spk>/<utt>_fsq.pt
+codec_dir=$exp/dac_vae              # stage 4
+latents=$exp/latents                # stage 5: <spk>/<utt>_latent2x.pt, latent2x_stats.json
+index=$exp/index                    # stage 6: <split>/data.list
+llm_dir=$exp/llm                    # stage 7
+flow_dir=$exp/flow                  # stage 8
+synth=$exp/synth                    # stage 10: <utt>.wav
+eval_dir=$exp/eval                  # stage 11
+export OMP_NUM_THREADS=$nj
+train() { python train.py --num_workers 0 --comet_disabled "$@"; }
+
+if run_stage 0 "index the corpus ($corpus)"; then
+  python tools/prepare_data.py "$corpus" --out "$data" \
+    --split $(for s in $splits; do echo "$corpus/splits/$s.txt"; done)
+  for s in $splits; do echo "$s.jsonl" > "$data/$s.list"; done
+fi
+
+if run_stage 1 "text BPE on the training transcripts"; then
+  require "$data/train.jsonl" "corpus index"
+  python tools/train_bpe.py "$data/train.jsonl" --vocab_size 512 --out "$bpe"
+fi
+
+if run_stage 2 "train the FSQ speech tokenizer ($fsq_steps steps)"; then
+  require "$data/train.list" "corpus index"
+  train --model fsq --config configs/tiny/fsq.yaml --model_dir "$fsq_dir" \
+    --train_data "$data/train.list" --cv_data "$data/dev.list" train_conf.max_steps=$fsq_steps
+  python tools/average_checkpoints.py --model_dir "$fsq_dir" --num 1 --last --out "$fsq_dir/final.pt"
+fi
+
+if run_stage 3 "extract FSQ tokens"; then
+  require "$fsq_dir/final.pt" "FSQ tokenizer"
+  python tools/extract_fsq.py --tokenizer own --checkpoint "$fsq_dir/final.pt" --out_dir "$tokens" \
+    --index $(for s in $splits; do echo "$data/$s.jsonl"; done) --skip_existing --num_workers 0
+fi
+
+if run_stage 4 "train the DAC-VAE ($codec_steps steps)"; then
+  require "$data/train.list" "corpus index"
+  train --model dac_vae --config configs/tiny/dac_vae.yaml --model_dir "$codec_dir" \
+    --train_data "$data/train.list" --cv_data "$data/dev.list" train_conf.max_steps=$codec_steps
+  python tools/average_checkpoints.py --model_dir "$codec_dir" --num 1 --last --out "$codec_dir/final.pt"
+fi
+
+if run_stage 5 "extract DAC-VAE latents"; then
+  require "$codec_dir/final.pt" "DAC-VAE"
+  # statistics from the training split only; the other splits write theirs aside
+  python -m dac_vae.extract_dac_latents --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+    --index "$data/train.jsonl" --output_dir "$latents" --skip_existing --num_workers 0 --quiet
+  python -m dac_vae.extract_dac_latents --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+    --index "$data/dev.jsonl" "$data/test.jsonl" "$data/heldout.jsonl" --output_dir "$latents" \
+    --stats "$latents/eval_splits_stats.json" --skip_existing --num_workers 0 --quiet
+fi
+
+if run_stage 6 "training indexes (text + tokens + latents)"; then
+  for s in $splits; do
+    python tools/generate_json_index.py --index "$data/$s.jsonl" --out "$index/$s" \
+      --token_dir "$tokens" --latent_dir "$latents" --require tokens latents
+  done
+fi
+
+if run_stage 7 "train the Stage 1 LM ($llm_steps steps)"; then
+  require "$index/train/data.list" "training index"
+  train --model llm --config configs/tiny/llm.yaml --model_dir "$llm_dir" \
+    --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
+    text_tokenizer_path="$bpe" train_conf.max_steps=$llm_steps
+fi
+
+if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
+  require "$index/train/data.list" "training index"
+  train --model flow --config configs/tiny/flow.yaml --model_dir "$flow_dir" \
+    --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
+    latent_stats="$latents/latent2x_stats.json" train_conf.max_steps=$flow_steps
+fi
+
+if run_stage 9 "final checkpoints (average of the best 2 by CV loss; EMA for the flow)"; then
+  python tools/average_checkpoints.py --model_dir "$llm_dir" --num 2 --out "$llm_dir/final.pt"
+  python tools/average_checkpoints.py --model_dir "$flow_dir" --num 2 --ema --out "$flow_dir/final.pt"
+fi
+
+if run_stage 10 "synthesize the held-out speakers' sentences"; then
+  require "$llm_dir/final.pt" "LM"; require "$flow_dir/final.pt" "flow"
+  # each held-out utterance is spoken in its speaker's voice, prompted by another clip of that speaker
+  python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --out "$synth/list.jsonl"
+  python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
+    --list "$synth/list.jsonl" --out_dir "$synth" --seed 0
+fi
+
+if run_stage 11 "evaluate: synthesis (WER, SIM, RTF) and codec round trips"; then
+  require "$synth/list.jsonl" "synthesis"
+  python tools/evaluate.py --ref_list "$synth/list.jsonl" --hyp_dir "$synth" --out_dir "$eval_dir/tts" \
+    --metrics wer,sim
+  python -m dac_vae.inference roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+    --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$exp/codec_test"
+  python tools/evaluate.py --ref_list "$data/test.jsonl" --hyp_dir "$exp/codec_test" --out_dir "$eval_dir/codec" \
+    --metrics codec
+fi
+
+if run_stage 12 "report"; then
+  python recipes/demo/report.py --exp "$exp" --out "$exp/report.md"
+  echo "report: $exp/report.md"
+fi

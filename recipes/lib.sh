@@ -1,0 +1,32 @@
+# Shared helpers for the recipes: `--name value` option parsing and stage banners.
+# Source it after defining defaults; every `--foo bar` on the command line sets the variable foo.
+
+parse_options() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+      --*=*) local kv="${1#--}"; local name="${kv%%=*}"; shift; set -- "--$name" "${kv#*=}" "$@" ;;
+      --*)
+        local name="${1#--}"
+        if ! declare -p "$name" >/dev/null 2>&1; then echo "$0: unknown option --$name" >&2; exit 2; fi
+        if [ $# -lt 2 ]; then echo "$0: --$name needs a value" >&2; exit 2; fi
+        printf -v "$name" '%s' "$2"; shift 2 ;;
+      *) echo "$0: unexpected argument '$1'" >&2; exit 2 ;;
+    esac
+  done
+}
+
+# run_stage N "title": true when stage N is inside [stage, stop_stage]; prints a banner with the time.
+_recipe_start=$(date +%s)
+run_stage() {
+  if [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; then
+    printf '\n==== stage %s: %s  [%s, +%ss]\n' "$1" "$2" "$(date +%H:%M:%S)" "$(( $(date +%s) - _recipe_start ))"
+    return 0
+  fi
+  return 1
+}
+
+# require FILE "what": stop with one line when an earlier stage's output is missing.
+require() {
+  [ -e "$1" ] || { echo "$0: missing $2 ($1): run the earlier stages first" >&2; exit 1; }
+}
