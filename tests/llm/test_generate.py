@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from speech.llm.sampling import GreedySampler, RasSampler
+from speech.llm.sampling import GreedySampler, RasSampler, RowRandom
 
 from .conftest import SPEECH_VOCAB, make_batch, make_lm
 
@@ -54,6 +54,19 @@ def test_batched_equals_one_by_one():
     tokens, lengths = model.generate(**inputs, **kw)
     for i in range(3):
         one, one_len = model.generate(**item(inputs, i), **kw)
+        assert int(one_len[0]) == int(lengths[i])
+        assert torch.equal(one[0, : one_len[0]], tokens[i, : lengths[i]])
+
+
+def test_sampled_batch_equals_one_by_one_with_row_random():
+    """With per-item random draws, RAS sampling (not only greedy) is independent of the batch."""
+    model = make_lm()
+    inputs = prompted_inputs()
+    kw = {"sampler": RasSampler(), "min_len_ratio": 2, "max_len_ratio": 8}
+    seeds = torch.tensor([3, 4, 5])
+    tokens, lengths = model.generate(**inputs, **kw, generator=RowRandom(seeds))
+    for i in range(3):
+        one, one_len = model.generate(**item(inputs, i), **kw, generator=RowRandom(seeds[i : i + 1]))
         assert int(one_len[0]) == int(lengths[i])
         assert torch.equal(one[0, : one_len[0]], tokens[i, : lengths[i]])
 

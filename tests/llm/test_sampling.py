@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from speech.llm.sampling import GreedySampler, RasSampler, TopKTopPSampler, top_k_top_p_sample
+from speech.llm.sampling import GreedySampler, RasSampler, RowRandom, TopKTopPSampler, draw, top_k_top_p_sample
 
 
 def logp_of(probs) -> torch.Tensor:
@@ -67,3 +67,34 @@ def test_seeded_sampling_is_reproducible():
         b = sampler(logp, hist, torch.Generator().manual_seed(123))
         c = sampler(logp, hist, torch.Generator().manual_seed(124))
         assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_row_random_is_uniform_and_per_row():
+    seeds = torch.arange(50_000)
+    r = RowRandom(seeds)
+    u, v = r.uniform(), r.uniform()
+    assert ((u > 0) & (u < 1)).all()
+    counts = torch.histc(u.float(), bins=10, min=0, max=1)
+    assert (counts - 5000).abs().max() < 300  # ~4 sigma of a binomial(50000, 0.1)
+    assert abs(float(torch.corrcoef(torch.stack([u, v]))[0, 1])) < 0.02  # successive draws
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.02  # neighbouring seeds
+    # a row's numbers depend only on its seed and the draw count, not on the other rows
+    alone = RowRandom(seeds[123:124])
+    assert alone.uniform().item() == u[123].item() and alone.uniform().item() == v[123].item()
+
+
+def test_draw_frequencies_follow_the_probabilities():
+    probs = torch.tensor([0.2, 0.0, 0.5, 0.3]).expand(40_000, 4)
+    ids = draw(probs * 7.0, RowRandom(torch.arange(40_000)))  # any positive scale
+    freq = torch.bincount(ids, minlength=4).double() / 40_000
+    assert freq[1] == 0  # a zero-probability id is never drawn
+    torch.testing.assert_close(freq, probs[0].double(), atol=0.01, rtol=0)
+
+
+def test_samplers_accept_row_random():
+    logp = torch.randn(6, 100).log_softmax(-1)
+    history = torch.full((6, 10), -1)
+    for sampler in (RasSampler(), TopKTopPSampler(top_k=5, top_p=0.9)):
+        a = sampler(logp, history, RowRandom(torch.arange(6)))
+        b = torch.cat([sampler(logp[i : i + 1], history[i : i + 1], RowRandom(torch.tensor([i]))) for i in range(6)])
+        assert torch.equal(a, b)
