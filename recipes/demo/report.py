@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Write the demo's report.md: per-model losses, codec metrics, WER/SIM and RTF of the synthesized
-held-out sentences, and a mel-spectrogram figure of a reference next to its synthesis.
+"""Write the demo's report.md: per-model losses (with the LM's unigram baseline), codec metrics, the
+flow's samples against real latents, WER/SIM and RTF of the synthesized held-out sentences, and a
+mel-spectrogram figure of a reference next to its synthesis.
 
     python recipes/demo/report.py --exp exp/demo --out exp/demo/report.md
 
@@ -12,46 +13,126 @@ import argparse
 import json
 from pathlib import Path
 
+import math
+import re
+from collections import Counter
+
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
 from speech.audio import load_audio, log_mel  # noqa: E402
 
 MODELS = [("fsq", "FSQ speech tokenizer"), ("dac_vae", "DAC-VAE codec"), ("llm", "Stage 1 LM"), ("flow", "Stage 2 flow")]
 
 
-def _metrics_files(model_dir: Path) -> list[Path]:
-    return sorted(model_dir.glob("step_*.yaml"))
+_LINE = re.compile(r"(?:epoch \d+ step (?P<train>\d+)|cv step (?P<cv>\d+)) \| (?P<pairs>[^|]*)")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def losses_section(exp: Path) -> list[str]:
-    lines = ["## Training (CV metrics at the first and the last checkpoint)", ""]
-    for name, title in MODELS:
-        files = _metrics_files(exp / name)
-        if not files:
-            lines += [f"- {title}: no checkpoint metrics in `{exp / name}`", ""]
+def read_log(train_log: Path) -> dict[str, list[tuple[int, dict[str, float]]]]:
+    """``{"train": [(step, metrics)], "cv": [...]}`` from the trainer's ``train.log`` (every logged step)."""
+    curves: dict[str, list[tuple[int, dict[str, float]]]] = {"train": [], "cv": []}
+    if not train_log.is_file():
+        return curves
+    for line in train_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _LINE.search(line)
+        if not m:
             continue
-        first = _flat(yaml.safe_load(files[0].read_text()) or {})
-        last = _flat(yaml.safe_load(files[-1].read_text()) or {})
-        keys = [k for k in last if k.startswith("cv")] or list(last)
-        lines += [f"**{title}** (`{exp / name}`, {files[0].stem} → {files[-1].stem})", ""]
-        lines += ["| metric | first | last |", "|---|---:|---:|"]
-        lines += [f"| {k} | {first.get(k, float('nan')):.4g} | {last[k]:.4g} |" for k in keys]
+        tokens = m.group("pairs").split()
+        metrics = {}
+        for key, value in zip(tokens[::2], tokens[1::2]):
+            try:
+                metrics[key] = float(value)
+            except ValueError:
+                pass
+        kind = "train" if m.group("train") else "cv"
+        curves[kind].append((int(m.group(kind)), metrics))
+    return curves
+
+
+def losses_section(exp: Path, out_png: Path) -> list[str]:
+    """First and last logged train and CV metrics of every model, and their loss curves as a figure."""
+    lines = ["## Training (first and last logged metrics, from each model's train.log)", ""]
+    logs = {name: read_log(exp / name / "train.log") for name, _ in MODELS}
+    for name, title in MODELS:
+        curves = logs[name]
+        if not curves["train"] and not curves["cv"]:
+            lines += [f"- {title}: no training log in `{exp / name}`", ""]
+            continue
+        lines += [f"**{title}** (`{exp / name}`)", "", "| metric | first | last |", "|---|---:|---:|"]
+        for kind in ("train", "cv"):
+            if not curves[kind]:
+                continue
+            (s0, first), (s1, last) = curves[kind][0], curves[kind][-1]
+            for key in last:
+                before = f"{first[key]:.4g}" if key in first else "—"
+                lines.append(f"| {kind} {key} | {before} (step {s0}) | {last[key]:.4g} (step {s1}) |")
         lines.append("")
+    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3), constrained_layout=True)
+    for ax, (name, title) in zip(axes, MODELS):
+        for kind, style in (("train", "-"), ("cv", "o-")):
+            key = "generator/loss" if name == "dac_vae" else "loss"
+            points = [(step, m[key]) for step, m in logs[name][kind] if key in m]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{kind} {key}", markersize=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("loss")
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    lines += [f"![training and CV loss of every model]({out_png.name})", ""]
     return lines
+
+
+def unigram_section(exp: Path) -> list[str]:
+    """What the LM must beat: always predicting the most frequent training target, and a unigram model's loss."""
+    index = exp / "data" / "train.jsonl"
+    if not index.is_file():
+        return []
+    counts: Counter = Counter()
+    for line in index.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        path = exp / "tokens" / item["spk"] / f"{item['utt']}_fsq.pt"
+        if path.is_file():
+            counts.update(torch.load(path, weights_only=True).tolist())
+            counts["eos"] += 1  # every sequence ends with an eos target
+    total = sum(counts.values())
+    if not total:
+        return []
+    entropy = -sum(c / total * math.log(c / total) for c in counts.values())
+    return [
+        f"Stage 1 LM baseline on its training targets ({total} tokens, {len(counts)} distinct ids): "
+        f"always the most frequent id = accuracy {counts.most_common(1)[0][1] / total:.4f}; a unigram model's "
+        f"loss = {entropy:.3f} nats. Compare with the LM's train/acc and losses above.",
+        "",
+    ]
+
+
+def flow_section(eval_dir: Path) -> list[str]:
+    summary = eval_dir / "summary.json"
+    lines = ["## Stage 2 flow alone: latents sampled from the dev split's true tokens", ""]
+    if not summary.is_file():
+        return lines + [f"(missing: `{summary}`)", ""]
+    s = json.loads(summary.read_text())
+    lines += [
+        f"{s['utterances']} utterances, {s['frames']} frames; CV loss {s['cv_loss']:.4f}.",
+        "",
+        "| per-dimension statistic | real latents | sampled | mean abs. diff | correlation |",
+        "|---|---:|---:|---:|---:|",
+        f"| mean (avg over dims) | {s['real_mean_avg']:+.3f} | {s['sample_mean_avg']:+.3f} | "
+        f"{s['mean_abs_diff']:.3f} | {s['mean_corr']:.3f} |",
+        f"| std (avg over dims) | {s['real_std_avg']:.3f} | {s['sample_std_avg']:.3f} | "
+        f"{s['std_abs_diff']:.3f} | {s['std_corr']:.3f} |",
+        "",
+        "Decoded by the DAC-VAE and scored against the ground-truth recordings:",
+        "",
+    ]
+    results = eval_dir / "results.md"
+    return lines + ([results.read_text(encoding="utf-8").strip(), ""] if results.is_file() else [f"(missing: `{results}`)", ""])
 
 
 def results_section(title: str, results_md: Path) -> list[str]:
@@ -107,8 +188,11 @@ def main() -> None:
         "configs (`configs/*.yaml`) on GPUs.",
         "",
     ]
-    lines += losses_section(args.exp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines += losses_section(args.exp, out.parent / "losses.png")
+    lines += unigram_section(args.exp)
     lines += results_section("Codec round trip, corpus test split", args.exp / "eval" / "codec" / "results.md")
+    lines += flow_section(args.exp / "eval" / "flow")
     lines += results_section("Synthesis of the held-out speakers (zero-shot)", args.exp / "eval" / "tts" / "results.md")
     lines += rtf_section(args.exp / "synth")
     utt = mel_figure(args.exp / "synth", out.parent / "mel.png")

@@ -117,14 +117,22 @@ if run_stage 10 "synthesize the held-out speakers' sentences"; then
     --list "$synth/list.jsonl" --out_dir "$synth" --seed 0
 fi
 
-if run_stage 11 "evaluate: synthesis (WER, SIM, RTF) and codec round trips"; then
+if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples"; then
   require "$synth/list.jsonl" "synthesis"
   python tools/evaluate.py --ref_list "$synth/list.jsonl" --hyp_dir "$synth" --out_dir "$eval_dir/tts" \
-    --metrics wer,sim
+    --metrics wer,sim --no_progress
+  # the codec alone: test-split wavs encoded and decoded
   python -m dac_vae.inference roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
-    --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$exp/codec_test"
-  python tools/evaluate.py --ref_list "$data/test.jsonl" --hyp_dir "$exp/codec_test" --out_dir "$eval_dir/codec" \
-    --metrics codec
+    --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$eval_dir/codec/wavs" --quiet
+  python tools/evaluate.py --ref_list "$data/test.jsonl" --hyp_dir "$eval_dir/codec/wavs" --out_dir "$eval_dir/codec" \
+    --metrics codec --no_progress
+  # the flow alone: latents sampled from the dev split's true tokens vs the real latents, then decoded
+  python -m speech.flow.evaluate --config "$flow_dir/config.yaml" --checkpoint "$flow_dir/final.pt" \
+    --data "$index/dev/data.list" --out_dir "$eval_dir/flow" --device cpu
+  python -m dac_vae.inference decode --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+    --inputs "$eval_dir/flow" --output_dir "$eval_dir/flow/wavs" --quiet
+  python tools/evaluate.py --ref_list "$data/dev.jsonl" --hyp_dir "$eval_dir/flow/wavs" --out_dir "$eval_dir/flow" \
+    --metrics codec --no_progress
 fi
 
 if run_stage 12 "report"; then

@@ -5,9 +5,9 @@
 
 Prints the flow loss (eval mode, fixed seed) and compares per-dimension mean and std of the sampled
 latents with the real DAC-VAE latents of the same utterances. With ``--out_dir`` it also writes each
-sample as ``<utt>_flow.pt`` in the latent file format (``mu [D, T]``, ``sample_rate``, ``hop``,
-``n_samples``, ``checkpoint``) so the codec's decoder turns them into audio for the eval toolkit (mel
-distance to the ground truth), and a ``summary.json``.
+sample as ``<utt>_latent{r}x.pt`` in the latent file format (``mu [D, T]``, ``sample_rate``, ``hop``,
+``n_samples``, ``checkpoint``), so ``python -m dac_vae.inference decode --inputs OUT_DIR`` turns them
+into ``<utt>.wav`` for the eval toolkit (mel distance to the ground truth), and a ``summary.json``.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="the flow config the model was trained with")
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint, averaged .pt or .safetensors")
     parser.add_argument("--data", required=True, help="data.list of the held-out set (tokens + latents)")
-    parser.add_argument("--out_dir", help="write <utt>_flow.pt samples and summary.json here")
+    parser.add_argument("--out_dir", help="write <utt>_latent{r}x.pt samples and summary.json here")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
     parser.add_argument("--n_steps", type=int)
     parser.add_argument("--cfg_w", type=float)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
                     "n_samples": latent.shape[-1] * hop,
                     "checkpoint": str(args.checkpoint),
                 },
-                out / f"{utt}_flow.pt",
+                out / f"{utt}_latent{model.ratio}x.pt",
             )
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
