@@ -19,3 +19,17 @@ def test_dac_vae_does_not_import_speech(tmp_path):
         "assert not any(k == 'speech' or k.startswith('speech.') for k in sys.modules), 'dac_vae imported speech'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_console_entry_point_is_declared_and_resolves():
+    """``speech-tts`` (pyproject [project.scripts]) names the inference CLI's main."""
+    import importlib
+    from pathlib import Path
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts["speech-tts"].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
