@@ -5,8 +5,8 @@
 
 Prints the flow loss (eval mode, fixed seed) and compares per-dimension mean and std of the sampled
 latents with the real DAC-VAE latents of the same utterances. With ``--out_dir`` it also writes each
-sample as ``<utt>_latent{r}x.pt`` in the latent file format (``mu [D, T]``, ``sample_rate``, ``hop``,
-``n_samples``, ``checkpoint``), so ``python -m dac_vae.inference decode --inputs OUT_DIR`` turns them
+sample as ``<utt>_latent{r}x.pt`` in the codec's latent file format (``mu [D, T]``, ``logs`` = -inf,
+``sample_rate``, ``hop``, ``n_samples``, ``checkpoint``), so ``python -m dac_vae.inference decode --inputs OUT_DIR`` turns them
 into ``<utt>.wav`` for the eval toolkit (mel distance to the ground truth), and a ``summary.json``.
 """
 
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from dac_vae.latents import latent_suffix, save_latent_file
     from tqdm import tqdm
 
     from speech.config import load_config
@@ -160,15 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         sample_rate = int(config.get("sample_rate", 24000))
         hop = sample_rate // (TOKEN_RATE * model.ratio)
         for utt, latent in samples:
-            torch.save(
-                {
-                    "mu": latent.float(),
-                    "sample_rate": sample_rate,
-                    "hop": hop,
-                    "n_samples": latent.shape[-1] * hop,
-                    "checkpoint": str(args.checkpoint),
-                },
-                out / f"{utt}_latent{model.ratio}x.pt",
+            # A sample is a point, not a posterior: logs = -inf (std 0) in the codec's latent format.
+            save_latent_file(
+                out / f"{utt}{latent_suffix(model.ratio)}",
+                latent.float(),
+                torch.full_like(latent, float("-inf")),
+                sample_rate,
+                hop,
+                latent.shape[-1] * hop,
+                str(args.checkpoint),
             )
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
