@@ -64,7 +64,10 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
                  "Real-time factor", "mel.png"):
         assert part in report, part
     assert "(missing" not in report, report
-    assert (exp / "mel.png").stat().st_size > 0
+    assert (exp / "mel.png").stat().st_size > 0 and (exp / "losses.png").stat().st_size > 0
+    for part, n in (("codec", len(SLICE["test"])), ("flow", len(SLICE["dev"])), ("tts", len(SLICE["heldout"]))):
+        summary = json.loads((exp / "eval" / part / "results.json").read_text())["systems"][0]["summary"]
+        assert summary["n"] == n, (part, summary)
     assert list((exp / "llm").glob("**/events.out.tfevents.*")), "TensorBoard logs of the LM"
 
     # Re-running a finished stage range is safe: extraction skips what exists, nothing is deleted.
