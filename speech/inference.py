@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -618,17 +618,7 @@ def run_cli(args: argparse.Namespace) -> int:
         min_prompt_seconds=args.min_prompt_seconds,
         max_prompt_seconds=args.max_prompt_seconds,
     )
-    options = SynthesisOptions(
-        seed=args.seed,
-        sampling=args.sampling,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_len_ratio=args.min_len_ratio,
-        max_len_ratio=args.max_len_ratio,
-        n_steps=args.n_steps,
-        cfg_w=args.cfg_w,
-        solver=args.solver,
-    )
+    options = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions)})
 
     if not args.list:  # one utterance: any problem is the run's error
         out = Path(args.out)
