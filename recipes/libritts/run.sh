@@ -5,7 +5,7 @@
 #        --qwen /path/CosyVoice-BlankEN [--ngpu 8] [--stage 0] [--stop_stage 9]
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
-#   0 index the corpus (train / dev / test lists from --train_sets etc.)
+#   0 index the corpus (--train_split/--dev_split/--test_split: files of utterance ids named train.txt, dev.txt, test.txt)
 #   1 FSQ tokens with s3tokenizer from a local weights file (or --tokenizer own --tokenizer_ckpt X)
 #   2 train the DAC-VAE (skipped when --codec_ckpt names a trained one)
 #   3 DAC-VAE latents            4 training indexes        5 train the Stage 1 LM
