@@ -141,7 +141,9 @@ def load_model(
         try:
             built = load_config(path, over)
         except ConfigError as exc:
-            raise InferenceError(f"{key} config: {str(exc).splitlines()[0]}") from None
+            first = str(exc).splitlines()[0]
+            hint = " (give --text_tokenizer)" if "TextTokenizerError" in first else ""
+            raise InferenceError(f"{key} config: {first}{hint}") from None
     model = built[key]
     _load_state(model, checkpoint, key, ema=ema)
     return model.eval(), built
