@@ -300,7 +300,8 @@ class Synthesizer:
 
         from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
 
-        over = {"text_tokenizer_path": str(text_tokenizer)} if text_tokenizer else {}
+        # The saved config has its references resolved: the tokenizer's own `path` is overridden too.
+        over = {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}} if text_tokenizer else {}
         llm_model, llm_built = load_model(llm, "llm", llm_config, over)
         if text_tokenizer:
             try:
@@ -312,7 +313,9 @@ class Synthesizer:
             if tokenizer is None:
                 raise InferenceError("the LM config names no text_tokenizer: give --text_tokenizer")
         # The flow's statistics and speaker weights are in its checkpoint: the training-time files are not needed.
-        flow_model, _ = load_model(flow, "flow", flow_config, {"latent_stats": None, "speaker_checkpoint": None}, flow_ema)
+        # (the saved config has its references resolved, so the flow's own arguments are overridden too).
+        unused = {"latent_stats": None, "speaker_checkpoint": None}
+        flow_model, _ = load_model(flow, "flow", flow_config, {**unused, "flow": unused}, flow_ema)
         codec_path = Path(codec)
         if not codec_path.is_file():
             raise InferenceError(f"codec checkpoint not found: {codec_path}")

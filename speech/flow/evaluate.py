@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     from speech.trainer.data import to_device
 
     # Statistics and speaker weights come from the checkpoint, so their source files are not needed.
-    config = load_config(args.config, list(args.overrides) + ["latent_stats=null", "speaker_checkpoint=null"])
+    # A config saved by the trainer has its references resolved: the flow's own arguments are overridden too.
+    unused = ["latent_stats=null", "speaker_checkpoint=null", "flow.latent_stats=null", "flow.speaker_checkpoint=null"]
+    config = load_config(args.config, list(args.overrides) + unused)
     model: FlowModel = config["flow"]
     model.load_state_dict(load_weights(args.checkpoint, ema=args.ema), strict=True)
     model.to(args.device).eval()

@@ -50,14 +50,18 @@ def tiny_system(tmp_path_factory, corpus_dir) -> dict[str, Path]:
     bpe = root / "bpe" / "tokenizer.json"
     bpe.parent.mkdir()
     train_bpe(texts, vocab_size=512).save(str(bpe))
+    # The flow trains with latent statistics from a file that is gone by inference time: the checkpoint has them.
+    stats = root / "latent_stats.json"
+    stats.write_text(json.dumps({"mean": [0.01] * 80, "std": [0.5] * 80}))
     paths = {
         "bpe": bpe,
         "llm": save_like_trainer(root / "llm", REPO / "configs/tiny/llm.yaml", "llm", {"text_tokenizer_path": str(bpe)}),
-        "flow": save_like_trainer(root / "flow", REPO / "configs/tiny/flow.yaml", "flow", {}),
+        "flow": save_like_trainer(root / "flow", REPO / "configs/tiny/flow.yaml", "flow", {"latent_stats": str(stats)}),
         "codec": save_like_trainer(root / "codec", REPO / "configs/tiny/dac_vae.yaml", "dac_vae", {}),
         "codec3x": save_like_trainer(root / "codec3x", REPO / "configs/tiny/dac_vae_3x.yaml", "dac_vae", {}),
         "fsq": save_like_trainer(root / "fsq", REPO / "configs/tiny/fsq.yaml", "fsq", {}),
     }
+    stats.unlink()
     # Prompts: real corpus clips (24 kHz), plus edge cases made from them.
     wav, sr = load_audio(corpus_dir / "wavs/slt/slt_000.wav")
     paths["prompt"] = corpus_dir / "wavs/slt/slt_000.wav"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dac_vae.checkpoint import load_codec
-from speech.inference import InferenceError, Synthesizer, SynthesisOptions, check_compatible
+from speech.inference import InferenceError, Synthesizer, SynthesisOptions, check_compatible, load_model
 
 TEXTS = ["Hello there, how are you today?", "A short one.", "The quick brown fox jumps over the lazy dog."]
 FAST = SynthesisOptions(max_len_ratio=4.0, n_steps=4)
@@ -101,3 +101,19 @@ def test_mismatched_models_fail_before_synthesis(synthesizer, tiny_system):
 
     with pytest.raises(InferenceError, match="text tokenizer has 1000000 ids, the LM embeds 4096"):
         check_compatible(s.llm, s.flow, s.codec, BigVocab())
+
+
+def test_moved_checkpoint_takes_the_tokenizer_from_the_command_line(tiny_system, tmp_path):
+    """A saved config names the BPE by the path training used; elsewhere, --text_tokenizer replaces it."""
+    import shutil
+
+    moved = tmp_path / "llm"
+    moved.mkdir()
+    shutil.copy(tiny_system["llm"], moved / "final.pt")
+    text = (tiny_system["llm"].parent / "config.yaml").read_text()
+    (moved / "config.yaml").write_text(text.replace(str(tiny_system["bpe"]), "exp/gone/tokenizer.json"))
+    with pytest.raises(InferenceError, match=r"tokenizer not found: exp/gone/tokenizer.json \(give --text_tokenizer\)"):
+        load_model(moved / "final.pt", "llm")
+    bpe = str(tiny_system["bpe"])
+    synth = Synthesizer.from_checkpoints(moved / "final.pt", tiny_system["flow"], tiny_system["codec"], text_tokenizer=bpe)
+    assert synth.text_tokenizer.path == bpe
