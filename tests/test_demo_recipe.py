@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     corpus = tiny_corpus(corpus_dir, tmp_path / "corpus")
     exp = tmp_path / "exp"
     budgets = ["--fsq_steps", "2", "--codec_steps", "2", "--llm_steps", "2", "--flow_steps", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the recipe calls `python`: the interpreter running the tests, whatever PATH says
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(
         ["bash", "recipes/demo/run.sh", "--corpus", str(corpus), "--exp", str(exp), "--nj", "1", *budgets],
         cwd=REPO, capture_output=True, text=True, env=env, timeout=1500,
