@@ -269,9 +269,11 @@ class Synthesizer:
     ):
         check_compatible(llm, flow, codec, text_tokenizer)
         if not 0 < min_prompt_seconds <= max_prompt_seconds:
-            raise InferenceError(f"need 0 < min_prompt_seconds <= max_prompt_seconds, got {min_prompt_seconds}, {max_prompt_seconds}")
+            raise InferenceError(
+                f"need 0 < min_prompt_seconds <= max_prompt_seconds, got {min_prompt_seconds}, {max_prompt_seconds}"
+            )
         self.device = torch.device(device)
-        self.llm, self.flow, self.codec = llm.to(self.device).eval(), flow.to(self.device).eval(), codec.to(self.device).eval()
+        self.llm, self.flow, self.codec = (m.to(self.device).eval() for m in (llm, flow, codec))
         self.text_tokenizer, self.speech_tokenizer = text_tokenizer, speech_tokenizer
         self.sample_rate = int(codec.sample_rate)
         self.samples_per_token = codec.hop * flow.ratio
@@ -301,7 +303,9 @@ class Synthesizer:
         from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
 
         # The saved config has its references resolved: the tokenizer's own `path` is overridden too.
-        over = {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}} if text_tokenizer else {}
+        over = {}
+        if text_tokenizer:
+            over = {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}}
         llm_model, llm_built = load_model(llm, "llm", llm_config, over)
         if text_tokenizer:
             try:
@@ -452,9 +456,8 @@ class Synthesizer:
         with timer("codec", dev):
             audio = self.codec.decode(latent.to(dev), latent_len).float().cpu()
         n_tok = n_tok.cpu().tolist()
-        return [
-            Synthesis(u.utt, audio[i, : n * self.samples_per_token].clone(), n) for i, (u, n) in enumerate(zip(batch, n_tok))
-        ]
+        spt = self.samples_per_token
+        return [Synthesis(u.utt, audio[i, : n * spt].clone(), n) for i, (u, n) in enumerate(zip(batch, n_tok))]
 
     def run(
         self, utterances: list[Utterance], options: SynthesisOptions | None = None, batch_size: int = 8
