@@ -592,18 +592,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_cli(args: argparse.Namespace) -> int:
     """Load, validate every request, synthesize, write; returns the exit status."""
     from tqdm import tqdm
 
     from speech.audio import save_audio
+    from speech.trainer.checkpoint import atomic_write_text
 
     device = _device(args.device)
     if not args.list:  # what can be checked without the models fails before they load
@@ -690,7 +684,7 @@ def run_cli(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
     }
-    _write_json(out_dir / "rtf.json", rtf)
+    atomic_write_text(out_dir / "rtf.json", json.dumps(rtf, indent=2) + "\n")
     print(
         f"wrote {len(manifest)} wavs to {out_dir} ({len(requests)} requested, {rtf['skipped']} skipped): "
         f"{audio_seconds:.1f} s of audio in {wall:.1f} s, RTF {rtf['rtf']:.3f}"

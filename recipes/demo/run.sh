@@ -41,6 +41,12 @@ synth=$exp/synth                    # stage 10: <utt>.wav
 eval_dir=$exp/eval                  # stage 11
 export OMP_NUM_THREADS=$nj
 train() { python train.py --num_workers 0 --comet_disabled "$@"; }
+# train_on_corpus MODEL DIR STEPS: a tiny model on the corpus audio, its last checkpoint as DIR/final.pt
+train_on_corpus() {
+  train --model "$1" --config "configs/tiny/$1.yaml" --model_dir "$2" \
+    --train_data "$data/train.list" --cv_data "$data/dev.list" train_conf.max_steps="$3"
+  python tools/average_checkpoints.py --model_dir "$2" --num 1 --last --out "$2/final.pt"
+}
 
 if run_stage 0 "index the corpus ($corpus)"; then
   python tools/prepare_data.py "$corpus" --out "$data" \
@@ -55,9 +61,7 @@ fi
 
 if run_stage 2 "train the FSQ speech tokenizer ($fsq_steps steps)"; then
   require "$data/train.list" "corpus index"
-  train --model fsq --config configs/tiny/fsq.yaml --model_dir "$fsq_dir" \
-    --train_data "$data/train.list" --cv_data "$data/dev.list" train_conf.max_steps=$fsq_steps
-  python tools/average_checkpoints.py --model_dir "$fsq_dir" --num 1 --last --out "$fsq_dir/final.pt"
+  train_on_corpus fsq "$fsq_dir" "$fsq_steps"
 fi
 
 if run_stage 3 "extract FSQ tokens"; then
@@ -68,9 +72,7 @@ fi
 
 if run_stage 4 "train the DAC-VAE ($codec_steps steps)"; then
   require "$data/train.list" "corpus index"
-  train --model dac_vae --config configs/tiny/dac_vae.yaml --model_dir "$codec_dir" \
-    --train_data "$data/train.list" --cv_data "$data/dev.list" train_conf.max_steps=$codec_steps
-  python tools/average_checkpoints.py --model_dir "$codec_dir" --num 1 --last --out "$codec_dir/final.pt"
+  train_on_corpus dac_vae "$codec_dir" "$codec_steps"
 fi
 
 if run_stage 5 "extract DAC-VAE latents"; then
