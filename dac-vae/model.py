@@ -203,7 +203,7 @@ class DACVAE(nn.Module):
     def __init__(
         self,
         encoder: Encoder,
-        decoder: Decoder,
+        decoder: nn.Module,
         latent_dim: int = 80,
         sample_rate: int = 24000,
         token_rate: int = 25,
@@ -216,6 +216,7 @@ class DACVAE(nn.Module):
         mel_loss: MultiScaleMelLoss | None = None,
         loss_weights: Mapping[str, float] | None = None,
         disc_start_step: int = 0,
+        kl_warmup_steps: int = 0,
     ):
         super().__init__()
         if encoder.hop != decoder.hop:
@@ -245,6 +246,7 @@ class DACVAE(nn.Module):
         self.latent_norm = bool(latent_norm)
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.disc_start_step = int(disc_start_step)
+        self.kl_warmup_steps = int(kl_warmup_steps)
         self._fake_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------- inference API
@@ -310,10 +312,12 @@ class DACVAE(nn.Module):
 
     # ----------------------------------------------------------------------------- training API
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Generator first: the trainer runs the groups in this order every iteration."""
-        if self.discriminator is None:
-            raise ValueError("DACVAE has no discriminator: give one in the config to train")
+        """Generator first: the trainer runs the groups in this order every iteration.
+
+        Without a discriminator there is one group, ``generator``, trained on mel + KL alone."""
         generator = [*self.encoder.parameters(), *self.posterior.parameters(), *self.decoder.parameters()]
+        if self.discriminator is None:  # GAN-free: reconstruction and KL only
+            return {"generator": generator}
         return {"generator": generator, "discriminator": list(self.discriminator.parameters())}
 
     def forward(self, batch: Mapping[str, Any], group: str | None = None, step: int = 0) -> dict[str, torch.Tensor]:
@@ -331,6 +335,13 @@ class DACVAE(nn.Module):
         if group is None:
             return self._generator_losses(audio, audio_len, step, adversarial=False)
         raise ValueError(f"unknown parameter group {group!r}; expected 'generator', 'discriminator' or None")
+
+    def kl_scale(self, step: int) -> float:
+        """KL weight ramp: 0 at step 0, linear to 1 at ``kl_warmup_steps`` (so early latents carry
+        information before the prior pulls them in; short CPU runs need it most)."""
+        if self.kl_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, step / self.kl_warmup_steps)
 
     def _adversarial_on(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.disc_start_step
@@ -356,7 +367,8 @@ class DACVAE(nn.Module):
             terms["adversarial"] = generator_adversarial_loss([o[-1] for o in fake_out])
             terms["feature"] = feature_matching_loss([o[:-1] for o in real_out], [o[:-1] for o in fake_out])
             self._fake_cache = (audio, step, rec.audio.detach())
-        loss = sum(w[name] * value for name, value in terms.items())
+        weights = {**w, "kl": w["kl"] * self.kl_scale(step)}
+        loss = sum(weights[name] * value for name, value in terms.items())
         out = {name: value.detach() for name, value in terms.items()}
         with torch.no_grad():
             out["posterior_std"] = (torch.exp(rec.logs.float()) * latent_mask.unsqueeze(1)).sum() / (

@@ -1,0 +1,227 @@
+"""Frame-rate encoder and decoder: ConvNeXt blocks at the latent rate, STFT in and inverse STFT out.
+
+DAC's encoder and decoder run most of their layers at high sample rates, where small convolutions
+and elementwise activations dominate CPU time (a tiny DAC encoder takes ~10x longer per step than
+everything else). :class:`FrameEncoder` reads log-mel frames at a few sub-frames per latent frame
+(stacked as channels, so timing detail finer than the latent hop survives) and works at the latent
+rate from its first layer.
+
+DAC's decoder upsamples with transposed convolutions and runs most of its residual units at high
+sample rates: strong at full size, slow to learn on a CPU budget. This decoder does all of its work
+at the latent frame rate (50 Hz for hop 480) and predicts one complex STFT frame per latent frame
+(log-magnitude and phase), which an inverse STFT turns into ``hop`` samples — the design of Vocos
+(Siuzdak 2023) and WavTokenizer. Per second of audio it costs a small fraction of the DAC decoder's
+FLOPs, so short CPU runs see many more steps.
+
+Same interfaces as :class:`dac_vae.model.Encoder` / :class:`dac_vae.model.Decoder` (``hop``, ``latent_dim``, ``forward(z,
+latent_len)`` → ``[B, T * hop]``), so a config swaps one for the other with ``!new:``.
+
+Framing: latent frame ``t`` stands for samples ``[t * hop, (t + 1) * hop)`` (the encoder's block),
+so its STFT frame of ``n_fft`` samples is centred on that block, and overlap-add output is trimmed
+to exactly ``T * hop`` samples. The overlap-add is normalised by the window envelope of each item's
+own valid frames: a padded item in a batch decodes exactly as it would alone.
+
+Receptive field (bounded, so streaming can decode chunks with finite context): each ConvNeXt
+block sees ``kernel_size // 2`` frames on each side, the input conv as many, and a frame's samples
+spread ``(n_fft - hop) / 2`` samples beyond its block — see :meth:`FrameDecoder.context_frames`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from dac_vae.layers import apply_mask, lengths_to_mask
+
+__all__ = ["ConvNeXtBlock", "ISTFTHead", "FrameEncoder", "FrameDecoder"]
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv → LayerNorm → pointwise MLP (GELU) → layer scale, added to the input."""
+
+    def __init__(self, dim: int, intermediate_dim: int, kernel_size: int = 7, layer_scale: float = 1e-2):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pw1 = nn.Linear(dim, intermediate_dim)
+        self.pw2 = nn.Linear(intermediate_dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, C, T]`` with padded frames zeroed; ``mask`` ``[B, 1, T]``."""
+        y = self.dwconv(x).transpose(1, 2)
+        y = self.pw2(F.gelu(self.pw1(self.norm(y))))
+        return apply_mask(x + (self.gamma * y).transpose(1, 2), mask)
+
+
+class ISTFTHead(nn.Module):
+    """Hidden frames ``[B, C, T]`` → waveform ``[B, T * hop]`` through one complex STFT frame each.
+
+    A linear layer predicts ``n_fft / 2 + 1`` log-magnitudes and as many phases; the magnitude is
+    capped at ``max_magnitude`` (an exp can overflow early in training). Frames are inverse-FFT'd,
+    Hann-windowed, overlap-added with ``hop`` and divided by the summed squared window of the item's
+    valid frames (the least-squares inverse of a Hann-windowed STFT).
+    """
+
+    def __init__(self, dim: int, hop: int, n_fft: int | None = None, max_magnitude: float = 100.0):
+        super().__init__()
+        n_fft = int(n_fft or 4 * hop)
+        if n_fft < hop or (n_fft - hop) % 2:
+            raise ValueError(f"n_fft {n_fft} must be >= hop {hop} with n_fft - hop even")
+        self.hop, self.n_fft = int(hop), n_fft
+        self.n_freq = n_fft // 2 + 1
+        self.proj = nn.Linear(dim, 2 * self.n_freq)
+        self.log_max_magnitude = math.log(max_magnitude)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32)."""
+        log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
+        mag = torch.exp(log_mag.clamp(max=self.log_max_magnitude))
+        return self.istft(torch.polar(mag, phase), None if mask is None else mask[:, 0])
+
+    def istft(self, spec: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Complex frames ``[B, T, n_fft / 2 + 1]`` → ``[B, T * hop]``; frame ``t`` centred on samples
+        ``[t * hop, (t + 1) * hop)``; samples past the last valid frame's block are zero."""
+        b, t, _ = spec.shape
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=-1) * self.window  # [B, T, n_fft]
+        valid = torch.ones(b, t, device=spec.device, dtype=frames.dtype) if frame_mask is None else frame_mask.to(
+            frames.dtype
+        )
+        frames = frames * valid.unsqueeze(-1)
+        envelope = self.window.pow(2).unsqueeze(0).unsqueeze(-1) * valid.unsqueeze(1)  # [B, n_fft, T]
+        out_len = (t - 1) * self.hop + self.n_fft
+        fold = dict(output_size=(1, out_len), kernel_size=(1, self.n_fft), stride=(1, self.hop))
+        audio = F.fold(frames.transpose(1, 2), **fold).reshape(b, out_len)
+        norm = F.fold(envelope, **fold).reshape(b, out_len)
+        trim = (self.n_fft - self.hop) // 2
+        audio, norm = audio[:, trim : trim + t * self.hop], norm[:, trim : trim + t * self.hop]
+        audio = audio / norm.clamp_min(1e-8)
+        if frame_mask is None:
+            return audio
+        # Zero past each item's last valid block (its last frame spills into those samples).
+        return audio * lengths_to_mask(valid.sum(1).long() * self.hop, audio.shape[-1])[:, 0]
+
+
+class _ConvNeXtStack(nn.Module):
+    """Input conv → LayerNorm → ConvNeXt blocks → LayerNorm, all at one frame rate, masked."""
+
+    def __init__(self, in_channels: int, dim: int, intermediate_dim: int, num_layers: int, kernel_size: int,
+                 layer_scale: float | None):
+        super().__init__()
+        self.embed = nn.Conv1d(in_channels, dim, kernel_size, padding=kernel_size // 2)
+        self.norm_in = nn.LayerNorm(dim, eps=1e-6)
+        scale = layer_scale if layer_scale is not None else 1.0 / max(1, num_layers)
+        self.blocks = nn.ModuleList(
+            ConvNeXtBlock(dim, intermediate_dim, kernel_size, scale) for _ in range(num_layers)
+        )
+        self.norm_out = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = apply_mask(self.norm_in(self.embed(x).transpose(1, 2)).transpose(1, 2), mask)
+        for block in self.blocks:
+            x = block(x, mask)
+        return apply_mask(self.norm_out(x.transpose(1, 2)).transpose(1, 2), mask)
+
+
+class FrameEncoder(nn.Module):
+    """Waveform ``[B, S]`` (S a multiple of the hop) → features ``[B, dim, S / hop]``.
+
+    Log-mel frames every ``hop / subframes`` samples (window ``n_fft``, centred on their own
+    sub-block, zero padding at both ends so a padded item sees what it would alone), ``subframes``
+    of them stacked per latent frame, then a ConvNeXt stack at the latent rate. The latent heads live
+    in :class:`dac_vae.model.GaussianPosterior`, as for the DAC encoder.
+    """
+
+    def __init__(
+        self,
+        strides: list[int] | tuple[int, ...] = (2, 3, 4, 4, 5),
+        sample_rate: int = 24000,
+        n_mels: int = 80,
+        n_fft: int = 512,
+        subframes: int = 4,
+        dim: int = 256,
+        intermediate_dim: int = 768,
+        num_layers: int = 4,
+        kernel_size: int = 7,
+        layer_scale: float | None = None,
+    ):
+        super().__init__()
+        self.hop = math.prod(int(s) for s in strides)
+        if self.hop % subframes:
+            raise ValueError(f"hop {self.hop} is not a multiple of subframes {subframes}")
+        self.subframes = int(subframes)
+        self.sub_hop = self.hop // self.subframes
+        if n_fft < self.sub_hop or (n_fft - self.sub_hop) % 2:
+            raise ValueError(f"n_fft {n_fft} must be >= hop/subframes {self.sub_hop} with n_fft - hop/subframes even")
+        self.n_fft = int(n_fft)
+        fb = torchaudio.functional.melscale_fbanks(
+            n_freqs=n_fft // 2 + 1, f_min=0.0, f_max=sample_rate / 2, n_mels=n_mels, sample_rate=sample_rate,
+            norm="slaney", mel_scale="slaney",
+        )
+        self.register_buffer("fb", fb, persistent=False)  # [F, n_mels]
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.stack = _ConvNeXtStack(n_mels * subframes, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
+        self.out_channels = int(dim)
+
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` → stacked log-mel ``[B, n_mels * subframes, S / hop]`` (fp32)."""
+        pad = (self.n_fft - self.sub_hop) // 2
+        spec = torch.stft(
+            F.pad(wav.float(), (pad, pad)), n_fft=self.n_fft, hop_length=self.sub_hop, window=self.window,
+            center=False, return_complex=True,
+        ).abs()  # [B, F, S / sub_hop]
+        mel = torch.matmul(spec.transpose(1, 2), self.fb).clamp_min(1e-5).log()  # [B, S / sub_hop, n_mels]
+        b, n, m = mel.shape
+        return mel.reshape(b, n // self.subframes, self.subframes * m).transpose(1, 2)
+
+    def forward(self, wav: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
+        """``wav`` ``[B, S]`` zero past each item's length; ``latent_len`` ``[B]`` (None: all valid)."""
+        x = self.features(wav).to(wav.dtype)
+        mask = None if latent_len is None else lengths_to_mask(latent_len, x.shape[-1])
+        return self.stack(apply_mask(x, mask), mask)
+
+
+class FrameDecoder(nn.Module):
+    """Latent ``[B, D, T]`` → waveform ``[B, T * hop]``: all layers at the latent frame rate.
+
+    ``strides`` only fixes the hop (their product), so a config names the same strides as the
+    encoder. In eval mode the output is clamped to [-1, 1] (the DAC decoder's tanh range).
+    """
+
+    def __init__(
+        self,
+        strides: list[int] | tuple[int, ...] = (2, 3, 4, 4, 5),
+        latent_dim: int = 80,
+        dim: int = 384,
+        intermediate_dim: int = 1152,
+        num_layers: int = 8,
+        kernel_size: int = 7,
+        n_fft: int | None = None,
+        layer_scale: float | None = None,
+    ):
+        super().__init__()
+        self.hop = math.prod(int(s) for s in strides)
+        self.latent_dim = int(latent_dim)
+        self.kernel_size = int(kernel_size)
+        self.num_layers = int(num_layers)
+        self.stack = _ConvNeXtStack(latent_dim, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
+        self.head = ISTFTHead(dim, self.hop, n_fft)
+
+    def context_frames(self) -> int:
+        """Latent frames on each side that can change one frame's samples (the receptive field)."""
+        half = self.kernel_size // 2
+        spill = math.ceil((self.head.n_fft - self.hop) / 2 / self.hop)
+        return half * (self.num_layers + 1) + spill
+
+    def forward(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``)."""
+        mask = None if latent_len is None else lengths_to_mask(latent_len, z.shape[-1])
+        x = self.stack(z, mask)
+        audio = self.head(x, mask)
+        # Clamped to the waveform range at inference only: a clamp would zero training gradients.
+        return (audio if self.training else audio.clamp(-1.0, 1.0)).to(z.dtype)

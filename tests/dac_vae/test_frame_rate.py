@@ -1,0 +1,132 @@
+"""The frame-rate encoder/decoder (ConvNeXt + inverse STFT) against slow references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dac_vae.frame_rate import FrameDecoder, FrameEncoder, ISTFTHead
+from dac_vae.model import DACVAE
+
+from .conftest import speech_like
+
+
+def _reference_stft(wav: torch.Tensor, hop: int, n_fft: int) -> torch.Tensor:
+    """Hann-windowed frames centred on each hop block, by a plain loop: ``[T, n_fft/2 + 1]``."""
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    pad = (n_fft - hop) // 2
+    padded = torch.nn.functional.pad(wav.double(), (pad, pad))
+    frames = [torch.fft.rfft(padded[t * hop : t * hop + n_fft] * window) for t in range(wav.numel() // hop)]
+    return torch.stack(frames)
+
+
+@pytest.mark.parametrize("hop", [480, 320])
+def test_istft_inverts_the_block_centred_stft(hop):
+    head = ISTFTHead(8, hop).double()
+    wav = speech_like(hop * 12, seed=1).double()
+    spec = _reference_stft(wav, hop, head.n_fft).unsqueeze(0)
+    out = head.istft(spec)[0]
+    assert out.shape == wav.shape
+    torch.testing.assert_close(out, wav, atol=1e-6, rtol=0)  # the window buffer is fp32
+
+
+def test_istft_of_a_padded_item_equals_the_item_alone():
+    head = ISTFTHead(8, 480).double()
+    spec = torch.randn(2, 10, head.n_freq, dtype=torch.complex128)
+    mask = torch.arange(10).unsqueeze(0) < torch.tensor([[10], [6]])
+    batched = head.istft(spec * mask.unsqueeze(-1), mask)
+    alone = head.istft(spec[1:, :6])
+    torch.testing.assert_close(batched[1, : 6 * 480], alone[0])
+    assert batched[1, 6 * 480 :].abs().max() == 0
+
+
+@pytest.mark.parametrize("strides", [(2, 3, 4, 4, 5), (2, 4, 5, 8)])
+def test_frame_codec_lengths_and_batch_equals_alone(strides):
+    torch.manual_seed(0)
+    hop = 1
+    for s in strides:
+        hop *= s
+    codec = DACVAE(
+        FrameEncoder(strides, dim=32, intermediate_dim=64, num_layers=2),
+        FrameDecoder(strides, latent_dim=16, dim=32, intermediate_dim=64, num_layers=2),
+        latent_dim=16,
+        token_rate=25,
+    ).eval()
+    lengths = [hop * 7 + 13, hop * 3 - 1, hop * 5]
+    wavs = [speech_like(n, seed=i) for i, n in enumerate(lengths)]
+    batch = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+    audio_len = torch.tensor(lengths)
+    mu, logs, latent_len = codec.encode(batch, audio_len)
+    assert latent_len.tolist() == [-(-n // hop) for n in lengths]
+    decoded = codec.decode(mu, latent_len)
+    assert decoded.shape[-1] == mu.shape[-1] * hop
+    for i, wav in enumerate(wavs):
+        mu_i, _, len_i = codec.encode(wav.unsqueeze(0))
+        torch.testing.assert_close(mu[i, :, : len_i[0]], mu_i[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(decoded[i, : len_i[0] * hop], codec.decode(mu_i)[0], atol=1e-5, rtol=1e-5)
+        assert not decoded[i, len_i[0] * hop :].any()
+
+
+def test_decoder_receptive_field_is_bounded_by_context_frames():
+    torch.manual_seed(0)
+    dec = FrameDecoder(latent_dim=8, dim=16, intermediate_dim=32, num_layers=3).eval()
+    z = torch.randn(1, 8, 60)
+    k = 30
+    z2 = z.clone()
+    z2[:, :, k] += 1.0
+    diff = (dec(z) - dec(z2))[0].abs()
+    ctx, hop = dec.context_frames(), dec.hop
+    changed = torch.nonzero(diff > 0).squeeze(1)
+    assert changed.numel() > 0
+    assert changed.min() >= (k - ctx) * hop and changed.max() < (k + ctx + 1) * hop
+    # and the bound is not loose by more than one frame on either side
+    assert changed.min() < (k - ctx + 1) * hop + hop and changed.max() >= (k + ctx) * hop - hop
+
+
+def test_frame_decoder_clamps_only_in_eval():
+    dec = FrameDecoder(latent_dim=4, dim=8, intermediate_dim=16, num_layers=1)
+    with torch.no_grad():
+        dec.head.proj.bias.fill_(3.0)  # magnitudes e^3 per bin: far outside [-1, 1]
+    z = torch.zeros(1, 4, 6)
+    assert dec.train()(z).abs().max() > 1.0
+    assert dec.eval()(z).abs().max() <= 1.0
+
+
+def test_kl_warmup_ramps_the_kl_weight():
+    codec = DACVAE(
+        FrameEncoder(dim=16, intermediate_dim=32, num_layers=1),
+        FrameDecoder(latent_dim=8, dim=16, intermediate_dim=32, num_layers=1),
+        latent_dim=8,
+        kl_warmup_steps=100,
+        loss_weights={"kl": 0.5, "mel": 0.0},
+    )
+    assert [codec.kl_scale(s) for s in (0, 50, 100, 500)] == [0.0, 0.5, 1.0, 1.0]
+    batch = {"audio": speech_like(4800).unsqueeze(0)}
+    torch.manual_seed(0)
+    at_50 = codec(batch, group="generator", step=50)
+    assert torch.allclose(at_50["loss"], 0.5 * 0.5 * at_50["kl"])
+    assert set(codec.parameter_groups()) == {"generator"}  # no discriminator: GAN-free
+
+
+def test_tiny_frame_codec_overfits_one_utterance():
+    """A learning test: 60 Adam steps on one clip halve the multi-scale mel distance."""
+    torch.manual_seed(0)
+    codec = DACVAE(
+        FrameEncoder(dim=64, intermediate_dim=128, num_layers=2),
+        FrameDecoder(latent_dim=16, dim=64, intermediate_dim=128, num_layers=2),
+        latent_dim=16,
+        loss_weights={"kl": 0.0},
+    )
+    batch = {"audio": speech_like(24000, seed=3).unsqueeze(0)}
+    opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
+    first = None
+    for step in range(60):
+        out = codec(batch, group="generator", step=step)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else out["mel"].item()
+    codec.eval()
+    with torch.no_grad():
+        final = codec(batch)["mel"].item()
+    assert final < 0.5 * first, (first, final)
