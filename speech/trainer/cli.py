@@ -230,6 +230,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
     from .engine import DeepSpeedEngine, TorchEngine
     from .logger import RunLogger
     from .loop import Trainer
+    from .rng import seed_rank_rng
 
     if setup is None:
         setup = check_setup(build_parser().parse_intermixed_args(argv))
@@ -281,6 +282,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
                     raise SetupError(str(exc)) from None
         ema = EMA(engine.module, conf.ema_decay) if conf.ema_decay > 0 and info.is_main else None
         engine.wrap()
+        seed_rank_rng(conf.seed, info.rank)  # weights were built from the seed alone; draws differ by rank
         logger = RunLogger(model_dir, enabled=info.is_main, comet=not args.comet_disabled,
                            comet_offline=args.comet_offline, comet_project=args.comet_project,
                            params={"model": args.model, "engine": args.train_engine, "world_size": info.world_size,

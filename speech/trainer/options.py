@@ -17,7 +17,10 @@ key                         default   meaning
 ``keep_last``               0         keep only the newest K checkpoints (0 = keep all)
 ``ema_decay``               0         EMA of the weights with this decay (0 = off), saved in
                                       every checkpoint
-``seed``                    0         model init, data order and every RNG stream derive from it
+``seed``                    0         model init, data order and every RNG stream derive from it;
+                                      the model's training draws (noise, flow time, dropout, CFG
+                                      and prompt choices) come from ``(seed, rank)``, so
+                                      data-parallel ranks never repeat each other's noise
 ``find_unused_parameters``  false     DDP flag; forced on for models with ``parameter_groups()``
 ==========================  ========  ===========================================================
 
