@@ -226,18 +226,31 @@ def recover_rotations(model_dir: str | os.PathLike) -> list[str]:
     return done
 
 
+_TMP_FILE = re.compile(r"^\..+\.tmp-\d+$")  # atomic_torch_save / atomic_write_text temp names
+
+
 def clean_temp_files(model_dir: str | os.PathLike) -> list[Path]:
-    """Remove leftovers of saves and prunes that were killed half-way (hidden ``*.tmp-PID``,
-    ``.step_S.tmp`` and ``*.del`` entries); run :func:`recover_rotations` first."""
+    """Remove leftovers of saves and prunes that were killed half-way: hidden ``*.tmp-PID`` files
+    (any atomic write: checkpoints, YAML, ``config.yaml``), ``.step_S.tmp`` folders, and
+    ``.step_S[.pt].del`` copies with their YAML; run :func:`recover_rotations` first."""
     model_dir = Path(model_dir)
     removed = []
     if not model_dir.is_dir():
         return removed
-    for entry in model_dir.iterdir():
+    for entry in sorted(model_dir.iterdir()):
         name = entry.name
-        if name.startswith(TMP_PREFIX + "step_") and (".tmp" in name or name.endswith(".del")):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            removed.append(entry)
+        ours = name.startswith(TMP_PREFIX + "step_") and (".tmp" in name or name.endswith(".del"))
+        if not (ours or _TMP_FILE.match(name)):
+            continue
+        if name.endswith(".del"):  # a prune killed before it deleted the YAML
+            m = _NAME.match(name[len(TMP_PREFIX):-len(".del")])
+            if m:
+                yaml_path = model_dir / f"step_{int(m.group(1)):09d}.yaml"
+                if yaml_path.exists() and not any(c.step == int(m.group(1)) for c in list_checkpoints(model_dir)):
+                    yaml_path.unlink()
+                    removed.append(yaml_path)
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        removed.append(entry)
     return removed
 
 

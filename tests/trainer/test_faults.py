@@ -105,6 +105,9 @@ def test_interrupted_rotation_is_repaired_at_start(tmp_path, state, expect):
         _ds_folder(final, "new")
         _ds_folder(tmp_path / ".step_000000001.del", "pruned")
         (tmp_path / ".step_000000003.pt.del").write_text("pruned")
+        for step in (1, 3):  # the kill fell before prune deleted their YAML
+            (tmp_path / f"step_{step:09d}.yaml").write_text("cv: {loss: 1.0}\n")
+        (tmp_path / ".config.yaml.tmp-123").write_text("half")  # a killed atomic_write_text
     if state.startswith("killed_between"):
         assert resolve_checkpoint("last", tmp_path).name == "step_000000002"  # what used to happen
     recover_rotations(tmp_path)
@@ -113,6 +116,7 @@ def test_interrupted_rotation_is_repaired_at_start(tmp_path, state, expect):
     last = resolve_checkpoint("last", tmp_path)
     assert last == final and (last / "trainer.pt").read_text() == (expect or "new")
     assert [c.step for c in list_checkpoints(tmp_path)] == [2, 4]
+    assert not (tmp_path / "step_000000001.yaml").exists() and not (tmp_path / "step_000000003.yaml").exists()
 
 
 class Evil:
