@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     import speech.dataset  # noqa: F401
     import speech.trainer.loop  # noqa: F401
     import tests.trainer.toy  # noqa: F401
+
+    if args.engine == "deepspeed":
+        import deepspeed  # noqa: F401
     from speech.trainer import cli  # noqa: F401
     from tests.trainer.toy import write_corpus
 
@@ -277,14 +280,16 @@ def campaign(args: argparse.Namespace, work: Path, write_corpus: Any) -> int:
     plan = [(rng.choice(by_step[s]), s) for s in sorted(rng.sample(steps, args.kills))]
     timers = [rng.random() < args.timer_share for _ in plan]
     fractions = [rng.random() for _ in plan]
+    in_startup = [rng.random() < 0.25 for _ in plan]  # else the timer falls in the training part
 
     run_dir = work / "killed"
     attempts: list[Attempt] = []
     resumed_at = 0
     for i, target in enumerate(plan, 1):
         timer = None
-        if timers[i - 1]:
-            timer = fractions[i - 1] * (t_start + (target[1] - resumed_at + 1) * per_step)
+        if timers[i - 1]:  # starting up / loading the checkpoint, or somewhere before the target point
+            f = fractions[i - 1]
+            timer = f * t_start if in_startup[i - 1] else t_start + f * (target[1] - resumed_at) * per_step
         a = start(i, argv(run_dir), work, target, timer, args.delay)
         attempts.append(a)
         if a.killed_by is None:
