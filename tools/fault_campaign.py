@@ -111,8 +111,9 @@ def child(argv: list[str], env: dict[str, str], log: Path) -> None:
 
 
 def start(index: int, argv: list[str], work: Path, target: tuple[str, int] | None, timer: float | None,
-          delay: float) -> Attempt:
-    """Fork one run, kill it at ``target`` (from inside) or after ``timer`` seconds (from outside)."""
+          delay: float, after_start: bool = False) -> Attempt:
+    """Fork one run, kill it at ``target`` (from inside) or after ``timer`` seconds (from outside),
+    counted from the fork or, with ``after_start``, from the trainer's ``start`` point."""
     events_path = work / f"events_{index:03d}.log"
     events_path.unlink(missing_ok=True)
     env = {"SPEECH_FAULT_LOG": str(events_path), "SPEECH_FAULT_DELAY": str(delay), "TQDM_DISABLE": "1"}
@@ -125,11 +126,15 @@ def start(index: int, argv: list[str], work: Path, target: tuple[str, int] | Non
     if pid == 0:
         child(argv, env, work / f"attempt_{index:03d}.log")
     killed_by = None
+    armed_at = None if after_start else t0
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
-        if timer is not None and time.monotonic() - t0 >= timer:
+        if timer is not None and armed_at is None:
+            started = next((t for n, _, t in read_events(events_path) if n == "start"), None)
+            armed_at = started
+        if timer is not None and armed_at is not None and time.monotonic() - armed_at >= timer:
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
             killed_by = "timer"
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="fault_campaign_"))
     if args.work_dir and work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     try:
         return campaign(args, work, write_corpus)
     finally:
@@ -287,20 +292,21 @@ def campaign(args: argparse.Namespace, work: Path, write_corpus: Any) -> int:
     resumed_at = 0
     for i, target in enumerate(plan, 1):
         timer = None
-        if timers[i - 1]:  # starting up / loading the checkpoint, or somewhere before the target point
+        if timers[i - 1]:  # starting up / loading the checkpoint, or between the start and the target point
             f = fractions[i - 1]
-            timer = f * t_start if in_startup[i - 1] else t_start + f * (target[1] - resumed_at) * per_step
-        a = start(i, argv(run_dir), work, target, timer, args.delay)
+            timer = f * t_start if in_startup[i - 1] else f * (target[1] - resumed_at + 1) * per_step
+        a = start(i, argv(run_dir), work, target, timer, args.delay, after_start=not in_startup[i - 1])
         attempts.append(a)
         if a.killed_by is None:
             print(f"[{i:>3}/{len(plan)}] the run ended before its kill (status {a.status}): "
                   f"see {work / f'attempt_{i:03d}.log'}", file=sys.stderr)
             return 1
         begun = "not started" if a.start_step is None else f"from step {a.start_step}"
-        how = f"timer {timer:.2f} s" if a.killed_by == "timer" else f"point {target[0]}@{target[1]}"
+        how = (f"timer {timer:.2f} s {'into start-up' if in_startup[i - 1] else 'after training began'}"
+               if a.killed_by == "timer" else f"point {target[0]}@{target[1]}")
         print(f"[{i:>3}/{len(plan)}] killed by {how} {a.where} ({begun}, last step done "
               f"{a.last_step_done if a.last_step_done is not None else '-'}, {a.seconds:.2f} s)", flush=True)
-        resumed_at = a.start_step if a.start_step is not None else resumed_at
+        resumed_at = target[1]  # the next run resumes at or before this step
     final = start(len(plan) + 1, argv(run_dir), work, None, None, args.delay)
     attempts.append(final)
     if not (os.WIFEXITED(final.status) and os.WEXITSTATUS(final.status) == 0):
