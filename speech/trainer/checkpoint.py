@@ -39,7 +39,8 @@ from . import faults
 
 __all__ = [
     "CheckpointInfo", "atomic_torch_save", "atomic_write_text", "checkpoint_name", "list_checkpoints",
-    "resolve_checkpoint", "prune_checkpoints", "clean_temp_files", "recover_rotations", "cv_score", "write_metrics", "read_metrics",
+    "resolve_checkpoint", "prune_checkpoints", "clean_temp_files", "recover_rotations", "cv_score",
+    "write_metrics", "read_metrics",
     "load_weights", "load_pretrained", "average_state_dicts", "save_safetensors", "read_config_text",
 ]
 
