@@ -11,8 +11,15 @@ Layout of ``model_dir`` (``S`` = optimizer step, zero-padded to 9 digits so name
 Every file is written to a hidden temporary name in the same folder and renamed into place
 (``os.replace``, atomic on POSIX), so a process killed mid-save leaves at most a stray
 ``.step_S.pt.tmp-PID`` that is ignored and cleaned up on the next start, never a truncated
-checkpoint under a final name. Everything this module reads goes through
-``torch.load(weights_only=True)``.
+checkpoint under a final name. A DeepSpeed folder re-saved under the same step is rotated
+through ``.step_S.old``; a kill between its two renames is repaired at the next start by
+:func:`recover_rotations`. Pruning first renames a checkpoint to a hidden ``.step_S[.pt].del``
+and then deletes it, so a kill mid-delete never leaves a half-deleted folder under a final name.
+Everything this module reads goes through ``torch.load(weights_only=True)``.
+
+Pruning keeps the newest ``keep_last`` checkpoints plus the ``keep_best`` with the lowest CV
+loss in their YAML, so ``tools/average_checkpoints.py --num N`` (N <= keep_best) finds the best
+N even after a long run.
 """
 from __future__ import annotations
 
@@ -28,9 +35,12 @@ import torch
 import yaml
 from torch import nn
 
+from . import faults
+
 __all__ = [
     "CheckpointInfo", "atomic_torch_save", "atomic_write_text", "checkpoint_name", "list_checkpoints",
-    "resolve_checkpoint", "prune_checkpoints", "clean_temp_files", "write_metrics", "read_metrics",
+    "resolve_checkpoint", "prune_checkpoints", "clean_temp_files", "recover_rotations", "cv_score",
+    "write_metrics", "read_metrics",
     "load_weights", "load_pretrained", "average_state_dicts", "save_safetensors", "read_config_text",
 ]
 
@@ -78,6 +88,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("write:tmp")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -94,6 +105,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("write:tmp")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -134,31 +146,112 @@ def resolve_checkpoint(arg: str | None, model_dir: str | os.PathLike) -> Path | 
     return path
 
 
-def prune_checkpoints(model_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints (and their YAML); 0 keeps all."""
+def cv_score(checkpoint: str | os.PathLike, metric: str = "loss") -> float | None:
+    """``cv.<metric>`` (dotted for nested keys) from a checkpoint's YAML; None when absent."""
+    value: Any = read_metrics(checkpoint).get("cv") or {}
+    for part in metric.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value == value else None  # NaN never ranks as best
+
+
+def prune_checkpoints(model_dir: str | os.PathLike, keep_last: int, keep_best: int = 0,
+                      metric: str = "loss") -> list[Path]:
+    """Delete all checkpoints (and their YAML) but the newest ``keep_last`` and the ``keep_best``
+    with the lowest CV ``metric`` (ties: the older one); ``keep_last`` 0 keeps everything.
+
+    Checkpoints whose YAML has no CV value are never among the best. Each doomed checkpoint is
+    first renamed to a hidden ``.NAME.del`` (atomic), then its YAML and the hidden copy are
+    deleted, so a kill at any moment leaves either the whole checkpoint or a hidden leftover
+    that :func:`clean_temp_files` removes.
+    """
     if keep_last <= 0:
         return []
+    found = list_checkpoints(model_dir)
+    keep = {c.path for c in found[-keep_last:]}
+    if keep_best > 0:
+        scored = [(s, c.step, c.path) for c in found if (s := cv_score(c.path, metric)) is not None]
+        keep |= {p for _, _, p in sorted(scored)[:keep_best]}
     removed = []
-    for info in list_checkpoints(model_dir)[:-keep_last]:
-        if info.path.is_dir():
-            shutil.rmtree(info.path)
-        else:
-            info.path.unlink()
+    for info in found:
+        if info.path in keep:
+            continue
+        hidden = info.path.parent / f"{TMP_PREFIX}{info.path.name}.del"
+        os.replace(info.path, hidden)
+        faults.point("prune:hidden")
         info.metrics_path.unlink(missing_ok=True)
+        shutil.rmtree(hidden) if hidden.is_dir() else hidden.unlink()
         removed.append(info.path)
     return removed
 
 
+def recover_rotations(model_dir: str | os.PathLike) -> list[str]:
+    """Finish or undo DeepSpeed folder rotations a kill interrupted (call before
+    :func:`clean_temp_files`, by one process, before any checkpoint is read).
+
+    A re-save of ``step_S`` renames the old folder to ``.step_S.old``, the complete new one from
+    ``.step_S.tmp`` to ``step_S``, then deletes ``.step_S.old``. Found at start:
+
+    * ``step_S`` complete: the rotation finished; the ``.old`` copy is deleted;
+    * ``step_S`` missing and ``.step_S.tmp`` complete (it has ``trainer.pt``, written last):
+      the kill fell between the renames; the new folder is moved into place;
+    * otherwise the old folder is moved back.
+
+    Returns one line per repair, for the log.
+    """
+    model_dir = Path(model_dir)
+    done: list[str] = []
+    if not model_dir.is_dir():
+        return done
+    for old in sorted(model_dir.glob(f"{TMP_PREFIX}step_*.old")):
+        name = old.name[len(TMP_PREFIX):-len(".old")]
+        if not _NAME.match(name) or not old.is_dir():
+            continue
+        final, tmp = model_dir / name, model_dir / f"{TMP_PREFIX}{name}.tmp"
+        if (final / "trainer.pt").is_file():
+            shutil.rmtree(old)
+            done.append(f"removed {old.name} (its rotation had finished)")
+            continue
+        if final.exists():  # an incomplete folder under the final name cannot come from the rotation
+            shutil.rmtree(final)
+        if (tmp / "trainer.pt").is_file():
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+            done.append(f"completed the interrupted rotation of {name} (the new copy moved into place)")
+        else:
+            os.replace(old, final)
+            done.append(f"restored {name} from {old.name}")
+    if done:
+        _fsync_dir(model_dir)
+    return done
+
+
+_TMP_FILE = re.compile(r"^\..+\.tmp-\d+$")  # atomic_torch_save / atomic_write_text temp names
+
+
 def clean_temp_files(model_dir: str | os.PathLike) -> list[Path]:
-    """Remove leftovers of saves that were killed half-way (hidden ``*.tmp-PID`` entries)."""
+    """Remove leftovers of saves and prunes that were killed half-way: hidden ``*.tmp-PID`` files
+    (any atomic write: checkpoints, YAML, ``config.yaml``), ``.step_S.tmp`` folders, and
+    ``.step_S[.pt].del`` copies with their YAML; run :func:`recover_rotations` first."""
     model_dir = Path(model_dir)
     removed = []
     if not model_dir.is_dir():
         return removed
-    for entry in model_dir.iterdir():
-        if entry.name.startswith(TMP_PREFIX + "step_") and ".tmp" in entry.name:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            removed.append(entry)
+    for entry in sorted(model_dir.iterdir()):
+        name = entry.name
+        ours = name.startswith(TMP_PREFIX + "step_") and (".tmp" in name or name.endswith(".del"))
+        if not (ours or _TMP_FILE.match(name)):
+            continue
+        if name.endswith(".del"):  # a prune killed before it deleted the YAML
+            m = _NAME.match(name[len(TMP_PREFIX):-len(".del")])
+            if m:
+                yaml_path = model_dir / f"step_{int(m.group(1)):09d}.yaml"
+                if yaml_path.exists() and not any(c.step == int(m.group(1)) for c in list_checkpoints(model_dir)):
+                    yaml_path.unlink()
+                    removed.append(yaml_path)
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        removed.append(entry)
     return removed
 
 

@@ -223,22 +223,27 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
 
     from speech.dataset import Dataset
 
-    from .checkpoint import atomic_write_text, clean_temp_files, load_pretrained, resolve_checkpoint
+    from .checkpoint import atomic_write_text, clean_temp_files, load_pretrained, recover_rotations, resolve_checkpoint
     from .data import LoaderConf, attach_skip_counts
     from .distributed import barrier, init_distributed
     from .ema import EMA
     from .engine import DeepSpeedEngine, TorchEngine
     from .logger import RunLogger
     from .loop import Trainer
+    from .rng import seed_rank_rng
+    from . import faults
 
     if setup is None:
         setup = check_setup(build_parser().parse_intermixed_args(argv))
     args, conf = setup.args, setup.train_conf
     model_dir = Path(args.model_dir)
+    faults.set_step(-1)  # fault points before training starts (see faults.py)
 
     info = init_distributed(args.dist_backend, force_group=args.train_engine == "deepspeed")
     if info.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
+        for repair in recover_rotations(model_dir):
+            log.warning("%s: %s (left by a save that was killed)", model_dir, repair)
         for stale in clean_temp_files(model_dir):
             log.info("removed %s (left by an interrupted save)", stale)
     barrier(info)
@@ -262,6 +267,8 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
             cv_pipeline = list(configs.get("cv_data_pipeline") or configs["data_pipeline"]) + [attach_skip_counts]
             cv_set = Dataset(args.cv_data, cv_pipeline, shuffle=False, partition=True, seed=conf.seed)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype] if args.use_amp else None
+        if amp_dtype == torch.bfloat16 and info.device.type == "cpu" and info.is_main:
+            warn_slow_cpu_bf16()
         common = dict(optim=configs.get("optim"), scheduler=configs.get("scheduler"), conf=conf, info=info,
                       amp_dtype=amp_dtype)
         if args.train_engine == "deepspeed":
@@ -281,6 +288,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
                     raise SetupError(str(exc)) from None
         ema = EMA(engine.module, conf.ema_decay) if conf.ema_decay > 0 and info.is_main else None
         engine.wrap()
+        seed_rank_rng(conf.seed, info.rank)  # weights were built from the seed alone; draws differ by rank
         logger = RunLogger(model_dir, enabled=info.is_main, comet=not args.comet_disabled,
                            comet_offline=args.comet_offline, comet_project=args.comet_project,
                            params={"model": args.model, "engine": args.train_engine, "world_size": info.world_size,
@@ -304,6 +312,19 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
         if handler is not None:
             logging.getLogger("speech").removeHandler(handler)
             handler.close()
+
+
+def warn_slow_cpu_bf16(threshold: float = 2.0) -> float:
+    """``--use_amp`` bf16 on CPU: time a tiny matmul probe (~0.1 s) and warn when this CPU runs bf16
+    matmuls ``threshold`` times slower than fp32 (no native bf16); returns the measured ratio."""
+    from . import engine
+
+    ratio = engine.bf16_matmul_slowdown()
+    if ratio >= threshold:
+        log.warning("--use_amp (bf16) on this CPU: a bf16 matmul measured %.0fx slower than fp32 (no native bf16 "
+                    "matmul here, e.g. AVX2 only); training would run several times slower than in fp32: drop "
+                    "--use_amp on this machine (or use --amp_dtype fp16 on a GPU)", ratio)
+    return ratio
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,12 +33,14 @@ from torch import nn
 
 from speech.config import ConfigError
 
+from . import faults
 from .checkpoint import atomic_torch_save
 from .distributed import DistInfo, barrier
 from .options import TrainConf
 from .scheduler import ConstantLR
 
-__all__ = ["CHECKPOINT_FORMAT", "build_groups", "Engine", "TorchEngine", "DeepSpeedEngine"]
+__all__ = ["CHECKPOINT_FORMAT", "build_groups", "Engine", "TorchEngine", "DeepSpeedEngine", "deepspeed_safe_globals",
+           "deepspeed_weights_only"]
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,30 @@ class TorchEngine(Engine):
         return ckpt
 
 
+def bf16_matmul_slowdown(n: int = 256, seconds: float = 0.04) -> float:
+    """How many times slower a bf16 matmul is than an fp32 one on this CPU (about 0.1 s).
+
+    CPUs without native bf16 matmul (AVX2 only, no AVX512-BF16/AMX) emulate it, often about
+    100x slower than fp32, which makes bf16 autocast a large slowdown instead of a speed-up.
+    Constant inputs: the probe draws nothing from the random generators.
+    """
+    import time
+
+    def rate(dtype: torch.dtype) -> float:
+        a = torch.full((n, n), 0.5, dtype=dtype)
+        b = torch.full((n, n), 0.25, dtype=dtype)
+        torch.mm(a, b)  # warm-up
+        reps, start = 0, time.perf_counter()
+        while True:
+            torch.mm(a, b)
+            reps += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / 2 and reps >= 2:
+                return reps / elapsed
+
+    return rate(torch.float32) / rate(torch.bfloat16)
+
+
 def prepare_deepspeed_config(path: str | os.PathLike, conf: TrainConf) -> dict[str, Any]:
     """Read a DeepSpeed JSON and fit it to this loop (accumulation, clipping, batch fields)."""
     path = Path(path)
@@ -315,6 +341,8 @@ class DeepSpeedEngine(Engine):
             shutil.rmtree(tmp)
         barrier(self.info)
         self.model.save_checkpoint(str(path.parent), tag=tmp.name, save_latest=False)
+        barrier(self.info)  # every rank's shards are on disk before trainer.pt marks the folder complete
+        faults.point("ds:shards")
         if self.info.is_main:
             extra = dict(extra)
             atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": self.module.state_dict(),
@@ -326,9 +354,11 @@ class DeepSpeedEngine(Engine):
         if self.info.is_main:
             old = path.parent / f".{path.name}.old"
             if path.exists():  # same step saved twice (e.g. step save then epoch end): swap
-                os.replace(path, old)
+                os.replace(path, old)  # a kill from here to the next rename is repaired at the
+                faults.point("ds:between_renames")  # next start (checkpoint.recover_rotations)
             os.replace(tmp, path)
             if old.exists():
+                faults.point("ds:old_left")
                 shutil.rmtree(old)
         barrier(self.info)
 
@@ -336,9 +366,11 @@ class DeepSpeedEngine(Engine):
         """Restore DeepSpeed's state (weights, ZeRO optimizer shards) and ours (``trainer.pt``)."""
         if not (path / "trainer.pt").is_file():
             raise ValueError(f"{path} is not a DeepSpeed checkpoint folder of this trainer")
-        # DeepSpeed reads its own shard files (with torch.load(weights_only=False) internally).
-        load_path, _ = self.model.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=False, load_module_strict=True)
+        # DeepSpeed reads its shard files with torch.load(weights_only=False); they are read here
+        # with weights_only=True and an allow-list of DeepSpeed's few classes instead.
+        with deepspeed_weights_only():
+            load_path, _ = self.model.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
+                                                      load_lr_scheduler_states=False, load_module_strict=True)
         if load_path is None:
             raise ValueError(f"DeepSpeed could not load {path}")
         state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
@@ -347,6 +379,47 @@ class DeepSpeedEngine(Engine):
             self.schedulers[g].load_state_dict(state["schedulers"][g])
         self._skipped = int(state.get("skipped_steps", 0))
         return {**state, "ema": weights.get("ema")}
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    """The classes DeepSpeed (0.19) pickles into its checkpoint shards, beyond tensors and containers.
+
+    Found by saving ZeRO 0/1/2 checkpoints in fp32 and bf16 and listing
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` of every file: the ZeRO optimizer
+    shards hold a ``LossScaler`` object, a ``ZeroStageEnum`` and ``fragment_address`` tuples of
+    the parameter-slice map. ``DynamicLossScaler`` is what the same field holds with fp16 loss
+    scaling (``fp16.enabled``, GPU only, so it cannot be produced here; from DeepSpeed's source:
+    ``stage_1_and_2.state_dict`` stores ``self.loss_scaler``).
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def deepspeed_weights_only(extra_globals: list[Any] | None = None):
+    """Within the block every ``torch.load`` runs with ``weights_only=True`` (whatever the caller
+    asked for) and only :func:`deepspeed_safe_globals` (+ ``extra_globals``) allow-listed.
+
+    DeepSpeed's checkpoint engines call ``torch.load(..., weights_only=False)`` through the
+    ``torch`` module attribute, so replacing ``torch.load`` for the duration of the load covers
+    every file it reads (model states and each ZeRO shard). Not for use from several threads.
+    """
+    allowed = deepspeed_safe_globals() + list(extra_globals or [])
+    original = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        torch.load = original
 
 
 def _skip_cpu_shm_build() -> None:

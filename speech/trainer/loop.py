@@ -29,7 +29,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from tqdm import tqdm
 
-from .checkpoint import checkpoint_name, prune_checkpoints, write_metrics
+from . import faults
+from .checkpoint import checkpoint_name, prune_checkpoints, read_metrics, write_metrics
 from .data import LoaderConf, count_frames, count_items, epoch_batches, skipped_items, to_device
 from .distributed import DistInfo, all_gather_object, all_min_flag, all_sum_cpu, barrier
 from .ema import EMA
@@ -91,6 +92,7 @@ class Trainer:
         self._cv_step: int | None = None
         self._saved_at: tuple[int, int, int] | None = None
         self._pending_rng: dict[str, Any] | None = None
+        self._resumed_from: Path | None = None
         self._stop = False
         self._window = _Window()
 
@@ -117,6 +119,7 @@ class Trainer:
             else:
                 log.warning("%s has no EMA weights: EMA restarts from the current weights", path)
         self._saved_at = (self.step, self.epoch, self.batch_in_epoch)
+        self._resumed_from = Path(path)
         if self.info.is_main:
             log.info("resumed from %s: step %d, epoch %d, %d batches into the epoch", path, self.step, self.epoch,
                      self.batch_in_epoch)
@@ -129,6 +132,9 @@ class Trainer:
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)
             self._pending_rng = None
+        self._repair_resumed_checkpoint()
+        faults.set_step(self.step)
+        faults.point("start")
         while self.epoch < self.conf.max_epoch and not self._reached_max_steps():
             finished = self._train_epoch()
             if finished:
@@ -143,6 +149,26 @@ class Trainer:
             log.info("done: %d steps (%d this run) in %.1f s, %d epoch(s) completed, %d step(s) skipped for "
                      "non-finite gradients%s", self.step, self.step - start_step, time.perf_counter() - t0,
                      self.epoch, self.engine.skipped_steps, cv)
+
+    def _repair_resumed_checkpoint(self) -> None:
+        """Finish what a kill may have cut short after the resumed checkpoint was renamed into
+        place: its YAML (CV runs on fixed seeds, so the metrics are those the save would have
+        written, and the training stream is untouched) and the pruning that followed, so
+        ``keep_best`` ranks it and the folder ends as an uninterrupted run's would."""
+        path, self._resumed_from = self._resumed_from, None
+        if path is None:
+            return
+        missing = self.cv_set is not None and all_gather_object(not read_metrics(path).get("cv"), self.info)[0]
+        cv = self.run_cv() if missing else None
+        if self.info.is_main:
+            if missing:
+                write_metrics(path, {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                                     "cv": cv, "train": None})
+                log.info("wrote the missing CV metrics of %s", path)
+            removed = prune_checkpoints(self.model_dir, self.conf.keep_last, self.conf.keep_best)
+            if removed:
+                log.info("removed %d old checkpoint(s) a killed run had not pruned yet", len(removed))
+        barrier(self.info)
 
     def _off_clock(self, fn: Any) -> Any:
         """Run CV/checkpointing without counting its time in the training throughput."""
@@ -200,10 +226,12 @@ class Trainer:
                 engine.end_iteration()
                 micro = 0
                 self.step += 1
+                faults.set_step(self.step)
                 if self.ema is not None:
                     self.ema.update(engine.module)
                 if self.step % conf.log_interval == 0:
                     self._log_train(bar)
+                faults.point("step")
                 if self._reached_max_steps():
                     self._stop = True
                     return is_last
@@ -332,11 +360,15 @@ class Trainer:
         extra = {"config": self.config_text, "ema": self.ema.state_dict() if self.ema is not None else None,
                  "trainer": trainer_state}
         path = self.model_dir / checkpoint_name(self.step, directory=self.engine.checkpoint_is_dir)
+        faults.point("save:begin")
         self.engine.save(path, extra)
+        faults.point("save:written")
         if self.info.is_main:
             write_metrics(path, {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                                  "cv": cv, "train": self.last_train or None})
-            removed = prune_checkpoints(self.model_dir, self.conf.keep_last)
+            faults.point("save:metrics")
+            removed = prune_checkpoints(self.model_dir, self.conf.keep_last, self.conf.keep_best)
+            faults.point("save:pruned")
             log.info("saved %s%s", path, f" (removed {len(removed)} old)" if removed else "")
         barrier(self.info)
         self._saved_at = position

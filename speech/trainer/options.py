@@ -15,9 +15,16 @@ key                         default   meaning
 ``save_per_step``           0         also checkpoint every N optimizer steps (0 = epoch ends only)
 ``cv_per_step``             0         also run CV every N steps (0 = only at checkpoints)
 ``keep_last``               0         keep only the newest K checkpoints (0 = keep all)
+``keep_best``               0         with ``keep_last`` > 0, also keep the N checkpoints with the
+                                      lowest CV loss (``cv.loss`` in ``step_S.yaml``), so
+                                      ``tools/average_checkpoints.py --num N`` still finds the
+                                      best N after a long run (0 = only the newest K)
 ``ema_decay``               0         EMA of the weights with this decay (0 = off), saved in
                                       every checkpoint
-``seed``                    0         model init, data order and every RNG stream derive from it
+``seed``                    0         model init, data order and every RNG stream derive from it;
+                                      the model's training draws (noise, flow time, dropout, CFG
+                                      and prompt choices) come from ``(seed, rank)``, so
+                                      data-parallel ranks never repeat each other's noise
 ``find_unused_parameters``  false     DDP flag; forced on for models with ``parameter_groups()``
 ==========================  ========  ===========================================================
 
@@ -47,6 +54,7 @@ class TrainConf:
     save_per_step: int = 0
     cv_per_step: int = 0
     keep_last: int = 0
+    keep_best: int = 0
     ema_decay: float = 0.0
     seed: int = 0
     find_unused_parameters: bool = False
@@ -81,7 +89,7 @@ class TrainConf:
         for name in ("max_epoch", "accum_grad", "log_interval"):
             if getattr(out, name) < 1:
                 raise ConfigError(f"train_conf.{name} must be >= 1, got {getattr(out, name)}")
-        for name in ("max_steps", "save_per_step", "cv_per_step", "keep_last", "grad_clip"):
+        for name in ("max_steps", "save_per_step", "cv_per_step", "keep_last", "keep_best", "grad_clip"):
             if getattr(out, name) < 0:
                 raise ConfigError(f"train_conf.{name} must be >= 0, got {getattr(out, name)}")
         if not (out.ema_decay == 0 or 0 < out.ema_decay < 1):

@@ -17,12 +17,32 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "restore_rng", "derive_seed", "IsolatedRNG"]
+__all__ = ["capture_rng", "restore_rng", "derive_seed", "seed_rank_rng", "IsolatedRNG"]
+
+_RANK_STREAM = 104729  # keeps the per-rank training stream apart from other derive_seed users
 
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 31-bit seed from integers (e.g. base seed, epoch, rank)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def seed_rank_rng(seed: int, rank: int) -> int:
+    """Seed this process's global generators (Python, NumPy, torch CPU and every CUDA device) for
+    training from ``(seed, rank)``; returns the seed used.
+
+    Called after the model is built from ``seed`` alone (identical initial weights on every rank)
+    and before training: every draw a model makes from the global generators while training
+    (flow time and noise, CFG dropout, prompt choice, dropout masks, the LM's bi-stream choice,
+    the codec's posterior noise) then differs between data-parallel ranks, instead of each rank
+    repeating rank 0's noise on its own batch. The states are part of each rank's checkpoint, so
+    resume stays exact.
+    """
+    s = derive_seed(seed, _RANK_STREAM, rank)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    return s
 
 
 def _numpy_state() -> dict[str, Any]:

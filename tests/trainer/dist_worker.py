@@ -9,7 +9,9 @@ For each engine in ``--engines`` (``torch_ddp``, ``deepspeed``):
 3. with ``--poison UTT``, ``ENGINE_poison`` (and ``deepspeed0_poison`` on ZeRO stage 0): one epoch
    in which the batch holding ``UTT`` has non-finite gradients;
 
-plus ``gan`` (torch_ddp only): the two-optimizer toy GAN for one epoch. Each rank writes
+plus ``gan`` (torch_ddp only): the two-optimizer toy GAN for one epoch; and with ``--flow_data DIR``
+(a corpus whose batches are the same on every rank), ``flow_full`` and ``flow_resumed``: the toy
+flow-matching model uninterrupted and split/resumed, dumping every training draw (noise, time). Each rank writes
 ``OUT/NAME_rankR.pt`` with its final weights and position; the test compares the files. All
 runs share one launch (one process start per rank), which keeps the test fast.
 """
@@ -29,7 +31,8 @@ def dump(trainer, out: Path, name: str) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     torch.save({"state": trainer.engine.module.state_dict(), "step": trainer.step, "epoch": trainer.epoch,
                 "skipped": trainer.engine.skipped_steps, "world": trainer.info.world_size,
-                "cv": trainer.last_cv, "ema": trainer.ema.state_dict() if trainer.ema is not None else None},
+                "cv": trainer.last_cv, "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+                "draws": getattr(trainer.engine.module, "draws", None)},
                out / f"{name}_rank{rank}.pt")
 
 
@@ -41,6 +44,7 @@ def main() -> None:
     p.add_argument("--engines", default="torch_ddp")
     p.add_argument("--gan", action="store_true")
     p.add_argument("--poison", help="utterance whose batch gets non-finite gradients")
+    p.add_argument("--flow_data", help="corpus for the toy flow-matching runs (identical batches on every rank)")
     p.add_argument("rest", nargs="*", help="extra train.py arguments (after --)")
     args = p.parse_args()
     out, data = Path(args.out), Path(args.data)
@@ -62,6 +66,12 @@ def main() -> None:
                 dump(run(zero0 + poison + ["--model_dir", str(out / "deepspeed0_poison")]), out, "deepspeed0_poison")
     if args.gan:
         dump(run(base + ["--model", "gan", "--model_dir", str(out / "gan"), "train_conf.max_epoch=1"]), out, "gan")
+    if args.flow_data:
+        flow = ["--config", "tests/trainer/toy.yaml", "--model", "flow", "--comet_disabled", *args.rest,
+                "--train_data", str(Path(args.flow_data) / "train.list"), "--cv_data", str(data / "cv.list")]
+        dump(run(flow + ["--model_dir", str(out / "flow_full")]), out, "flow_full")
+        run(flow + ["--model_dir", str(out / "flow_split"), f"train_conf.max_steps={args.split_steps}"])
+        dump(run(flow + ["--model_dir", str(out / "flow_split"), "--checkpoint", "last"]), out, "flow_resumed")
     if dist.is_initialized():
         dist.destroy_process_group()
 

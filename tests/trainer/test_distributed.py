@@ -25,11 +25,13 @@ def launch(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     write_corpus(root / "data", [20, 10])
     write_corpus(root / "data", [6, 1], name="cv", seed=1)
+    write_corpus(root / "same", [10, 10], seed=2, constant=True)  # every batch identical on both ranks
     out = root / "out"
     out.mkdir()
     result = run_cmd([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                       "-m", "tests.trainer.dist_worker", "--out", str(out), "--data", str(root / "data"),
                       "--split_steps", "4", "--engines", "torch_ddp,deepspeed", "--gan", "--poison", "u0021",
+                      "--flow_data", str(root / "same"),
                       "--", "train_conf.accum_grad=2", "train_conf.ema_decay=0.9"], timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return out
@@ -111,3 +113,25 @@ def test_gan_under_ddp(launch):
     assert g0["step"] == STEPS_PER_EPOCH and same_weights(g0, g1)
     meta = yaml.safe_load((launch / "gan" / f"step_{STEPS_PER_EPOCH:09d}.yaml").read_text())
     assert {"generator/loss", "generator/adv", "discriminator/loss", "loss"} <= set(meta["cv"])
+
+
+def test_ranks_draw_their_own_flow_noise_and_time(launch):
+    """Identical batches on both ranks (a constant corpus): the flow-matching noise and time each
+    rank draws differ, while DDP keeps the weights identical."""
+    r0, r1 = load(launch, "flow_full", 0), load(launch, "flow_full", 1)
+    assert len(r0["draws"]) == len(r1["draws"]) == 10  # 5 micro-batches per epoch, 2 epochs
+    for a, b in zip(r0["draws"], r1["draws"]):
+        assert a["noise"].shape == b["noise"].shape == (2, 5, 1)
+        assert not torch.equal(a["noise"], b["noise"]) and not torch.equal(a["t"], b["t"])
+    assert same_weights(r0, r1)
+
+
+def test_flow_resume_replays_each_ranks_draws(launch):
+    """Split at step 4 + resume == uninterrupted: weights bit for bit, and each rank's draws after
+    the split (3 micro-batches left in epoch 1) are the ones the uninterrupted run drew."""
+    for rank in (0, 1):
+        full, resumed = load(launch, "flow_full", rank), load(launch, "flow_resumed", rank)
+        assert full["step"] == resumed["step"] == 2 * STEPS_PER_EPOCH and same_weights(full, resumed)
+        assert len(resumed["draws"]) == 3
+        for a, b in zip(full["draws"][-3:], resumed["draws"]):
+            assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["t"], b["t"])

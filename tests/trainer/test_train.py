@@ -83,7 +83,7 @@ def test_resume_is_exact(toy_data, tmp_path, workers):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--model", "nope"], "has no 'nope' section for --model nope (model sections: toy, gan)"),
+    (["--model", "nope"], "has no 'nope' section for --model nope (model sections: toy, gan, flow)"),
     (["--pretrained_model", "/no/such/model.pt"], "--pretrained_model not found: /no/such/model.pt"),
     (["--qwen_pretrain_path", "/no/such/qwen"], "--qwen_pretrain_path not found: /no/such/qwen"),
     (["--checkpoint", "/no/such/ckpt.pt"], "--checkpoint not found"),

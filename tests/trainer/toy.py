@@ -43,6 +43,46 @@ class ToyRegressor(nn.Module):
         return {"audio/tone": (wav, 16000), "image/noise": img}
 
 
+class _Recorder:
+    """Wraps a draw of ``FlowMatching`` (its noise assignment or time sampler), keeping the last value."""
+
+    def __init__(self, fn: Any):
+        self.fn, self.last = fn, None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.last = self.fn(*args, **kwargs)
+        return self.last
+
+
+class ToyFlow(nn.Module):
+    """The project's flow-matching objective (``speech.flow.matching``: global-generator noise,
+    time and CFG dropout, as in training) on the toy data: ``[x, y]`` is a one-frame latent,
+    ``x`` its condition. Every training call appends its noise ``x0`` and time ``t`` to
+    ``self.draws`` (a plain list, not state) so tests can compare the draws of ranks and runs."""
+
+    def __init__(self, dim: int = 4, hidden: int = 16, cfg_dropout: float = 0.3):
+        super().__init__()
+        from speech.flow.matching import FlowMatching
+
+        self.matching = FlowMatching(cfg_dropout=cfg_dropout)
+        self.matching.assignment = self._noise = _Recorder(self.matching.assignment)
+        self.matching.time_sampler = self._time = _Recorder(self.matching.time_sampler)
+        self.net = nn.Sequential(nn.Linear(2 * dim + 2, hidden), nn.Tanh(), nn.Linear(hidden, dim + 1))
+        self.draws: list[dict[str, torch.Tensor]] = []
+
+    def estimator(self, x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, t[:, None, None].expand(-1, 1, x.shape[-1]), mu], dim=1)  # [B, C, T]
+        return self.net(h.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x1 = torch.cat([batch["x"], batch["y"][:, None]], dim=-1)[:, :, None]  # [B, dim + 1, 1]
+        mask = torch.ones(x1.shape[0], 1, dtype=torch.bool, device=x1.device)
+        out = self.matching.loss(self.estimator, x1, mask, {"mu": batch["x"][:, :, None]})
+        if self.training:
+            self.draws.append({"noise": self._noise.last.detach().clone(), "t": self._time.last.detach().clone()})
+        return out
+
+
 class ToyGAN(nn.Module):
     """Generator/discriminator pair with the GAN contract: parameter_groups + forward(group=)."""
 
@@ -109,11 +149,14 @@ def batch(items: Iterable[dict], size: int = 2, poison: Iterable[str] = ()) -> I
         yield make(pending)
 
 
-def write_corpus(folder: str | Path, sizes: list[int], dim: int = 4, seed: int = 0, name: str = "train") -> Path:
+def write_corpus(folder: str | Path, sizes: list[int], dim: int = 4, seed: int = 0, name: str = "train",
+                  constant: bool = False) -> Path:
     """One JSON-lines shard whose ``len(sizes)`` equal byte-parts hold ``sizes[i]`` lines each.
 
     With ``k`` ranks reading the shard, rank ``i`` gets exactly ``sizes[i]`` utterances (the
-    byte-range split of ``speech.dataset``). Returns the ``data.list`` path.
+    byte-range split of ``speech.dataset``). ``constant``: every line holds the same ``x``, ``y``
+    and frame count, so every batch of a given size is the same on every rank. Returns the
+    ``data.list`` path.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +168,8 @@ def write_corpus(folder: str | Path, sizes: list[int], dim: int = 4, seed: int =
     for size in sizes:
         per_line = part_bytes // size
         for _ in range(size):
+            if constant:
+                rng = np.random.default_rng(seed)
             x = rng.normal(size=dim).round(4)
             y = float((x @ w + 0.05 * rng.normal()).round(4))
             entry = {"utt": f"u{n:04d}", "x": x.tolist(), "y": y, "frames": int(rng.integers(10, 50)), "pad": ""}
