@@ -20,6 +20,7 @@ processor called by hand without one gets a default context (epoch 0, seed 0).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -51,6 +52,8 @@ __all__ = [
     "batch",
     "padding",
     "item_length",
+    "bounds_length",
+    "check_length_bound",
     "PAD_KEYS",
 ]
 
@@ -469,6 +472,33 @@ def speaker_reference(
         out = emit(window.popleft())
         if out is not None:
             yield out
+
+
+# What caps an item's length. A processor may carry ``bounds_length``: True, or a predicate over the
+# keyword arguments it is configured with. The trainer refuses a pipeline without one (a single
+# 10-minute file in a list would otherwise run attention over all of its frames).
+filter_items.bounds_length = lambda kw: math.isfinite(kw.get("max_duration", 60.0))  # type: ignore[attr-defined]
+random_crop.bounds_length = True  # type: ignore[attr-defined]
+
+
+def bounds_length(processor: Any) -> bool:
+    """Whether a pipeline stage (a function or a ``functools.partial`` of one, as ``!name:`` builds)
+    caps the length of the items that pass it (its ``bounds_length`` marker, see above)."""
+    func, kwargs = processor, {}
+    while isinstance(func, functools.partial):
+        kwargs = {**func.keywords, **kwargs}
+        func = func.func
+    marker = getattr(func, "bounds_length", False)
+    return bool(marker(kwargs) if callable(marker) else marker)
+
+
+def check_length_bound(pipeline: Iterable[Any], name: str = "pipeline") -> None:
+    """Raise ``ValueError`` (one line) when no stage of ``pipeline`` bounds item length."""
+    if not any(bounds_length(p) for p in pipeline):
+        raise ValueError(
+            f"{name} has no length bound: add speech.dataset.processors.filter_items (a finite max_duration) "
+            "or random_crop, or mark a custom processor with bounds_length = True"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
