@@ -404,6 +404,8 @@ def speaker_reference(
 ) -> Iterator[Item]:
     """Add ``ref_audio`` ``[S]``: a crop of *another* utterance of the same speaker when one is known,
     else a crop of the item itself (which leaks its content; counted in the log as a fallback).
+    ``ref_self_crop`` (bool) says which: :func:`padding` turns it into a batch key, so the share of
+    self-cropped references reaches the trainer's log even from dataloader workers.
 
     The per-speaker view lives in the stream: a window of ``lookahead`` items ahead plus, per
     speaker, up to ``per_speaker`` utterances already seen (least recently seen speakers beyond
@@ -448,6 +450,7 @@ def speaker_reference(
                 bad.add(wav_path)
                 continue
             ctx.events["reference from another utterance"] += 1
+            item["ref_self_crop"] = False
             return item
         loaded = item.get("audio")
         if isinstance(loaded, torch.Tensor) and item.get("sample_rate") == sample_rate and "audio_len" not in item:
@@ -459,6 +462,7 @@ def speaker_reference(
                 ctx.skips.skip(f"unreadable audio ({exc.reason.split(':')[0]})", _where(item), exc.reason)
                 return None
         ctx.events["reference cut from the item itself"] += 1
+        item["ref_self_crop"] = True
         return item
 
     for item in items:
@@ -595,7 +599,8 @@ def _pad_1d(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def padding(batches: Iterable[list[Item]]) -> Iterator[dict[str, Any]]:
     """Lists of items → batch dicts: ``utt``/``spk`` lists and, for each key of :data:`PAD_KEYS` the
-    items carry, the zero-padded tensor and its int64 ``*_len`` (docs/contracts.md)."""
+    items carry, the zero-padded tensor and its int64 ``*_len``; ``ref_self_crop`` ``[B]`` bool when
+    the items carry that flag (docs/contracts.md)."""
     for items in batches:
         out: dict[str, Any] = {"utt": [x["utt"] for x in items], "spk": [x.get("spk", "") for x in items]}
         for key in PAD_KEYS:
@@ -613,4 +618,7 @@ def padding(batches: Iterable[list[Item]]) -> Iterator[dict[str, Any]]:
             else:
                 out[key] = _pad_1d(tensors)
             out[f"{key}_len"] = lengths
+        flags = [x.get("ref_self_crop") for x in items]
+        if all(isinstance(f, bool) for f in flags):
+            out["ref_self_crop"] = torch.tensor(flags, dtype=torch.bool)
         yield out
