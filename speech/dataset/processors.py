@@ -73,6 +73,25 @@ def _where(item: Item, key: str = "wav") -> str:
     return str(item.get(key) or item.get("wav") or f"{item.get('shard')}@{item.get('offset')} ({item.get('utt')})")
 
 
+def _entry(item: Item) -> str:
+    """Where an index entry came from: ``shard@offset (utt)``."""
+    return f"{item.get('shard')}@{item.get('offset')} ({item.get('utt')})"
+
+
+def _path(item: Item, key: str, skips) -> str | None:
+    """``item[key]`` as a file path, or None after counting why not (absent, empty, not a string)."""
+    value = item.get(key)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value:
+        return value
+    if value is None or value == "":
+        skips.skip(f"no {key} in the index entry", _entry(item))
+    else:
+        skips.skip(f"{key} in the index entry is not a path", _entry(item), f"{key}={value!r}")
+    return None
+
+
 def item_length(item: Item, key: str) -> float:
     """Length of ``item[key]`` along time: a tensor's last axis, a sequence's length, or a number."""
     value = item.get(key)
@@ -178,20 +197,22 @@ def tokenize_text(
         yield item
 
 
+_UNUSABLE = object()  # what _load_pt returns for a file it has counted as skipped (a file may hold None)
+
+
 def _load_pt(item: Item, path_key: str, what: str, skips) -> Any:
-    """``torch.load`` of ``item[path_key]`` (weights only), or None after counting why not."""
-    path = item.get(path_key)
-    if not path:
-        skips.skip(f"no {path_key} in the index entry", _where(item))
-        return None
+    """``torch.load`` of ``item[path_key]`` (weights only), or ``_UNUSABLE`` after counting why not."""
+    path = _path(item, path_key, skips)
+    if path is None:
+        return _UNUSABLE
     if not os.path.isfile(path):
         skips.skip(f"missing {what} file", path)
-        return None
+        return _UNUSABLE
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle errors, 0-byte file...
         skips.skip(f"corrupt {what} file", path, f"{type(exc).__name__}: {exc}")
-        return None
+        return _UNUSABLE
 
 
 def _is_int_tensor(x: Any) -> bool:
@@ -210,7 +231,7 @@ def load_speech_token(
     skips = _context(ctx).skips
     for item in items:
         tokens = _load_pt(item, path_key, "token", skips)
-        if tokens is None:
+        if tokens is _UNUSABLE:
             continue
         path = item[path_key]
         if not _is_int_tensor(tokens) or tokens.dim() != 1:
@@ -220,11 +241,12 @@ def load_speech_token(
         if tokens.numel() == 0:
             skips.skip("empty token sequence", path)
             continue
-        low, high = int(tokens.min()), int(tokens.max())
+        ids = tokens.long()  # first: min/max are not implemented for uint16/32/64 (uint64 beyond 2^63 wraps < 0)
+        low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
             skips.skip(f"token id outside 0..{vocab_size - 1}", path, f"ids span {low}..{high}")
             continue
-        item["speech_token"] = tokens.long()
+        item["speech_token"] = ids
         yield item
 
 
@@ -239,7 +261,7 @@ def load_latent(
     skips = _context(ctx).skips
     for item in items:
         data = _load_pt(item, path_key, "latent", skips)
-        if data is None:
+        if data is _UNUSABLE:
             continue
         path = item[path_key]
         if not isinstance(data, dict) or not isinstance(data.get(key), torch.Tensor):
@@ -274,9 +296,8 @@ def load_audio(
     disagrees with the index ``duration`` by more than ``duration_tolerance`` s (truncated) are skipped."""
     skips = _context(ctx).skips
     for item in items:
-        path = item.get(path_key)
-        if not path:
-            skips.skip(f"no {path_key} in the index entry", _where(item))
+        path = _path(item, path_key, skips)
+        if path is None:
             continue
         try:
             wav, _ = _read_audio(path, sample_rate)
@@ -293,7 +314,7 @@ def load_audio(
                     f"{actual:.2f} s read, index says {duration:.2f} s",
                 )
                 continue
-        item["audio"] = wav
+        item["audio"] = wav.clamp_(-1.0, 1.0)  # resampling a clipped signal overshoots full scale
         item["sample_rate"] = sample_rate
         yield item
 
@@ -389,7 +410,8 @@ def _read_crop(path: str, seconds: float, sample_rate: int, rng: random.Random) 
         raise AudioError(path, "no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(path, "non-finite samples")
-    return resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), native, sample_rate)
+    wav = resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), native, sample_rate)
+    return wav.clamp_(-1.0, 1.0)  # resampling a clipped signal overshoots full scale
 
 
 def speaker_reference(
@@ -424,8 +446,8 @@ def speaker_reference(
     bad: set[str] = set()
 
     def remember(item: Item) -> None:
-        spk = item.get("spk")
-        if spk is None or not item.get("wav"):
+        spk, wav = item.get("spk"), item.get("wav")
+        if not isinstance(spk, str) or not isinstance(wav, str) or not wav:
             return
         pool = seen.pop(spk, None) or deque(maxlen=per_speaker)
         pool.append((item["utt"], item["wav"]))
@@ -438,7 +460,8 @@ def speaker_reference(
         candidates = {}
         if spk is not None:  # an item without a speaker can only reference itself
             candidates = {utt: wav for utt, wav in seen.get(spk, ())}
-            candidates.update({o["utt"]: o["wav"] for o in window if o.get("spk") == spk and o.get("wav")})
+            ahead = {o["utt"]: o["wav"] for o in window if o.get("spk") == spk and isinstance(o.get("wav"), str)}
+            candidates.update(ahead)
             candidates.pop(item["utt"], None)
         options = sorted(wav for wav in candidates.values() if wav not in bad)
         rng.shuffle(options)
@@ -456,8 +479,11 @@ def speaker_reference(
         if isinstance(loaded, torch.Tensor) and item.get("sample_rate") == sample_rate and "audio_len" not in item:
             item["ref_audio"] = _crop(loaded, int(seconds * sample_rate), rng)
         else:
+            path = _path(item, "wav", ctx.skips)
+            if path is None:
+                return None
             try:
-                item["ref_audio"] = _read_crop(item.get("wav") or "", seconds, sample_rate, rng)
+                item["ref_audio"] = _read_crop(path, seconds, sample_rate, rng)
             except AudioError as exc:
                 ctx.skips.skip(f"unreadable audio ({exc.reason.split(':')[0]})", _where(item), exc.reason)
                 return None
@@ -466,6 +492,10 @@ def speaker_reference(
         return item
 
     for item in items:
+        spk = item.get("spk")
+        if spk is not None and not isinstance(spk, str):
+            ctx.skips.skip("speaker id is not a string", _entry(item), f"spk={spk!r}")
+            continue
         remember(item)
         window.append(item)
         if len(window) > lookahead:
