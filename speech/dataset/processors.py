@@ -511,7 +511,9 @@ def speaker_reference(
 # What caps an item's length. A processor may carry ``bounds_length``: True, or a predicate over the
 # keyword arguments it is configured with. The trainer refuses a pipeline without one (a single
 # 10-minute file in a list would otherwise run attention over all of its frames).
-filter_items.bounds_length = lambda kw: math.isfinite(kw.get("max_duration", 60.0))  # type: ignore[attr-defined]
+filter_items.bounds_length = lambda kw: (  # type: ignore[attr-defined]
+    isinstance(kw.get("max_duration", 60.0), (int, float)) and math.isfinite(kw.get("max_duration", 60.0))
+)
 random_crop.bounds_length = True  # type: ignore[attr-defined]
 
 

@@ -64,6 +64,8 @@ def test_a_pipeline_without_a_length_bound_is_refused():
         P.check_length_bound([P.load_speech_token, partial(P.batch, batch_type="static"), P.padding], "cv_data_pipeline")
     with pytest.raises(ValueError, match="no length bound"):  # an infinite bound is no bound
         P.check_length_bound([partial(P.filter_items, max_duration=math.inf), P.padding])
+    with pytest.raises(ValueError, match="no length bound"):
+        P.check_length_bound([partial(P.filter_items, max_duration=None)])
     P.check_length_bound([P.filter_items])  # the default max_duration (60 s) is a bound
     P.check_length_bound([partial(partial(P.random_crop, seconds=1.0), sample_rate=SR)])
 
