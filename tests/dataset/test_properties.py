@@ -189,11 +189,12 @@ def good_lines(draw) -> list[tuple[str, bytes]]:
     """1-3 usable lines (unicode ids and texts, with or without a speaker): (utt, line)."""
     out = []
     for i, g in enumerate(GOOD_ENTRIES[: draw(st.integers(1, 3))]):
-        utt = draw(st.one_of(st.just(g["utt"]), st.text(min_size=1, max_size=8))) + f"#{i}"
+        raw = draw(st.booleans())  # raw UTF-8 rather than \u escapes (lone surrogates only escaped)
+        utt = draw(st.one_of(st.just(g["utt"]), GOOD_TEXT if raw else st.text(min_size=1, max_size=8))) + f"#{i}"
         line = dict(g, utt=utt, text=draw(st.one_of(st.just(g["text"]), GOOD_TEXT)))
         if draw(st.booleans()):
             del line["spk"]  # an item without a speaker references itself
-        out.append((utt, json.dumps(line).encode()))
+        out.append((utt, json.dumps(line, ensure_ascii=not raw).encode()))
     return out
 
 
