@@ -20,6 +20,7 @@ processor called by hand without one gets a default context (epoch 0, seed 0).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -51,6 +52,8 @@ __all__ = [
     "batch",
     "padding",
     "item_length",
+    "bounds_length",
+    "check_length_bound",
     "PAD_KEYS",
 ]
 
@@ -68,6 +71,25 @@ def _context(ctx: PipelineContext | None) -> PipelineContext:
 def _where(item: Item, key: str = "wav") -> str:
     """The best path to name in a skip message for ``item``."""
     return str(item.get(key) or item.get("wav") or f"{item.get('shard')}@{item.get('offset')} ({item.get('utt')})")
+
+
+def _entry(item: Item) -> str:
+    """Where an index entry came from: ``shard@offset (utt)``."""
+    return f"{item.get('shard')}@{item.get('offset')} ({item.get('utt')})"
+
+
+def _path(item: Item, key: str, skips) -> str | None:
+    """``item[key]`` as a file path, or None after counting why not (absent, empty, not a string)."""
+    value = item.get(key)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value:
+        return value
+    if value is None or value == "":
+        skips.skip(f"no {key} in the index entry", _entry(item))
+    else:
+        skips.skip(f"{key} in the index entry is not a path", _entry(item), f"{key}={value!r}")
+    return None
 
 
 def item_length(item: Item, key: str) -> float:
@@ -175,20 +197,22 @@ def tokenize_text(
         yield item
 
 
+_UNUSABLE = object()  # what _load_pt returns for a file it has counted as skipped (a file may hold None)
+
+
 def _load_pt(item: Item, path_key: str, what: str, skips) -> Any:
-    """``torch.load`` of ``item[path_key]`` (weights only), or None after counting why not."""
-    path = item.get(path_key)
-    if not path:
-        skips.skip(f"no {path_key} in the index entry", _where(item))
-        return None
+    """``torch.load`` of ``item[path_key]`` (weights only), or ``_UNUSABLE`` after counting why not."""
+    path = _path(item, path_key, skips)
+    if path is None:
+        return _UNUSABLE
     if not os.path.isfile(path):
         skips.skip(f"missing {what} file", path)
-        return None
+        return _UNUSABLE
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle errors, 0-byte file...
         skips.skip(f"corrupt {what} file", path, f"{type(exc).__name__}: {exc}")
-        return None
+        return _UNUSABLE
 
 
 def _is_int_tensor(x: Any) -> bool:
@@ -207,7 +231,7 @@ def load_speech_token(
     skips = _context(ctx).skips
     for item in items:
         tokens = _load_pt(item, path_key, "token", skips)
-        if tokens is None:
+        if tokens is _UNUSABLE:
             continue
         path = item[path_key]
         if not _is_int_tensor(tokens) or tokens.dim() != 1:
@@ -217,11 +241,12 @@ def load_speech_token(
         if tokens.numel() == 0:
             skips.skip("empty token sequence", path)
             continue
-        low, high = int(tokens.min()), int(tokens.max())
+        ids = tokens.long()  # first: min/max are not implemented for uint16/32/64 (uint64 beyond 2^63 wraps < 0)
+        low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
             skips.skip(f"token id outside 0..{vocab_size - 1}", path, f"ids span {low}..{high}")
             continue
-        item["speech_token"] = tokens.long()
+        item["speech_token"] = ids
         yield item
 
 
@@ -236,7 +261,7 @@ def load_latent(
     skips = _context(ctx).skips
     for item in items:
         data = _load_pt(item, path_key, "latent", skips)
-        if data is None:
+        if data is _UNUSABLE:
             continue
         path = item[path_key]
         if not isinstance(data, dict) or not isinstance(data.get(key), torch.Tensor):
@@ -271,9 +296,8 @@ def load_audio(
     disagrees with the index ``duration`` by more than ``duration_tolerance`` s (truncated) are skipped."""
     skips = _context(ctx).skips
     for item in items:
-        path = item.get(path_key)
-        if not path:
-            skips.skip(f"no {path_key} in the index entry", _where(item))
+        path = _path(item, path_key, skips)
+        if path is None:
             continue
         try:
             wav, _ = _read_audio(path, sample_rate)
@@ -290,7 +314,7 @@ def load_audio(
                     f"{actual:.2f} s read, index says {duration:.2f} s",
                 )
                 continue
-        item["audio"] = wav
+        item["audio"] = wav.clamp_(-1.0, 1.0)  # resampling a clipped signal overshoots full scale
         item["sample_rate"] = sample_rate
         yield item
 
@@ -386,7 +410,8 @@ def _read_crop(path: str, seconds: float, sample_rate: int, rng: random.Random) 
         raise AudioError(path, "no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(path, "non-finite samples")
-    return resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), native, sample_rate)
+    wav = resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), native, sample_rate)
+    return wav.clamp_(-1.0, 1.0)  # resampling a clipped signal overshoots full scale
 
 
 def speaker_reference(
@@ -401,6 +426,8 @@ def speaker_reference(
 ) -> Iterator[Item]:
     """Add ``ref_audio`` ``[S]``: a crop of *another* utterance of the same speaker when one is known,
     else a crop of the item itself (which leaks its content; counted in the log as a fallback).
+    ``ref_self_crop`` (bool) says which: :func:`padding` turns it into a batch key, so the share of
+    self-cropped references reaches the trainer's log even from dataloader workers.
 
     The per-speaker view lives in the stream: a window of ``lookahead`` items ahead plus, per
     speaker, up to ``per_speaker`` utterances already seen (least recently seen speakers beyond
@@ -419,8 +446,8 @@ def speaker_reference(
     bad: set[str] = set()
 
     def remember(item: Item) -> None:
-        spk = item.get("spk")
-        if spk is None or not item.get("wav"):
+        spk, wav = item.get("spk"), item.get("wav")
+        if not isinstance(spk, str) or not isinstance(wav, str) or not wav:
             return
         pool = seen.pop(spk, None) or deque(maxlen=per_speaker)
         pool.append((item["utt"], item["wav"]))
@@ -433,7 +460,8 @@ def speaker_reference(
         candidates = {}
         if spk is not None:  # an item without a speaker can only reference itself
             candidates = {utt: wav for utt, wav in seen.get(spk, ())}
-            candidates.update({o["utt"]: o["wav"] for o in window if o.get("spk") == spk and o.get("wav")})
+            ahead = {o["utt"]: o["wav"] for o in window if o.get("spk") == spk and isinstance(o.get("wav"), str)}
+            candidates.update(ahead)
             candidates.pop(item["utt"], None)
         options = sorted(wav for wav in candidates.values() if wav not in bad)
         rng.shuffle(options)
@@ -445,20 +473,29 @@ def speaker_reference(
                 bad.add(wav_path)
                 continue
             ctx.events["reference from another utterance"] += 1
+            item["ref_self_crop"] = False
             return item
         loaded = item.get("audio")
         if isinstance(loaded, torch.Tensor) and item.get("sample_rate") == sample_rate and "audio_len" not in item:
             item["ref_audio"] = _crop(loaded, int(seconds * sample_rate), rng)
         else:
+            path = _path(item, "wav", ctx.skips)
+            if path is None:
+                return None
             try:
-                item["ref_audio"] = _read_crop(item.get("wav") or "", seconds, sample_rate, rng)
+                item["ref_audio"] = _read_crop(path, seconds, sample_rate, rng)
             except AudioError as exc:
                 ctx.skips.skip(f"unreadable audio ({exc.reason.split(':')[0]})", _where(item), exc.reason)
                 return None
         ctx.events["reference cut from the item itself"] += 1
+        item["ref_self_crop"] = True
         return item
 
     for item in items:
+        spk = item.get("spk")
+        if spk is not None and not isinstance(spk, str):
+            ctx.skips.skip("speaker id is not a string", _entry(item), f"spk={spk!r}")
+            continue
         remember(item)
         window.append(item)
         if len(window) > lookahead:
@@ -469,6 +506,35 @@ def speaker_reference(
         out = emit(window.popleft())
         if out is not None:
             yield out
+
+
+# What caps an item's length. A processor may carry ``bounds_length``: True, or a predicate over the
+# keyword arguments it is configured with. The trainer refuses a pipeline without one (a single
+# 10-minute file in a list would otherwise run attention over all of its frames).
+filter_items.bounds_length = lambda kw: (  # type: ignore[attr-defined]
+    isinstance(kw.get("max_duration", 60.0), (int, float)) and math.isfinite(kw.get("max_duration", 60.0))
+)
+random_crop.bounds_length = True  # type: ignore[attr-defined]
+
+
+def bounds_length(processor: Any) -> bool:
+    """Whether a pipeline stage (a function or a ``functools.partial`` of one, as ``!name:`` builds)
+    caps the length of the items that pass it (its ``bounds_length`` marker, see above)."""
+    func, kwargs = processor, {}
+    while isinstance(func, functools.partial):
+        kwargs = {**func.keywords, **kwargs}
+        func = func.func
+    marker = getattr(func, "bounds_length", False)
+    return bool(marker(kwargs) if callable(marker) else marker)
+
+
+def check_length_bound(pipeline: Iterable[Any], name: str = "pipeline") -> None:
+    """Raise ``ValueError`` (one line) when no stage of ``pipeline`` bounds item length."""
+    if not any(bounds_length(p) for p in pipeline):
+        raise ValueError(
+            f"{name} has no length bound: add speech.dataset.processors.filter_items (a finite max_duration) "
+            "or random_crop, or mark a custom processor with bounds_length = True"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,7 +631,8 @@ def _pad_1d(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def padding(batches: Iterable[list[Item]]) -> Iterator[dict[str, Any]]:
     """Lists of items → batch dicts: ``utt``/``spk`` lists and, for each key of :data:`PAD_KEYS` the
-    items carry, the zero-padded tensor and its int64 ``*_len`` (docs/contracts.md)."""
+    items carry, the zero-padded tensor and its int64 ``*_len``; ``ref_self_crop`` ``[B]`` bool when
+    the items carry that flag (docs/contracts.md)."""
     for items in batches:
         out: dict[str, Any] = {"utt": [x["utt"] for x in items], "spk": [x.get("spk", "") for x in items]}
         for key in PAD_KEYS:
@@ -583,4 +650,7 @@ def padding(batches: Iterable[list[Item]]) -> Iterator[dict[str, Any]]:
             else:
                 out[key] = _pad_1d(tensors)
             out[f"{key}_len"] = lengths
+        flags = [x.get("ref_self_crop") for x in items]
+        if all(isinstance(f, bool) for f in flags):
+            out["ref_self_crop"] = torch.tensor(flags, dtype=torch.bool)
         yield out

@@ -222,6 +222,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from speech.dataset import Dataset
+    from speech.dataset.processors import check_length_bound
 
     from .checkpoint import atomic_write_text, clean_temp_files, load_pretrained, recover_rotations, resolve_checkpoint
     from .data import LoaderConf, attach_skip_counts
@@ -260,6 +261,12 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
                               "(build it with !new:)")
         n_params = sum(p.numel() for p in module.parameters())
         log.info("model %s: %s, %.2fM parameters", args.model, type(module).__name__, n_params / 1e6)
+        for key in ("data_pipeline", "cv_data_pipeline"):
+            if configs.get(key):
+                try:
+                    check_length_bound(configs[key], f"{args.config}: {key}")
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
         pipeline = list(configs["data_pipeline"]) + [attach_skip_counts]
         train_set = Dataset(args.train_data, pipeline, shuffle=True, partition=True, seed=conf.seed)
         cv_set = None

@@ -10,7 +10,8 @@ Per optimizer step nothing is read back to the host except the gradient-norm fin
 (see ``engine.py``); losses, norms and frame counts accumulate on their devices and are read
 once per ``log_interval``. Throughput is frames per second of the first length key present in
 the batch among ``latent_len``, ``speech_token_len``, ``audio_len`` (latent frames, speech
-tokens or audio samples), summed over ranks.
+tokens or audio samples), summed over ranks. Batches carrying ``ref_self_crop`` (docs/contracts.md)
+add ``data/ref_self_crop_share`` to each log window, with a warning when it exceeds 20%.
 
 Checkpoints (every ``save_per_step`` steps, at each epoch end and when training stops) hold
 everything an exact resume needs: weights, optimizer(s), scheduler(s), scaler, EMA, step, epoch,
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _END = object()
 _CV_SEED = 7919
+#: Warn when more than this share of a log window's speaker references was cut from the item itself.
+REF_SELF_CROP_WARN = 0.2
 
 
 class _Window:
@@ -58,6 +61,8 @@ class _Window:
         self.frames = 0
         self.items = 0
         self.skipped: Counter = Counter()
+        self.ref_self_crops = 0  # items whose reference came from themselves (batch key ref_self_crop)
+        self.ref_items = 0
         self.t0 = time.perf_counter()
 
     def add_losses(self, prefix: str, losses: dict[str, torch.Tensor]) -> None:
@@ -95,6 +100,7 @@ class Trainer:
         self._resumed_from: Path | None = None
         self._stop = False
         self._window = _Window()
+        self._ref_warned = False
 
     # --- resume ------------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
@@ -212,6 +218,10 @@ class Trainer:
                 w.frames += count_frames(batch)
                 w.items += count_items(batch)
                 w.skipped.update(skipped_items(batch))
+                ref_flags = batch.get("ref_self_crop")
+                if isinstance(ref_flags, torch.Tensor):
+                    w.ref_self_crops += int(ref_flags.sum())
+                    w.ref_items += ref_flags.numel()
                 batch = to_device(batch, self.info.device, non_blocking=self.pin_memory)
                 for group in engine.groups:
                     losses = engine.forward_backward(batch, group, self.step, boundary)
@@ -256,7 +266,8 @@ class Trainer:
         flat = [w.sums[k] for k in keys] + [_finite_mean(torch.stack(w.norms[g])) for g in groups]
         values = torch.stack([v.to(torch.float32) for v in flat]).tolist() if flat else []
         elapsed = max(time.perf_counter() - w.t0, 1e-9)
-        counters = all_gather_object({"frames": w.frames, "items": w.items, "skipped": dict(w.skipped)}, self.info)
+        counters = all_gather_object({"frames": w.frames, "items": w.items, "skipped": dict(w.skipped),
+                                      "ref": (w.ref_self_crops, w.ref_items)}, self.info)
         if self.info.is_main:
             frames = sum(c["frames"] for c in counters)
             skipped: Counter = Counter()
@@ -273,6 +284,17 @@ class Trainer:
             metrics["data/skipped_items"] = float(sum(skipped.values()))
             for reason, n in skipped.items():
                 metrics[f"data/skipped/{reason}"] = float(n)
+            ref_items = sum(c["ref"][1] for c in counters)
+            if ref_items:
+                share = sum(c["ref"][0] for c in counters) / ref_items
+                metrics["data/ref_self_crop_share"] = share
+                if share > REF_SELF_CROP_WARN and not self._ref_warned:
+                    log.warning("step %d: %.0f%% of the speaker references of the last %d items were cut from the "
+                                "item itself (no other utterance of its speaker at hand; over %.0f%%): keep each "
+                                "speaker's utterances together in the index (tools/prepare_data.py sorts by speaker) "
+                                "or raise speaker_reference's lookahead", self.step, 100 * share, ref_items,
+                                100 * REF_SELF_CROP_WARN)
+                self._ref_warned = share > REF_SELF_CROP_WARN  # warn again only after it has fallen back
             metrics["train/epoch"] = float(self.epoch)
             self.logger.scalars(metrics, self.step)
             self.last_train = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("train/")}

@@ -100,7 +100,9 @@ def test_yaml_pipeline_gives_contract_batches_with_workers(prepared, corpus_dir)
             "latent_len",
             "ref_audio",
             "ref_audio_len",
+            "ref_self_crop",
         }
+        assert batch["ref_self_crop"].dtype == torch.bool and batch["ref_self_crop"].shape == (b,)
         assert batch["latent"].shape[:2] == (b, 8) and batch["latent"].shape[2] * b <= 3000
         assert (batch["speech_token_len"] * 2 == batch["latent_len"]).all()
         assert batch["latent_len"].max() == batch["latent"].shape[2]

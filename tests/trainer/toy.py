@@ -114,6 +114,9 @@ def parse(items: Iterable[dict]) -> Iterator[dict]:
                "frames": int(item["frames"])}
 
 
+parse.bounds_length = True  # toy items are fixed-size vectors (the trainer refuses unbounded pipelines)
+
+
 def shuffle(items: Iterable[dict], buffer: int = 4) -> Iterator[dict]:
     """Buffer shuffle with the global ``random`` module (as careless processors do)."""
     pool: list[dict] = []
