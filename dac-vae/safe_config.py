@@ -127,6 +127,8 @@ def _refuse(source: str, key: str, tag: str, why: str) -> UntrustedConfigError:
 
 
 def _check_reference(value: Any, source: str, key: str, tag: str) -> None:
+    if isinstance(value, str) and "**" in value:  # hyperpyyaml evaluates arithmetic: 9 ** 9 ** 9 never ends
+        raise _refuse(source, key, f"{tag} {value}", "powers in references are not allowed")
     for ref in _REFERENCE.findall(value if isinstance(value, str) else ""):
         _, _, attr = ref.partition(".")
         if attr and (attr.startswith("_") or "._" in attr):

@@ -35,6 +35,7 @@ def payloads(marker) -> dict[str, tuple[str, str, str]]:
         "include": ("x: !include:other.yaml\n", "!include:other.yaml", "x"),
         "applyref": (f'x: !applyref:os.system ["touch {marker}"]\n', "!applyref:os.system", "x"),
         "private_ref": ("a: 1\nb: !ref <a.__class__>\n", "!ref <a.__class__>", "b"),
+        "power": ("a: 9\nb: !ref <a> ** <a> ** <a> ** <a>\n", "!ref <a> ** <a>", "b"),
         "getattr_private": ("x: !apply:getattr [1, __class__]\n", "!apply:getattr", "x"),
         "tagged_key": (f'? !apply:os.system ["touch {marker}"]\n: 3\n', "!apply:os.system", "<key 0>"),
         "in_list": ("p:\n  - !new:torch.nn.Linear {in_features: 1, out_features: 1}\n  - !name:os.system\n",
@@ -112,3 +113,10 @@ def test_trust_builds_anything_with_a_warning(caplog):
 def test_not_yaml_is_one_line():
     with pytest.raises(UntrustedConfigError, match=r"^c.yaml: not valid YAML"):
         check_config_text("a: [1\n", "c.yaml")
+
+
+def test_the_payloads_are_live_when_trusted(tmp_path):
+    """What the refusals above prevent: the same text, trusted, runs the command."""
+    marker = tmp_path / "marker"
+    build_config(payloads(marker)["apply_os_system"][0], trust=True)
+    assert marker.exists()
