@@ -59,14 +59,16 @@ def test_refused_with_one_line_before_anything_runs(name, tmp_path):
 
 
 def test_refused_config_imports_nothing(tmp_path):
-    """The tag check runs on the node tree: a refused target's module is never imported."""
+    """The tag check runs on the node tree: a refused target's module is never imported (and
+    dac_vae, codec loading included, never imports speech)."""
     code = (
         "import sys\nfrom dac_vae.safe_config import build_config, UntrustedConfigError\n"
         "try:\n    build_config('x: !new:xml.dom.minidom.Document {}\\n')\nexcept UntrustedConfigError:\n    pass\n"
-        "print('xml.dom.minidom' in sys.modules)\n"
+        "build_config('x: !new:torch.nn.Linear {in_features: 1, out_features: 1}\\n')\n"
+        "print('xml.dom.minidom' in sys.modules, any(m.split('.')[0] == 'speech' for m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 @pytest.mark.parametrize("target", [
