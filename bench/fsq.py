@@ -190,7 +190,8 @@ def evaluate(args: argparse.Namespace, checkpoint: Path) -> None:
     # A checkpoint's config is data: built with the allow-list unless --trust_config (dac_vae.safe_config).
     trust = args.trust_config
     resolved = resolve_config(config, trust=trust, source=str(checkpoint))
-    text_tokenizer = build_config(model_config_text(resolved), trust=trust, source=str(checkpoint)).get("text_tokenizer")
+    built = build_config(model_config_text(resolved), trust=trust, source=str(checkpoint))
+    text_tokenizer = built.get("text_tokenizer")
     tokenizer = OwnFSQTokenizer.from_checkpoint(checkpoint, trust_config=trust)
     model, sr = tokenizer.model, tokenizer.sample_rate
     splits = {s: corpus_split(args.corpus, s) for s in ("dev", "test", "heldout")}

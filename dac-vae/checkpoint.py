@@ -5,7 +5,8 @@ a checkpoint). Only its ``dac_vae:`` section and the top-level entries that do n
 ``speech`` module are built, so loading never imports the training framework (data pipelines,
 schedulers of ``speech`` are skipped). The config is data that travels with the weights: it is
 built through :mod:`dac_vae.safe_config` (an allow-list of classes, checked before anything is
-imported) unless the caller trusts it (``trust_config=True``, the CLIs' ``--trust_config``). Checkpoints: a dict with a ``"model"`` state dict (the
+imported) unless the caller trusts it (``trust_config=True``, the CLIs' ``--trust_config``).
+Checkpoints: a dict with a ``"model"`` state dict (the
 trainer's format), a plain state dict, or a ``.safetensors`` file; always ``weights_only``.
 """
 

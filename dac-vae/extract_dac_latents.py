@@ -273,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=2, help="audio loading workers")
     parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda:0...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--trust_config", action="store_true", help="build the config even if it names code outside the allow-list (only for a config you trust)")
+    parser.add_argument(
+        "--trust_config", action="store_true",
+        help="build the config even if it names code outside the allow-list (only for a config you trust)",
+    )
     return parser
 
 

@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max_batch", type=int, default=64, help="most items per batch")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
-        p.add_argument("--trust_config", action="store_true", help="build the config even if it names code outside the allow-list (only for a config you trust)")
+        p.add_argument(
+            "--trust_config", action="store_true",
+            help="build the config even if it names code outside the allow-list (only for a config you trust)",
+        )
     return parser
 
 

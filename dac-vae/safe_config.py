@@ -236,7 +236,8 @@ def check_targets(text: str, source: str = "config") -> None:
             raise _refuse(source, key, tag, "!apply: must name a function")
         if not _defined_in_allowed(obj, target):
             where = getattr(obj, "__module__", None) or type(obj).__name__
-            raise _refuse(source, key, tag, f"it resolves to an object defined in {where}, outside the allowed packages")
+            why = f"it resolves to an object defined in {where}, outside the allowed packages"
+            raise _refuse(source, key, tag, why)
 
 
 def resolve_config(text: str, overrides: dict[str, Any] | None = None, *, trust: bool = False,

@@ -22,7 +22,8 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 __all__ = [
-    "ConfigError", "parse_overrides", "resolve_config_text", "unresolved_config_text", "load_config", "load_model_config",
+    "ConfigError", "parse_overrides", "resolve_config_text", "unresolved_config_text", "load_config",
+    "load_model_config",
 ]
 
 

@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for --prompt_text (one-shot)")
     m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
     m.add_argument("--trust_config", action="store_true",
-                   help="build the models' configs even if they name code outside the allow-list (only configs you trust)")
+                   help="build the models' configs even if they name code outside the allow-list "
+                   "(only for configs you trust)")
     i = parser.add_argument_group("input / output (one utterance, or a list)")
     i.add_argument("--text", help="text to speak")
     i.add_argument("--prompt_wav", help="reference clip of the voice to clone")

@@ -93,10 +93,11 @@ def test_unresolved_text_is_none_for_a_config_with_includes(tmp_path: Path):
 def test_model_config_is_allow_listed_and_trust_lifts_it(tmp_path: Path):
     path = tmp_path / "config.yaml"
     marker = tmp_path / "marker"
-    path.write_text(f'model: !new:torch.nn.Linear {{in_features: 1, out_features: 1}}\nx: !apply:os.system ["touch {marker}"]\n')
+    model = "model: !new:torch.nn.Linear {in_features: 1, out_features: 1}\n"
+    path.write_text(model + f'x: !apply:os.system ["touch {marker}"]\n')
     with pytest.raises(UntrustedConfigError, match=r"refused '!apply:os.system' at key 'x'"):
         load_model_config(path)
     assert not marker.exists()
-    path.write_text("model: !new:torch.nn.Linear {in_features: 1, out_features: 1}\nx: !apply:os.path.join [a, b]\n")
+    path.write_text(model + "x: !apply:os.path.join [a, b]\n")
     assert load_model_config(path, trust_config=True)["x"] == "a/b"
     assert load_config(path)["x"] == "a/b"  # the user's own config (train.py --config) loads as before

@@ -100,7 +100,9 @@ def _read_config(path: str | os.PathLike) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _build_model(config_text: str, model_key: str, trust_config: bool = False, source: str = "config") -> FSQTokenizerModel:
+def _build_model(
+    config_text: str, model_key: str, trust_config: bool = False, source: str = "config"
+) -> FSQTokenizerModel:
     try:
         # The whole text is checked (nothing imported) before any of it is resolved or built.
         resolved = resolve_config(config_text, trust=trust_config, source=source)

@@ -111,8 +111,8 @@ def _tts_cli(which: str):
 
 def _codec_cli(module):
     def load(system, ckpt, tmp, capsys, trust=False):
-        common = ["--config", str(config_beside(ckpt.parent)), "--checkpoint", str(ckpt), "--output_dir", str(tmp / "o"),
-                  "--device", "cpu", "--quiet"] + (["--trust_config"] * trust)
+        common = ["--config", str(config_beside(ckpt.parent)), "--checkpoint", str(ckpt),
+                  "--output_dir", str(tmp / "o"), "--device", "cpu", "--quiet"] + (["--trust_config"] * trust)
         if module is dac_inference:
             code = module.main(["roundtrip", *common, "--inputs", str(system["prompt"])])
         else:
