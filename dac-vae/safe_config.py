@@ -261,11 +261,13 @@ def build_config(text: str, overrides: dict[str, Any] | None = None, *, trust: b
     ``trust=True`` (the user's ``--trust_config``) builds anything, with a logged warning.
     Raises :class:`UntrustedConfigError` (one line) before importing anything from a refused config.
     """
-    from hyperpyyaml import load_hyperpyyaml
+    from hyperpyyaml import load_hyperpyyaml, resolve_references
 
     if trust:
         log.warning("%s: --trust_config: building it without the allow-list (it can run any code)", source)
     resolved = resolve_config(text, overrides, trust=trust, source=source)
     if not trust:
-        check_targets(resolved, source)
+        # load_hyperpyyaml resolves once more (a ruamel round trip, deterministic): check exactly the
+        # text it will construct from, so no re-serialisation can slip a tag past the check.
+        check_targets(resolve_references(io.StringIO(resolved)).getvalue(), source)
     return load_hyperpyyaml(io.StringIO(resolved))
