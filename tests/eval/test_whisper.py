@@ -100,8 +100,8 @@ def test_auto_picks_faster_whisper_and_a_bad_model_path_is_one_line(tmp_path) ->
 @needs_backend
 @pytest.mark.slow
 def test_whisper_hears_every_voice_of_the_test_split_and_not_noise(test_items, load, whisper_asr) -> None:
-    # Two utterances of each of the six voices (ASR is the slow part). PocketSphinx: 32% mean WER on the
-    # whole split, 93% on enrp_m4; Whisper base: 10% (README, Evaluation).
+    # Two utterances of each of the six voices (ASR is the slow part). On the whole test split PocketSphinx
+    # scores 32% mean WER (93% on enrp_m4), Whisper base 10% (README, Evaluation).
     by_voice: dict[str, list] = defaultdict(list)
     for item in test_items:
         if len(by_voice[item.spk]) < 2:
