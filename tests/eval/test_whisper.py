@@ -77,6 +77,11 @@ def test_assembly_matches_the_pinned_digests_and_repairs_a_damaged_cache(tmp_pat
     assert whisper_base_dir(folder) == folder
     assert whisper_assets._sha256(folder / "tokenizer.json") == MODEL_FILES["tokenizer.json"][2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2"]
+    (tmp_path / "mine").mkdir()  # a folder with someone's other files is never replaced
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(CorruptAsset, match="holds other files: not replaced"):
+        whisper_base_dir(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_a_missing_package_is_one_line_and_auto_falls_back_to_pocketsphinx(monkeypatch, caplog) -> None:
