@@ -181,16 +181,17 @@ def whisper_base_dir(cache_dir: str | Path | None = None, sources: dict[str, Pat
 
     ``cache_dir``: where the folder goes (default :func:`default_cache_dir`); ``sources``: distribution
     name -> data folder (default: the installed packages). A folder already there is used when every
-    file checks out, else rebuilt (only when it holds nothing but model files: nothing else is deleted). Raises :class:`MissingDependency` (package not installed) or
-    :class:`CorruptAsset` (a part has the wrong size or digest: the line names the package to reinstall).
+    file checks out, else rebuilt, but only when it holds nothing besides model files (nothing else is
+    ever deleted). Raises :class:`MissingDependency` (package not installed) or :class:`CorruptAsset`
+    (a part has the wrong size or digest: the line names the package to reinstall).
     """
     target = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if _assembled_ok(target):
         return target
     if target.is_dir() and any(p.name not in MODEL_FILES for p in target.iterdir()):
-        raise CorruptAsset(f"whisper base: {target} holds other files: not replaced (give an empty or new cache folder)")
+        raise CorruptAsset(f"whisper base: {target} holds other files: not replaced (give an empty or new folder)")
     if target.exists() and not target.is_dir():
-        raise CorruptAsset(f"whisper base: {target} is not a folder: not replaced (give an empty or new cache folder)")
+        raise CorruptAsset(f"whisper base: {target} is not a folder: not replaced (give an empty or new folder)")
     sources = sources or package_data_dirs()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
