@@ -138,9 +138,9 @@ def flow_section(eval_dir: Path) -> list[str]:
 
 # (eval sub-folder, what was heard, where its real recordings come from)
 CHECKS = [
-    ("tts", "synthesis of the held-out speakers (zero-shot)", "their real held-out recordings"),
-    ("codec", "codec round trip, test split", "the real test recordings"),
-    ("flow", "flow samples decoded by the codec, dev split", "the real dev recordings"),
+    ("tts", "synthesis of the held-out speakers (zero-shot)", "the held-out speakers' own"),
+    ("codec", "codec round trip, test split", "test split"),
+    ("flow", "flow samples decoded by the codec, dev split", "dev split"),
 ]
 
 
@@ -160,21 +160,21 @@ def intelligibility_section(eval_dir: Path) -> list[str]:
         "WER/CER in % (mean over sentences, normalised text). The real recordings are the corpus wavs of the",
         "same sentences: what the judge gets wrong there is its own error, not the model's.",
         "",
-        "| what was heard | sentences | ASR | WER generated | WER real | CER generated | CER real |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| what was heard | real recordings | sentences | ASR | WER generated | WER real | CER generated | CER real |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     judges = set()
     for sub, title, real in CHECKS:
         path = eval_dir / sub / "results.json"
         if not path.is_file():
-            lines.append(f"| {title} | (missing: `{path}`) | | | | | |")
+            lines.append(f"| {title} | {real} | (missing: `{path}`) | | | | | |")
             continue
         payload = json.loads(path.read_text(encoding="utf-8"))
         asr = payload.get("meta", {}).get("asr")
         systems = {s["name"]: s for s in payload.get("systems", [])}
         reference = systems.pop("reference", None)
         if not asr or not systems:
-            lines.append(f"| {title} | no WER in `{path}` | | | | | |")
+            lines.append(f"| {title} | {real} | no WER in `{path}` | | | | | |")
             continue
         judges.add(asr.partition(":")[0])
         real_rows = {r["utt"]: r for r in (reference or {}).get("utterances", []) if r.get("wer") is not None}
@@ -185,9 +185,7 @@ def intelligibility_section(eval_dir: Path) -> list[str]:
             label = title if len(systems) == 1 else f"{title}: {name}"
             gen = [_mean([r[k] for r in rows]) for k in ("wer", "cer")]
             ref = [_mean([real_rows[r["utt"]][k] for r in rows]) if reference else "–" for k in ("wer", "cer")]
-            lines.append(
-                f"| {label} (real: {real}) | {len(rows)} | {asr} | {gen[0]} | {ref[0]} | {gen[1]} | {ref[1]} |"
-            )
+            lines.append(f"| {label} | {real} | {len(rows)} | {asr} | {gen[0]} | {ref[0]} | {gen[1]} | {ref[1]} |")
     lines.append("")
     if "pocketsphinx" in judges:
         lines += [
