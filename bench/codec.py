@@ -5,6 +5,7 @@
     python bench/codec.py --runs tiny full --dtypes fp32 bf16 --steps 5
     python bench/codec.py --measure_peak               # measure the matmul peak instead of --peak_*
     python bench/codec.py --quality configs/tiny/dac_vae.yaml exp/tiny/step_000000100.pt   # dev-split quality
+    python bench/codec.py --budget 300 --runs tiny tiny-frame   # quality after 300 s of training each
 
 Per run (a config, batch size and dtype; each in a fresh process so peak RSS is its own):
 - training: median wall time of ``--steps`` iterations (discriminator step + generator step with
@@ -15,6 +16,11 @@ Per run (a config, batch size and dtype; each in a fresh process so peak RSS is 
 - inference (eval mode, weight norm folded, as ``extract_dac_latents.py`` runs it): encoding the
   dev split in length-bucketed batches (x real time, FLOPs per audio second), decoding it back;
 - parameter counts of encoder + posterior, decoder, discriminator; peak RSS.
+
+``--budget SECONDS`` trains each run's config from scratch for that many wall seconds (``--threads``
+threads, the config's optimizers, schedulers, loss weights and crop length, its batch size from
+RUNS) and then reports the dev-split quality below: how far each decoder kind gets on a fixed CPU
+budget, the figure that decides which one the CPU demo uses.
 
 ``--quality CONFIG CHECKPOINT`` instead round-trips the dev split through a trained codec (posterior
 mean) and prints the mean over utterances of the evaluation toolkit's codec metrics
@@ -45,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = {  # name: (config, batch size)
     "tiny": ("configs/tiny/dac_vae.yaml", 8),
     "tiny-3x": ("configs/tiny/dac_vae_3x.yaml", 8),
+    "tiny-frame": ("configs/tiny/dac_vae_frame.yaml", 16),
     "full": ("configs/dac_vae.yaml", 2),
 }
 CROP_SECONDS = 0.38
@@ -102,7 +109,7 @@ def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict:
     counts = {
         "encoder": sum(p.numel() for p in [*codec.encoder.parameters(), *codec.posterior.parameters()]),
         "decoder": sum(p.numel() for p in codec.decoder.parameters()),
-        "discriminator": sum(p.numel() for p in groups["discriminator"]),
+        "discriminator": sum(p.numel() for p in groups.get("discriminator", [])),
     }
 
     codec.discriminator = None
@@ -155,19 +162,61 @@ def run_one(name: str, dtype_name: str, args: argparse.Namespace) -> dict:
     }
 
 
-def quality(config: str, checkpoint: str, split: str, threads: int) -> None:
-    """Print the split's mean codec metrics (``speech.eval.codec``) for a trained codec's round trip."""
+def _split_quality(codec, split: str) -> dict[str, float]:
+    """Mean codec metrics (``speech.eval.codec``) of the split's round trips (posterior mean)."""
     import math
 
     from dac_vae.inference import roundtrip
     from speech.eval.codec import CodecMetrics
 
+    metrics = CodecMetrics(codec.sample_rate)
+    with torch.no_grad():
+        rows = [metrics(wav, roundtrip(codec, [wav], torch.device("cpu"))[0]) for wav in _corpus(split)]
+    return {k: statistics.fmean(r[k] for r in rows if not math.isnan(r[k])) for k in CodecMetrics.names}
+
+
+def quality(config: str, checkpoint: str, split: str, threads: int) -> None:
+    """Print the split's mean codec metrics (``speech.eval.codec``) for a trained codec's round trip."""
     torch.set_num_threads(threads)
     codec = load_codec(config, checkpoint)
-    metrics = CodecMetrics(codec.sample_rate)
-    rows = [metrics(wav, roundtrip(codec, [wav], torch.device("cpu"))[0]) for wav in _corpus(split)]
-    mean = {k: statistics.fmean(r[k] for r in rows if not math.isnan(r[k])) for k in CodecMetrics.names}
-    print(f"{checkpoint} on {split} ({len(rows)} utterances): " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    mean = _split_quality(codec, split)
+    n = len(_corpus(split))
+    print(f"{checkpoint} on {split} ({n} utterances): " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+
+
+def budget_run(name: str, seconds: float, split: str, threads: int) -> dict:
+    """Train ``name``'s config from scratch for ``seconds`` of wall time, then measure quality."""
+    from speech.config import load_config
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config, batch_size = RUNS[name]
+    built = load_config(REPO / config)  # our own config: its optimizers and schedulers too
+    codec = built["dac_vae"].train()
+    groups = codec.parameter_groups()
+    optim, sched = built["optim"], built.get("scheduler")
+    opts = {g: (optim[g] if isinstance(optim, dict) else optim)(p) for g, p in groups.items()}
+    scheds = {g: (sched[g] if isinstance(sched, dict) else sched)(o) for g, o in opts.items()} if sched else {}
+    train_wavs = _corpus("train")
+    gen = torch.Generator().manual_seed(0)
+    n = int(float(built.get("crop_seconds", CROP_SECONDS)) * codec.sample_rate)
+    start, step = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        batch = _crops(train_wavs, batch_size, n, gen)
+        for group, opt in opts.items():
+            loss = codec(batch, group=group, step=step)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if group in scheds:
+                scheds[group].step()
+        step += 1
+    elapsed = time.perf_counter() - start
+    codec.discriminator = None
+    codec.eval()
+    decoder_kind = type(codec.decoder).__name__
+    return {"name": name, "decoder": decoder_kind, "steps": step, "seconds": elapsed,
+            "audio_s": step * batch_size * n / codec.sample_rate, **_split_quality(codec, split)}
 
 
 def main() -> None:
@@ -184,10 +233,23 @@ def main() -> None:
     parser.add_argument(
         "--quality", nargs=2, metavar=("CONFIG", "CHECKPOINT"), help="dev-split quality of a trained codec"
     )
-    parser.add_argument("--split", default="dev", help="corpus split for --quality")
+    parser.add_argument("--split", default="dev", help="corpus split for --quality and --budget")
+    parser.add_argument("--budget", type=float, help="train each of --runs for this many wall seconds, then "
+                        "report its quality (instead of the speed table)")
     args = parser.parse_args()
     if args.quality:
         quality(*args.quality, args.split, args.threads)
+        return
+    if args.budget:
+        print(f"{'run':<11}{'decoder':<14}{'steps':>6}{'train s':>8}{'audio s':>8}{'mel':>7}{'STFT':>7}"
+              f"{'SI-SDR':>8}{'PESQ':>6}{'STOI':>6}   ({args.split} split, {args.threads} threads)")
+        ctx = mp.get_context("spawn")
+        for name in args.runs:
+            with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                r = pool.submit(budget_run, name, args.budget, args.split, args.threads).result()
+            print(f"{name:<11}{r['decoder']:<14}{r['steps']:>6}{r['seconds']:>8.0f}{r['audio_s']:>8.0f}"
+                  f"{r['mel_distance']:>7.3f}{r['stft_distance']:>7.3f}{r['si_sdr']:>8.2f}{r['pesq_wb']:>6.2f}"
+                  f"{r['stoi']:>6.3f}", flush=True)
         return
     torch.set_num_threads(args.threads)
     peaks = {"fp32": args.peak_fp32, "bf16": args.peak_bf16}

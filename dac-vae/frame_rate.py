@@ -67,8 +67,11 @@ class ISTFTHead(nn.Module):
     valid frames (the least-squares inverse of a Hann-windowed STFT).
     """
 
-    def __init__(self, dim: int, hop: int, n_fft: int | None = None, max_magnitude: float = 100.0):
+    def __init__(
+        self, dim: int, hop: int, n_fft: int | None = None, max_magnitude: float = 100.0, phase_advance: bool = False
+    ):
         super().__init__()
+        self.phase_advance = bool(phase_advance)
         n_fft = int(n_fft or 4 * hop)
         if n_fft < hop or (n_fft - hop) % 2:
             raise ValueError(f"n_fft {n_fft} must be >= hop {hop} with n_fft - hop even")
@@ -82,7 +85,20 @@ class ISTFTHead(nn.Module):
         """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32)."""
         log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
         mag = torch.exp(log_mag.clamp(max=self.log_max_magnitude))
+        if self.phase_advance:
+            phase = phase + self.advance(x.shape[-1], x.device)
         return self.istft(torch.polar(mag, phase), None if mask is None else mask[:, 0])
+
+    def advance(self, n_frames: int, device: torch.device, offset: int = 0) -> torch.Tensor:
+        """``[T, F]`` phase of bin-centred sinusoids at frames ``offset..offset+T-1``: ``2 pi k hop t / n_fft``.
+
+        A translation-invariant network outputs the same phase for the same local input; overlap-add
+        needs frame ``t + 1`` to lead frame ``t`` by ``2 pi k hop / n_fft`` in bin ``k``. Adding this
+        reference (computed exactly in integers mod ``n_fft``) leaves the network the residual only.
+        """
+        t = torch.arange(offset, offset + n_frames, device=device).unsqueeze(1)
+        k = torch.arange(self.n_freq, device=device).unsqueeze(0)
+        return (2 * math.pi / self.n_fft) * ((k * t * self.hop) % self.n_fft).float()
 
     def istft(self, spec: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Complex frames ``[B, T, n_fft / 2 + 1]`` → ``[B, T * hop]``; frame ``t`` centred on samples
@@ -203,6 +219,7 @@ class FrameDecoder(nn.Module):
         kernel_size: int = 7,
         n_fft: int | None = None,
         layer_scale: float | None = None,
+        phase_advance: bool = False,
     ):
         super().__init__()
         self.hop = math.prod(int(s) for s in strides)
@@ -210,7 +227,7 @@ class FrameDecoder(nn.Module):
         self.kernel_size = int(kernel_size)
         self.num_layers = int(num_layers)
         self.stack = _ConvNeXtStack(latent_dim, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
-        self.head = ISTFTHead(dim, self.hop, n_fft)
+        self.head = ISTFTHead(dim, self.hop, n_fft, phase_advance=phase_advance)
 
     def context_frames(self) -> int:
         """Latent frames on each side that can change one frame's samples (the receptive field)."""
