@@ -5,7 +5,7 @@
     GET  /v1/voices       the registered voices;  DELETE /v1/voices/{id}
     POST /v1/tts/stream   501: streaming synthesis does not exist yet
     GET  /health          liveness, queue and batching counters
-    GET  /                the demo page;  GET /docs  the OpenAPI docs
+    GET  /                the demo page;  GET /docs, /redoc  the OpenAPI docs (no CDN needed)
 
 Every refusal is a 4xx with a one-line JSON body ``{"error": "..."}``; a model error is a 500
 with a one-line reason, its traceback only in the server log.
@@ -30,6 +30,7 @@ from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from speech.inference import InferenceError, SynthesisOptions, Synthesizer, Utterance
@@ -88,7 +89,8 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
     """The FastAPI application; ``batcher`` owns every model call."""
     config = config or ServeConfig()
     voices = VoiceRegistry(config.max_voices)
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from here, not a CDN: they work on an offline machine.
+    app = FastAPIOffline(
         title="speech-serve",
         version="0.1.0",
         description="Zero-shot TTS: text + a reference voice -> 24 kHz wav. Errors are `{\"error\": \"one line\"}`.",

@@ -93,3 +93,10 @@ def test_microphone_clip_registered_as_a_voice_then_used(browser, server):
     browser.find_element(By.ID, "synthesize").click()
     wait_for(browser, "const a = document.getElementById('result'); return a.src.startsWith('blob:') && a.readyState >= 1")
     assert "RTF" in browser.find_element(By.ID, "status").text
+
+
+def test_the_api_docs_render_without_a_network(browser, server):
+    """/docs loads Swagger UI from this server (no CDN: this machine reaches only 127.0.0.1)."""
+    browser.get(server.url + "/docs")
+    wait_for(browser, "return [...document.querySelectorAll('.opblock-summary-path')]"
+             ".some(e => e.textContent.trim() === '/v1/tts')", 30)
