@@ -184,10 +184,10 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
     async def favicon() -> Response:
         return Response(status_code=204)
 
-    @app.get("/health", summary="Liveness, queue and batching counters")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
+    @app.get("/health", summary="Liveness, queue and batching counters (503 when the model worker is gone)")
+    async def health() -> JSONResponse:
+        return JSONResponse(status_code=200 if batcher.alive else 503, content={
+            "status": "ok" if batcher.alive else "model worker stopped",
             "sample_rate": synth.sample_rate,
             "queued": batcher.queued,
             "max_queue": batcher.max_queue,
@@ -200,7 +200,7 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
             "max_text_chars": config.max_text_chars,
             "min_prompt_seconds": synth.min_prompt_seconds,
             "max_prompt_seconds": synth.max_prompt_seconds,
-        }
+        })
 
     @app.get("/v1/voices", summary="The registered voices")
     async def list_voices() -> dict[str, Any]:

@@ -73,6 +73,11 @@ class DynamicBatcher:
         return self._put(_Job(Future(), time.monotonic(), call=fn))
 
     @property
+    def alive(self) -> bool:
+        """The worker thread runs (it catches every model error, so only a bug or close() stops it)."""
+        return self._thread.is_alive() and not self._closed
+
+    @property
     def queued(self) -> int:
         with self._cond:
             return len(self._pending)

@@ -127,3 +127,4 @@ def test_model_errors_are_one_line_without_traceback_and_a_full_queue_is_503(syn
     finally:
         synth.gate.set()
         b.close()
+    assert client.get("/health").status_code == 503  # the worker is gone: not healthy
