@@ -14,6 +14,8 @@ import soundfile as sf
 
 from speech.audio import load_audio
 
+pytestmark = pytest.mark.slow  # a real server process (~20 s to build the tiny models and start)
+
 TEXTS = ["Hello there, how are you today?", "A short one.", "The quick brown fox jumps.", "Speech on a laptop."]
 
 

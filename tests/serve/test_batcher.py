@@ -38,6 +38,8 @@ class FakeSynth:
         return [Synthesis(u.utt, torch.full((960,), len(u.text) / 100), 1) for u in batch]
 
     def prepare(self, utt, text, prompt_wav, prompt_text=None):
+        if text == "crash":
+            raise RuntimeError("a bug outside the models\nTraceback (most recent call last): ...")
         return utt_of(text)
 
 
@@ -115,6 +117,8 @@ def test_model_errors_are_one_line_without_traceback_and_a_full_queue_is_503(syn
         assert r.status_code == 500 and r.json() == {"error": "synthesis failed (internal error; details in the server log)"}
         r = client.post("/v1/tts", data={"text": "empty"}, files=ref)
         assert r.status_code == 422 and r.json() == {"error": "the LM produced no speech tokens"}
+        r = client.post("/v1/tts", data={"text": "crash"}, files=ref)
+        assert r.status_code == 500 and r.json() == {"error": "internal error (details in the server log)"}
         assert client.get("/health").json()["status"] == "ok"
         synth.gate.clear()
         b.submit(utt_of("x"), SynthesisOptions())
