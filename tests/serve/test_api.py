@@ -177,3 +177,16 @@ def test_a_wav_at_another_rate_is_resampled(server, clip, tiny_system):
     wav, _ = load_audio(tiny_system["prompt"], 16000)
     r = tts(server, text=TEXTS[1], reference=("r16k.wav", wav_bytes(wav.numpy(), 16000)))
     assert r.status_code == 200, r.text
+
+
+def test_one_shot_prompt_text_by_upload_and_by_voice(server, tiny_system, clip):
+    """With the clip's transcript the LM continues the prompt (the server has --speech_tokenizer)."""
+    transcript = tiny_system["prompt"].with_suffix(".txt").read_text().strip()
+    r = httpx.post(server.url + "/v1/voices", data={"name": "one-shot", "prompt_text": transcript},
+                   files={"reference": ("slt.wav", clip)}, timeout=60)
+    assert r.status_code == 201 and r.json()["prompt_text"] == transcript
+    by_voice = tts(server, text=TEXTS[1], voice_id=r.json()["id"])
+    by_clip = tts(server, text=TEXTS[1], prompt_text=transcript, reference=("slt.wav", clip))
+    assert by_voice.status_code == by_clip.status_code == 200
+    assert by_voice.headers["X-Tokens"] == by_clip.headers["X-Tokens"]
+    assert np.abs(read_wav(by_voice.content)[0] - read_wav(by_clip.content)[0]).max() <= 1e-4 + 2 / 32768
