@@ -160,5 +160,5 @@ fi
 if run_stage 12 "report"; then
   python recipes/demo/report.py --exp "$exp" --out "$exp/report.md"
   echo "report: $exp/report.md"
+  echo "try the models in a browser: speech-serve --llm $llm_dir/final.pt --flow $flow_dir/final.pt --codec $codec_dir/final.pt, then open http://127.0.0.1:8000/"
 fi
-echo "try the models in a browser: speech-serve --llm $llm_dir/final.pt --flow $flow_dir/final.pt --codec $codec_dir/final.pt, then open http://127.0.0.1:8000/"
