@@ -148,6 +148,11 @@ class FlowModel(nn.Module):
                 f"flow: estimator chunk_size {est_chunk} != encoder chunk_size {encoder.chunk_size} "
                 f"x ratio {encoder.ratio}"
             )
+        if getattr(matching, "two_times", False) != getattr(estimator, "interval_time", False):
+            raise ConfigError(
+                f"flow: {type(matching).__name__} needs an estimator with interval_time="
+                f"{getattr(matching, 'two_times', False)} (MeanFlow takes a second time r; CFM does not)"
+            )
         if (speaker is None) != (estimator.spk_channels == 0):
             raise ConfigError("flow: give a speaker module together with estimator spk_channels > 0, or neither")
         self.encoder, self.estimator, self.matching = encoder, estimator, matching
