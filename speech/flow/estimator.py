@@ -11,6 +11,11 @@ second time ``r`` [B] and embed ``t`` as before plus the interval ``h = r - t`` 
 zero-initialised MLP, summed into the same time embedding. At ``h = 0`` (or ``r`` not given) the
 output is the instantaneous velocity at ``t``, so a CFM checkpoint loaded into a two-time estimator
 starts from exactly the CFM field (only the ``interval_mlp.*`` weights are new).
+
+``time_scale`` multiplies the times before the sinusoidal embedding (1000, diffusion-step-like, by
+default; a checkpoint is only valid with the scale it was trained with). MeanFlow trains on ``du/dt``,
+which the top frequencies of a 1000-scaled embedding make ~20x larger than ``u`` at initialisation,
+so MeanFlow from scratch uses a smaller scale (configs/*flow_meanflow.yaml).
 """
 
 from __future__ import annotations
@@ -53,9 +58,9 @@ class Estimator(nn.Module):
         self.total_in = in_channels + self.mu_channels + spk_channels + self.cond_channels
         self.interval_mlp: nn.Module | None = None
 
-    def _init_time(self, in_dim: int, out_dim: int, hidden: int, interval_time: bool) -> None:
+    def _init_time(self, in_dim: int, out_dim: int, hidden: int, interval_time: bool, time_scale: float) -> None:
         """Time MLP ``emb(t) -> [B, out_dim]``, plus the zero-initialised interval MLP of two-time estimators."""
-        self.time_in = in_dim
+        self.time_in, self.time_scale = in_dim, time_scale
         self.time_mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
         if interval_time:
             self.interval_mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
@@ -69,9 +74,9 @@ class Estimator(nn.Module):
 
     def embed_time(self, t: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
         """Time embedding ``[B, out_dim]`` of ``t``, plus that of ``h = r - t`` for two-time estimators."""
-        emb = self.time_mlp(timestep_embedding(t, self.time_in))
+        emb = self.time_mlp(timestep_embedding(t, self.time_in, self.time_scale))
         if self.interval_mlp is not None and r is not None:
-            emb = emb + self.interval_mlp(timestep_embedding(r - t, self.time_in))
+            emb = emb + self.interval_mlp(timestep_embedding(r - t, self.time_in, self.time_scale))
         elif r is not None:
             raise ValueError("this estimator takes one time; build it with interval_time=True for MeanFlow")
         return emb
@@ -203,6 +208,7 @@ class UNet1D(Estimator):
         chunk_size: int = 50,
         causal: bool = False,
         interval_time: bool = False,
+        time_scale: float = 1000.0,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
         channels = list(channels)
@@ -215,7 +221,7 @@ class UNet1D(Estimator):
         self.levels, self.chunk_size = len(channels), chunk_size
         mode = "causal" if causal else "same"
         time_dim = 4 * channels[0]
-        self._init_time(channels[0], time_dim, time_dim, interval_time)
+        self._init_time(channels[0], time_dim, time_dim, interval_time, time_scale)
         stage = lambda cin, cout: UNetStage(cin, cout, time_dim, n_blocks, heads, head_dim, ffn_mult, dropout, mode)  # noqa: E731
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         prev = self.total_in
@@ -323,6 +329,7 @@ class DiT(Estimator):
         chunk_size: int = 50,
         causal: bool = False,
         interval_time: bool = False,
+        time_scale: float = 1000.0,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
         self.head_dim, self.chunk_size = head_dim, chunk_size
@@ -331,7 +338,7 @@ class DiT(Estimator):
         mode, groups = ("causal" if causal else "same"), (16 if dim % 16 == 0 else 1)
         self.pos1 = MaskedConv1d(dim, dim, conv_kernel, mode=mode, groups=groups)
         self.pos2 = MaskedConv1d(dim, dim, conv_kernel, mode=mode, groups=groups)
-        self._init_time(dim, dim, dim, interval_time)
+        self._init_time(dim, dim, dim, interval_time, time_scale)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, head_dim, ffn_mult * dim, dropout) for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.final_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
