@@ -183,10 +183,16 @@ def normalised_distance(a: list[int], b: list[int]) -> float:
 
 def evaluate(args: argparse.Namespace, checkpoint: Path) -> None:
     """Extraction speed, CER, code usage and the content check of a trained checkpoint."""
+    from dac_vae.safe_config import build_config, resolve_config
+
     _, config = load_checkpoint(checkpoint)
-    config = config if config is not None else resolve_config_text(checkpoint.parent / "config.yaml")
-    _, text_tokenizer = build(config)
-    tokenizer = OwnFSQTokenizer.from_checkpoint(checkpoint)
+    config = config if config is not None else (checkpoint.parent / "config.yaml").read_text(encoding="utf-8")
+    # A checkpoint's config is data: built with the allow-list unless --trust_config (dac_vae.safe_config).
+    trust = args.trust_config
+    resolved = resolve_config(config, trust=trust, source=str(checkpoint))
+    built = build_config(model_config_text(resolved), trust=trust, source=str(checkpoint))
+    text_tokenizer = built.get("text_tokenizer")
+    tokenizer = OwnFSQTokenizer.from_checkpoint(checkpoint, trust_config=trust)
     model, sr = tokenizer.model, tokenizer.sample_rate
     splits = {s: corpus_split(args.corpus, s) for s in ("dev", "test", "heldout")}
     for item in itertools.chain(*splits.values()):
@@ -289,6 +295,8 @@ def main() -> None:
     parser.add_argument("--skip_throughput", action="store_true")
     parser.add_argument("--skip_train", action="store_true", help="with --checkpoint unset: no evaluation either")
     parser.add_argument("--skip_eval", action="store_true")
+    parser.add_argument("--trust_config", action="store_true",
+                        help="build --checkpoint's config even if it names code outside the allow-list")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py overrides of the tiny config")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -3,23 +3,25 @@
 The config is the trainer's YAML (the file given to ``train.py`` or the resolved copy saved beside
 a checkpoint). Only its ``dac_vae:`` section and the top-level entries that do not name a
 ``speech`` module are built, so loading never imports the training framework (data pipelines,
-schedulers of ``speech`` are skipped). Checkpoints: a dict with a ``"model"`` state dict (the
+schedulers of ``speech`` are skipped). The config is data that travels with the weights: it is
+built through :mod:`dac_vae.safe_config` (an allow-list of classes, checked before anything is
+imported) unless the caller trusts it (``trust_config=True``, the CLIs' ``--trust_config``).
+Checkpoints: a dict with a ``"model"`` state dict (the
 trainer's format), a plain state dict, or a ``.safetensors`` file; always ``weights_only``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 from pathlib import Path
 
 import torch
 import yaml
-from hyperpyyaml import load_hyperpyyaml
 
 from dac_vae.model import DACVAE
+from dac_vae.safe_config import UntrustedConfigError, build_config, check_config_text
 
 __all__ = ["CodecLoadError", "codec_config_text", "build_codec", "load_state_dict", "checkpoint_id", "load_codec"]
 
@@ -59,14 +61,22 @@ def codec_config_text(text: str, key: str = "dac_vae") -> str:
     return yaml.serialize(yaml.MappingNode(root.tag, kept))
 
 
-def build_codec(config: str | os.PathLike, key: str = "dac_vae") -> DACVAE:
-    """Build the (untrained) codec described by the ``key`` section of a config file."""
+def build_codec(config: str | os.PathLike, key: str = "dac_vae", trust_config: bool = False) -> DACVAE:
+    """Build the (untrained) codec described by the ``key`` section of a config file.
+
+    The whole file is checked against the allow-list first (``trust_config=True`` skips that).
+    """
     path = Path(config)
     if not path.is_file():
         raise CodecLoadError(f"codec config not found: {path}")
-    text = codec_config_text(path.read_text(encoding="utf-8"), key)
+    full = path.read_text(encoding="utf-8")
     try:
-        model = load_hyperpyyaml(io.StringIO(text))[key]
+        if not trust_config:
+            check_config_text(full, str(path))
+        text = codec_config_text(full, key)
+        model = build_config(text, trust=trust_config, source=str(path))[key]
+    except (UntrustedConfigError, CodecLoadError) as exc:
+        raise CodecLoadError(str(exc)) from None
     except Exception as exc:
         raise CodecLoadError(f"{path}: cannot build '{key}': {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, DACVAE):
@@ -109,12 +119,14 @@ def load_codec(
     device: str | torch.device = "cpu",
     key: str = "dac_vae",
     fold_weight_norm: bool = True,
+    trust_config: bool = False,
 ) -> DACVAE:
     """The trained codec for inference (eval mode, no discriminator; weight norm folded).
 
     Generator weights must match exactly (strict): a missing or unexpected key is an error.
+    ``trust_config`` builds a config outside the allow-list (see :mod:`dac_vae.safe_config`).
     """
-    model = build_codec(config, key)
+    model = build_codec(config, key, trust_config)
     model.discriminator = None
     state = {k: v for k, v in load_state_dict(checkpoint).items() if not k.startswith("discriminator.")}
     try:

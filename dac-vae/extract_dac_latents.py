@@ -160,7 +160,7 @@ def extract(args: argparse.Namespace) -> dict:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
-    model = load_codec(args.config, args.checkpoint, device)
+    model = load_codec(args.config, args.checkpoint, device, trust_config=args.trust_config)
     ckpt = checkpoint_id(args.checkpoint)
     suffix = latent_suffix(model.latent_ratio)
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=2, help="audio loading workers")
     parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda:0...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--trust_config", action="store_true",
+        help="build the config even if it names code outside the allow-list (only for a config you trust)",
+    )
     return parser
 
 

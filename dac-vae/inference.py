@@ -81,7 +81,7 @@ def _load_wavs(paths: list[Path], sample_rate: int, problems: list[str]) -> list
 def run(args: argparse.Namespace) -> tuple[int, float, float, list[str]]:
     """Execute one sub-command; returns (items written, audio seconds, wall seconds, problems)."""
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_codec(args.config, args.checkpoint, device)
+    model = load_codec(args.config, args.checkpoint, device, trust_config=args.trust_config)
     out_dir = Path(args.output_dir)
     problems: list[str] = []
     sr = model.sample_rate
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max_batch", type=int, default=64, help="most items per batch")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--trust_config", action="store_true",
+            help="build the config even if it names code outside the allow-list (only for a config you trust)",
+        )
     return parser
 
 

@@ -64,9 +64,11 @@ def _top_level_keys(text: str) -> set[str]:
 
 @contextlib.contextmanager
 def _config_file(checkpoint: Path, config: str | os.PathLike | None, what: str) -> Iterator[Path]:
-    """The config to rebuild ``checkpoint``'s model: the one given, ``config.yaml`` beside the
-    checkpoint (the trainer writes it into the model directory), or the copy stored inside it."""
-    from speech.trainer.checkpoint import read_config_text
+    """The config to rebuild ``checkpoint``'s model: the one given, else the one the trainer wrote
+    beside the checkpoint (``config.unresolved.yaml``, else ``config.yaml``), else the copy stored
+    inside it (its unresolved text when it has one). The unresolved text keeps ``!ref``, so a
+    top-level override (``latent_stats=null``) reaches every object that used the key."""
+    from speech.trainer.checkpoint import config_beside, read_config_text
 
     if config is not None:
         path = Path(config)
@@ -74,11 +76,11 @@ def _config_file(checkpoint: Path, config: str | os.PathLike | None, what: str) 
             raise InferenceError(f"{what} config not found: {path}")
         yield path
         return
-    beside = checkpoint.parent / "config.yaml"
-    if beside.is_file():
+    beside = config_beside(checkpoint.parent)
+    if beside is not None:
         yield beside
         return
-    text = read_config_text(checkpoint) if checkpoint.is_file() else None
+    text = read_config_text(checkpoint, unresolved=True) if checkpoint.is_file() else None
     if not text:
         raise InferenceError(
             f"{what} checkpoint {checkpoint} has no config.yaml beside it and none stored inside: give --{what}_config"
@@ -121,14 +123,18 @@ def load_model(
     config: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
     ema: bool = False,
+    trust_config: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model under ``key`` of a training config and load its trained weights (eval mode).
 
     ``overrides`` apply only to top-level keys the config defines (paths the training run needed,
     such as ``latent_stats``, are switched off: the checkpoint carries what they provided).
+    The config is built with the allow-list of :mod:`dac_vae.safe_config` unless ``trust_config``.
     Returns the model and the whole built config (for e.g. its ``text_tokenizer``).
     """
-    from speech.config import ConfigError, load_config
+    from dac_vae.safe_config import UntrustedConfigError
+
+    from speech.config import ConfigError, load_model_config
 
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
@@ -139,7 +145,9 @@ def load_model(
             raise InferenceError(f"{key} config {path} defines no '{key}:' model (is it another model's config?)")
         over = {k: v for k, v in (overrides or {}).items() if k in defined}
         try:
-            built = load_config(path, over)
+            built = load_model_config(path, over, trust_config=trust_config)
+        except UntrustedConfigError as exc:
+            raise InferenceError(f"{key} config {exc}") from None
         except ConfigError as exc:
             first = str(exc).splitlines()[0]
             hint = " (give --text_tokenizer)" if "TextTokenizerError" in first else ""
@@ -295,9 +303,13 @@ class Synthesizer:
         speech_tokenizer_type: str = "own",
         flow_ema: bool = False,
         device: str | torch.device = "cpu",
+        trust_config: bool = False,
         **kwargs: Any,
     ) -> "Synthesizer":
-        """Build every part from trained checkpoints; the configs default to the ones saved with them."""
+        """Build every part from trained checkpoints; the configs default to the ones saved with them.
+
+        Configs are built with an allow-list of classes (:mod:`dac_vae.safe_config`); ``trust_config``
+        lifts it, for configs the user trusts."""
         from dac_vae.checkpoint import CodecLoadError, load_codec
 
         from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
@@ -306,7 +318,7 @@ class Synthesizer:
         over = {}
         if text_tokenizer:
             over = {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}}
-        llm_model, llm_built = load_model(llm, "llm", llm_config, over)
+        llm_model, llm_built = load_model(llm, "llm", llm_config, over, trust_config=trust_config)
         if text_tokenizer:
             try:
                 tokenizer = load_text_tokenizer(text_tokenizer)
@@ -319,13 +331,13 @@ class Synthesizer:
         # The flow's statistics and speaker weights are in its checkpoint: the training-time files are not needed.
         # (the saved config has its references resolved, so the flow's own arguments are overridden too).
         unused = {"latent_stats": None, "speaker_checkpoint": None}
-        flow_model, _ = load_model(flow, "flow", flow_config, {**unused, "flow": unused}, flow_ema)
+        flow_model, _ = load_model(flow, "flow", flow_config, {**unused, "flow": unused}, flow_ema, trust_config)
         codec_path = Path(codec)
         if not codec_path.is_file():
             raise InferenceError(f"codec checkpoint not found: {codec_path}")
         with _config_file(codec_path, codec_config, "codec") as path:
             try:
-                codec_model = load_codec(path, codec_path)
+                codec_model = load_codec(path, codec_path, trust_config=trust_config)
             except CodecLoadError as exc:
                 raise InferenceError(f"codec: {exc}") from None
         speech_tok = None
@@ -333,7 +345,9 @@ class Synthesizer:
             from speech.tokenizer import SpeechTokenizerError, tokenizer_class
 
             try:
-                speech_tok = tokenizer_class(speech_tokenizer_type).from_checkpoint(speech_tokenizer, device=device)
+                backend = tokenizer_class(speech_tokenizer_type)
+                trust = {"trust_config": True} if trust_config else {}  # a module:Class backend may not know it
+                speech_tok = backend.from_checkpoint(speech_tokenizer, device=device, **trust)
             except (SpeechTokenizerError, FileNotFoundError, ValueError) as exc:
                 raise InferenceError(f"speech tokenizer: {exc}") from None
         return cls(llm_model, flow_model, codec_model, tokenizer, speech_tok, device=device, **kwargs)
@@ -541,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
     m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for --prompt_text (one-shot)")
     m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
+    m.add_argument("--trust_config", action="store_true",
+                   help="build the models' configs even if they name code outside the allow-list "
+                   "(only for configs you trust)")
     i = parser.add_argument_group("input / output (one utterance, or a list)")
     i.add_argument("--text", help="text to speak")
     i.add_argument("--prompt_wav", help="reference clip of the voice to clone")
@@ -617,6 +634,7 @@ def run_cli(args: argparse.Namespace) -> int:
         speech_tokenizer_type=args.speech_tokenizer_type,
         flow_ema=args.flow_ema,
         device=device,
+        trust_config=args.trust_config,
         min_prompt_seconds=args.min_prompt_seconds,
         max_prompt_seconds=args.max_prompt_seconds,
     )

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from speech.config import ConfigError, load_config, parse_overrides, resolve_config_text
+from dac_vae.safe_config import UntrustedConfigError
+
+from speech.config import (ConfigError, load_config, load_model_config, parse_overrides, resolve_config_text,
+                           unresolved_config_text)
 
 YAML = """
 sample_rate: 24000
@@ -63,3 +66,38 @@ def test_bad_overrides_fail_with_one_line(cfg: Path, bad: str):
 def test_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_unresolved_text_keeps_references_so_a_load_time_override_reaches_them(cfg: Path, tmp_path: Path):
+    """The trainer saves both texts; a top-level override at load time reaches the model only
+    through the unresolved one (the resolved one has the training-time value baked in)."""
+    resolved = tmp_path / "config.yaml"
+    resolved.write_text(resolve_config_text(cfg, ["train_conf.max_epoch=3"]))
+    unresolved = tmp_path / "config.unresolved.yaml"
+    unresolved.write_text(unresolved_config_text(cfg, ["train_conf.max_epoch=3"]))
+    assert "!ref <train_conf[max_epoch]>" in unresolved.read_text()
+    assert load_model_config(unresolved)["model"].out_features == 3  # the training-time override is kept
+    assert load_model_config(unresolved, ["train_conf.max_epoch=7"])["model"].out_features == 7
+    assert load_model_config(resolved, ["train_conf.max_epoch=7"])["model"].out_features == 3
+
+
+def test_unresolved_text_is_none_for_a_config_with_includes(tmp_path: Path):
+    (tmp_path / "part.yaml").write_text("a: 1\n")
+    main = tmp_path / "main.yaml"
+    main.write_text("part: !include:part.yaml\nb: 2\n")
+    assert unresolved_config_text(main, ["b=3"]) is None
+    with pytest.raises(ConfigError, match="does not match any key"):
+        unresolved_config_text(main, ["c=3"])
+
+
+def test_model_config_is_allow_listed_and_trust_lifts_it(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    marker = tmp_path / "marker"
+    model = "model: !new:torch.nn.Linear {in_features: 1, out_features: 1}\n"
+    path.write_text(model + f'x: !apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(UntrustedConfigError, match=r"refused '!apply:os.system' at key 'x'"):
+        load_model_config(path)
+    assert not marker.exists()
+    path.write_text(model + "x: !apply:os.path.join [a, b]\n")
+    assert load_model_config(path, trust_config=True)["x"] == "a/b"
+    assert load_config(path)["x"] == "a/b"  # the user's own config (train.py --config) loads as before

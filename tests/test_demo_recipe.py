@@ -63,13 +63,17 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
         assert info.samplerate == 24000 and info.frames == m["n_tokens"] * 960
     report = (exp / "report.md").read_text()
     for part in ("tiny CPU model", "recipes/libritts/run.sh", "Stage 1 LM", "Stage 2 flow", "WER", "SIM",
-                 "Real-time factor", "mel.png"):
+                 "Real-time factor", "mel.png", "Intelligibility", "WER real"):
         assert part in report, part
     assert "(missing" not in report, report
     assert (exp / "mel.png").stat().st_size > 0 and (exp / "losses.png").stat().st_size > 0
     for part, n in (("codec", len(SLICE["test"])), ("flow", len(SLICE["dev"])), ("tts", len(SLICE["heldout"]))):
-        summary = json.loads((exp / "eval" / part / "results.json").read_text())["systems"][0]["summary"]
+        payload = json.loads((exp / "eval" / part / "results.json").read_text())
+        summary = payload["systems"][0]["summary"]
         assert summary["n"] == n, (part, summary)
+        # every check is also heard on the real recordings of its sentences, by the same ASR
+        assert [s["name"] for s in payload["systems"]][0] == "reference" and "wer" in summary, part
+        assert payload["meta"]["asr"] in ("faster-whisper", "pocketsphinx"), payload["meta"]
     assert list((exp / "llm").glob("**/events.out.tfevents.*")), "TensorBoard logs of the LM"
 
     # Re-running a finished stage range is safe: extraction skips what exists, nothing is deleted.

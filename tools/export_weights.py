@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = load_weights(args.checkpoint, ema=args.ema)
         config = read_config_text(args.checkpoint)
+        unresolved = read_config_text(args.checkpoint, unresolved=True)
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"export_weights.py: error: {exc}\n")
         return 2
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     save_safetensors(state, args.out, {"source": str(args.checkpoint), "ema": str(args.ema), "step": str(step)})
     if config:
         atomic_write_text(args.out.with_suffix(".yaml"), config)
+    if unresolved and unresolved != config:
+        atomic_write_text(args.out.with_suffix(".unresolved.yaml"), unresolved)
     n = sum(t.numel() for t in state.values())
     print(f"exported {len(state)} tensors ({n / 1e6:.2f}M values{', EMA' if args.ema else ''}) "
           f"from {args.checkpoint} -> {args.out}")

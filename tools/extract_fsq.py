@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from dac_vae.safe_config import UntrustedConfigError
 from tqdm import tqdm
 
 from speech.audio import AudioError, load_audio
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_batch", type=int, default=64, help="most utterances per batch")
     parser.add_argument("--num_workers", type=int, default=2, help="audio reading processes")
     parser.add_argument("--device", help="default: cuda:LOCAL_RANK when available, else cpu")
+    parser.add_argument(
+        "--trust_config", action="store_true",
+        help="own: build the checkpoint's config even if it names code outside the allow-list (only one you trust)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -117,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: index not found: {missing[0]}")
     try:
         backend = tokenizer_class(args.tokenizer)
-        tokenizer = backend.from_checkpoint(args.checkpoint, args.config, device=device)
+        trust = {"trust_config": True} if args.trust_config else {}  # a module:Class backend may not know it
+        tokenizer = backend.from_checkpoint(args.checkpoint, args.config, device=device, **trust)
+    except UntrustedConfigError as exc:  # refused: one line, exit 2 like a usage error
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (SpeechTokenizerError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")
 

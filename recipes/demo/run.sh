@@ -20,6 +20,7 @@ stop_stage=12
 exp=exp/demo
 corpus=data
 nj=2                 # torch threads / loader workers
+asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
 fsq_steps=500        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
 codec_steps=200
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
@@ -121,20 +122,22 @@ fi
 
 if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples"; then
   require "$synth/list.jsonl" "synthesis"
+  # Every WER comes with the same ASR's WER on the real recordings of the same sentences (the
+  # "reference" row): what the judge itself gets wrong is not the model's fault.
   python tools/evaluate.py --ref_list "$synth/list.jsonl" --hyp_dir "$synth" --out_dir "$eval_dir/tts" \
-    --metrics wer,sim --no_progress
+    --metrics wer,sim --asr "$asr" --with_reference --no_progress
   # the codec alone: test-split wavs encoded and decoded
   python -m dac_vae.inference roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$eval_dir/codec/wavs" --quiet
   python tools/evaluate.py --ref_list "$data/test.jsonl" --hyp_dir "$eval_dir/codec/wavs" --out_dir "$eval_dir/codec" \
-    --metrics codec --no_progress
+    --metrics codec,wer --asr "$asr" --with_reference --no_progress
   # the flow alone: latents sampled from the dev split's true tokens vs the real latents, then decoded
   python -m speech.flow.evaluate --config "$flow_dir/config.yaml" --checkpoint "$flow_dir/final.pt" \
     --data "$index/dev/data.list" --out_dir "$eval_dir/flow" --device cpu
   python -m dac_vae.inference decode --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --inputs "$eval_dir/flow" --output_dir "$eval_dir/flow/wavs" --quiet
   python tools/evaluate.py --ref_list "$data/dev.jsonl" --hyp_dir "$eval_dir/flow/wavs" --out_dir "$eval_dir/flow" \
-    --metrics codec --no_progress
+    --metrics codec,wer --asr "$asr" --with_reference --no_progress
 fi
 
 if run_stage 12 "report"; then

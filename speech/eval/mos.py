@@ -1,7 +1,8 @@
 """DNSMOS (Reddy et al., ICASSP 2022): a non-intrusive MOS proxy, optional.
 
-The ONNX models ship inside the ``speechmos`` package and run with ``onnxruntime``; neither is a
-default dependency: ``pip install speechmos==0.0.1.1 onnxruntime``. Scores are on the 1..5 MOS scale:
+The ONNX models ship inside the ``speechmos`` package, not a default dependency, and run with
+``onnxruntime`` (installed by requirements.txt for faster-whisper): ``pip install speechmos==0.0.1.1
+onnxruntime``. Scores are on the 1..5 MOS scale:
 ``dnsmos_ovrl`` (overall), ``dnsmos_sig`` (speech), ``dnsmos_bak`` (background), ``dnsmos_p808``.
 """
 

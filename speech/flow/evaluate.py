@@ -3,6 +3,10 @@
     python -m speech.flow.evaluate --config configs/tiny/flow.yaml --checkpoint exp/flow_tiny/step_2000.pt \
         --data data/dev.list --out_dir exp/flow_tiny/eval [--ema] [--n_steps 10 --cfg_w 0.7 --solver euler]
 
+Without ``--config``, the config the trainer saved with the checkpoint is used (beside it, else
+inside it). Either way it is built with the allow-list of :mod:`dac_vae.safe_config` (``--trust_config``
+lifts it, for a config you trust); a refused config is one ``error:`` line, exit status 2.
+
 Prints the flow loss (eval mode, fixed seed) and compares per-dimension mean and std of the sampled
 latents with the real DAC-VAE latents of the same utterances. With ``--out_dir`` it also writes each
 sample as ``<utt>_latent{r}x.pt`` in the codec's latent file format (``mu [D, T]``, ``logs`` = -inf,
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -115,10 +121,27 @@ def evaluate_batches(
     return summary, samples
 
 
-def main(argv: list[str] | None = None) -> None:
+def _saved_config(checkpoint: Path, folder: Path) -> Path:
+    """The config the trainer saved with ``checkpoint``: beside it (unresolved text preferred), else
+    the text stored inside it, written into ``folder``."""
+    from speech.config import ConfigError
+    from speech.trainer.checkpoint import config_beside, read_config_text
+
+    beside = config_beside(checkpoint.parent)
+    if beside is not None:
+        return beside
+    text = read_config_text(checkpoint, unresolved=True) if checkpoint.is_file() else None
+    if not text:
+        raise ConfigError(f"{checkpoint} has no config.yaml beside it and none stored inside: give --config")
+    path = folder / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
     """CLI: build the model from its config, load trained weights, evaluate on a data list."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="the flow config the model was trained with")
+    parser.add_argument("--config", help="the flow config the model was trained with (default: the one saved with it)")
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint, averaged .pt or .safetensors")
     parser.add_argument("--data", required=True, help="data.list of the held-out set (tokens + latents)")
     parser.add_argument("--out_dir", help="write <utt>_latent{r}x.pt samples and summary.json here")
@@ -129,22 +152,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_batches", type=int)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--trust_config", action="store_true",
+                        help="build the config even if it names code outside the allow-list (only one you trust)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from dac_vae.safe_config import UntrustedConfigError
+
+    from speech.config import ConfigError, load_model_config
+
+    # Statistics and speaker weights come from the checkpoint, so their source files are not needed.
+    # A config saved with resolved references (config.yaml, older checkpoints) does not pass a top-level
+    # override on to the flow's own arguments: those are overridden too.
+    unused = ["latent_stats=null", "speaker_checkpoint=null", "flow.latent_stats=null", "flow.speaker_checkpoint=null"]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(args.config) if args.config else _saved_config(Path(args.checkpoint), Path(tmp))
+            config = load_model_config(path, list(args.overrides) + unused, trust_config=args.trust_config)
+    except (UntrustedConfigError, ConfigError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return _evaluate(args, config)
+
+
+def _evaluate(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from dac_vae.latents import latent_suffix, save_latent_file
     from tqdm import tqdm
 
-    from speech.config import load_config
     from speech.dataset.dataset import Dataset
     from speech.trainer.checkpoint import load_weights
     from speech.trainer.data import to_device
 
-    # Statistics and speaker weights come from the checkpoint, so their source files are not needed.
-    # A config saved by the trainer has its references resolved: the flow's own arguments are overridden too.
-    unused = ["latent_stats=null", "speaker_checkpoint=null", "flow.latent_stats=null", "flow.speaker_checkpoint=null"]
-    config = load_config(args.config, list(args.overrides) + unused)
     model: FlowModel = config["flow"]
     model.load_state_dict(load_weights(args.checkpoint, ema=args.ema), strict=True)
     model.to(args.device).eval()
@@ -181,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         f"std real {summary['real_std_avg']:.3f} / sampled {summary['sample_std_avg']:.3f} "
         f"(|diff| {summary['std_abs_diff']:.3f}, ratio {summary['std_ratio']:.3f}, corr {summary['std_corr']:.3f})"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

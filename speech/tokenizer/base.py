@@ -34,8 +34,12 @@ class SpeechTokenizer(ABC):
         checkpoint: str | os.PathLike,
         config: str | os.PathLike | Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        trust_config: bool = False,
     ) -> "SpeechTokenizer":
-        """Load weights from a local path; ``config`` is backend-specific (None = the backend default)."""
+        """Load weights from a local path; ``config`` is backend-specific (None = the backend default).
+
+        ``trust_config``: build a config that came with the weights even if it names code outside
+        the allow-list of :mod:`dac_vae.safe_config` (backends that build nothing ignore it)."""
 
     @abstractmethod
     def tokenize(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

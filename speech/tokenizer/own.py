@@ -4,13 +4,14 @@
 ``train.py --model fsq`` run (the one stored inside the checkpoint, ``config.yaml`` beside it, or
 one given explicitly) and loads its weights. Only the model's part of the config is built (the
 data pipeline, optimizer and scheduler are left out), so extraction needs none of them.
+The config is data that came with the weights: it is built with the allow-list of
+:mod:`dac_vae.safe_config` (checked before anything is imported) unless ``trust_config=True``.
 ``tokenize`` turns 1-D waveforms at :attr:`sample_rate` into 1-D int64 tensors of ids
 ``0 .. codebook_size - 1`` at 25 Hz, like the S3Tokenizer backend, so ``name_fsq.pt`` files from
 either are interchangeable.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -18,9 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
-from hyperpyyaml import load_hyperpyyaml
+from dac_vae.safe_config import UntrustedConfigError, build_config, resolve_config
 
-from speech.config import ConfigError, resolve_config_text
 from speech.tokenizer.base import SpeechTokenizer, SpeechTokenizerError
 from speech.tokenizer.model import FSQTokenizerModel
 
@@ -47,7 +47,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
         raise SpeechTokenizerError(f"cannot read FSQ tokenizer checkpoint {path}: {exc}") from None
     config = None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        config = obj.get("config") if isinstance(obj.get("config"), str) else None
+        # The unresolved text (references kept) when the trainer stored one, else the resolved one.
+        texts = [obj.get("config_unresolved"), obj.get("config")]
+        config = next((t for t in texts if isinstance(t, str)), None)
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SpeechTokenizerError(f"{path} holds neither a trainer checkpoint nor a state dict")
@@ -92,16 +94,20 @@ def model_config_text(text: str, model_key: str = "fsq") -> str:
 
 
 def _read_config(path: str | os.PathLike) -> str:
-    try:
-        return resolve_config_text(path)
-    except ConfigError as exc:
-        raise SpeechTokenizerError(str(exc)) from None
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechTokenizerError(f"config file not found: {path}")
+    return path.read_text(encoding="utf-8")
 
 
-def _build_model(config_text: str, model_key: str) -> FSQTokenizerModel:
+def _build_model(
+    config_text: str, model_key: str, trust_config: bool = False, source: str = "config"
+) -> FSQTokenizerModel:
     try:
-        model = load_hyperpyyaml(io.StringIO(model_config_text(config_text, model_key)))[model_key]
-    except SpeechTokenizerError:
+        # The whole text is checked (nothing imported) before any of it is resolved or built.
+        resolved = resolve_config(config_text, trust=trust_config, source=source)
+        model = build_config(model_config_text(resolved, model_key), trust=trust_config, source=source)[model_key]
+    except (SpeechTokenizerError, UntrustedConfigError):
         raise
     except Exception as exc:
         message = f"cannot build the FSQ tokenizer from its config: {type(exc).__name__}: {exc}"
@@ -133,12 +139,15 @@ class OwnFSQTokenizer(SpeechTokenizer):
         config: str | os.PathLike | Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
         model_key: str = "fsq",
+        trust_config: bool = False,
     ) -> "OwnFSQTokenizer":
         """Rebuild the model and load ``checkpoint``'s weights.
 
         ``config``: the training YAML (model under ``model_key``), a mapping of
         :class:`FSQTokenizerModel` arguments, or None for the config stored in the checkpoint
-        (else ``config.yaml`` beside it, as ``train.py`` writes).
+        (else ``config.unresolved.yaml`` / ``config.yaml`` beside it, as ``train.py`` writes).
+        Built with the allow-list of :mod:`dac_vae.safe_config` unless ``trust_config``: a refused
+        config raises :class:`~dac_vae.safe_config.UntrustedConfigError` (a ``ValueError``).
         """
         checkpoint = Path(checkpoint)
         state, stored = load_checkpoint(checkpoint)
@@ -149,15 +158,20 @@ class OwnFSQTokenizer(SpeechTokenizer):
                 raise SpeechTokenizerError(f"bad FSQ tokenizer arguments: {exc}") from None
         else:
             if config is not None:
-                text = _read_config(config)
+                text, source = _read_config(config), str(config)
             elif stored is not None:
-                text = stored
+                text, source = stored, f"config stored in {checkpoint}"
             else:
-                beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.yaml"
-                if not beside.is_file():
-                    raise SpeechTokenizerError(f"{checkpoint} stores no config and there is no {beside}; pass --config")
-                text = _read_config(beside)
-            model = _build_model(text, model_key)
+                from speech.trainer.checkpoint import config_beside
+
+                folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+                beside = config_beside(folder)
+                if beside is None:
+                    raise SpeechTokenizerError(
+                        f"{checkpoint} stores no config and there is no {folder / 'config.yaml'}; pass --config"
+                    )
+                text, source = _read_config(beside), str(beside)
+            model = _build_model(text, model_key, trust_config, source)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches: keep the first line of PyTorch's report

@@ -75,8 +75,10 @@ class S3Tokenizer(SpeechTokenizer):
         checkpoint: str | os.PathLike,
         config: str | os.PathLike | Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        trust_config: bool = False,
     ) -> "S3Tokenizer":
-        """Load ``.onnx`` or ``.pt`` weights; ``config`` optionally overrides ``ModelConfig`` fields."""
+        """Load ``.onnx`` or ``.pt`` weights; ``config`` optionally overrides ``ModelConfig`` fields
+        (plain YAML values, read with ``yaml.safe_load``: nothing to trust, ``trust_config`` is unused)."""
         path = Path(checkpoint)
         if not path.is_file():
             raise SpeechTokenizerError(

@@ -2,7 +2,9 @@
 
 Layout of ``model_dir`` (``S`` = optimizer step, zero-padded to 9 digits so names sort):
 
-    config.yaml             resolved config text (also stored inside every checkpoint)
+    config.yaml             resolved config text (also stored inside every checkpoint, key "config")
+    config.unresolved.yaml  the same with overrides applied but ``!ref`` kept (key "config_unresolved"),
+                            so a top-level override at load time reaches every object that used it
     step_S.pt               torch engine: model, optimizers, schedulers, scaler, EMA, trainer state
     step_S/                 DeepSpeed engine: DeepSpeed's shard files + model.pt + trainer.pt
     step_S.yaml             metrics beside each checkpoint: step, epoch, CV and train losses
@@ -42,12 +44,15 @@ __all__ = [
     "resolve_checkpoint", "prune_checkpoints", "clean_temp_files", "recover_rotations", "cv_score",
     "write_metrics", "read_metrics",
     "load_weights", "load_pretrained", "average_state_dicts", "save_safetensors", "read_config_text",
+    "config_beside", "CONFIG_FILE", "UNRESOLVED_CONFIG_FILE",
 ]
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d+)(\.pt)?$")
 TMP_PREFIX = "."  # temporary files and folders are hidden: `.step_S.pt.tmp-PID`
+CONFIG_FILE = "config.yaml"  # resolved config text beside the checkpoints
+UNRESOLVED_CONFIG_FILE = "config.unresolved.yaml"  # overrides applied, references kept
 
 
 @dataclass(frozen=True)
@@ -319,13 +324,28 @@ def load_weights(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.
     raise ValueError(f"{path} holds neither a checkpoint nor a state dict")
 
 
-def read_config_text(path: str | os.PathLike) -> str | None:
-    """The resolved config text stored inside a checkpoint, if any."""
+def read_config_text(path: str | os.PathLike, unresolved: bool = False) -> str | None:
+    """The resolved config text stored inside a checkpoint, if any; ``unresolved=True`` prefers
+    the unresolved text (references kept) when the checkpoint has it (older ones do not)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return None
     obj = torch.load(_weights_file(path), map_location="cpu", weights_only=True)
-    return obj.get("config") if isinstance(obj, Mapping) else None
+    if not isinstance(obj, Mapping):
+        return None
+    if unresolved and isinstance(obj.get("config_unresolved"), str):
+        return obj["config_unresolved"]
+    return obj.get("config")
+
+
+def config_beside(folder: str | os.PathLike) -> Path | None:
+    """The config file the trainer wrote into ``folder`` (the checkpoint's model_dir):
+    ``config.unresolved.yaml`` when there is one, else ``config.yaml``, else None."""
+    folder = Path(folder)
+    for name in (UNRESOLVED_CONFIG_FILE, CONFIG_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def load_pretrained(module: nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:

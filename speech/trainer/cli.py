@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from speech.config import ConfigError, parse_overrides, resolve_config_text
+from speech.config import ConfigError, parse_overrides, resolve_config_text, unresolved_config_text
 from speech.dataset import DataListError, read_data_list
 
 from .options import TrainConf
@@ -81,6 +81,7 @@ class Setup:
     config_text: str
     train_conf: TrainConf
     ds_config: dict[str, Any] | None
+    config_unresolved: str | None = None  # overrides applied, !ref kept (None: the file uses !include:)
 
 
 def _top_level(text: str, where: Path) -> dict[str, str]:
@@ -112,8 +113,10 @@ def check_setup(args: argparse.Namespace) -> Setup:
             log.warning("--qwen_pretrain_path given but %s has no top-level qwen_pretrain_path key: ignored", config)
     overrides, extra_train_conf = _split_train_conf_overrides(config, overrides)
     text = resolve_config_text(config, overrides)
+    unresolved = unresolved_config_text(config, overrides)
     if extra_train_conf:
         text = _add_train_conf(text, extra_train_conf)
+        unresolved = _add_train_conf(unresolved, extra_train_conf) if unresolved is not None else None
     sections = _top_level(text, config)
     if args.model not in sections:
         models = [k for k, tag in sections.items() if tag.startswith("!new:")]
@@ -139,7 +142,7 @@ def check_setup(args: argparse.Namespace) -> Setup:
         ds_config = prepare_deepspeed_config(args.deepspeed_config, train_conf)
     elif args.deepspeed_config:
         log.warning("--deepspeed_config is ignored with --train_engine torch_ddp")
-    return Setup(args, overrides, text, train_conf, ds_config)
+    return Setup(args, overrides, text, train_conf, ds_config, unresolved)
 
 
 def _split_train_conf_overrides(config: Path, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -224,7 +227,8 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
     from speech.dataset import Dataset
     from speech.dataset.processors import check_length_bound
 
-    from .checkpoint import atomic_write_text, clean_temp_files, load_pretrained, recover_rotations, resolve_checkpoint
+    from .checkpoint import (UNRESOLVED_CONFIG_FILE, atomic_write_text, clean_temp_files, load_pretrained,
+                             recover_rotations, resolve_checkpoint)
     from .data import LoaderConf, attach_skip_counts
     from .distributed import barrier, init_distributed
     from .ema import EMA
@@ -302,7 +306,8 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
                                    "amp": args.amp_dtype if args.use_amp else "off",
                                    "train_conf": dataclasses.asdict(conf)})
         trainer = Trainer(engine, train_set, cv_set, LoaderConf(args.num_workers, args.prefetch, args.pin_memory),
-                          conf, info, model_dir, logger, config_text=setup.config_text, ema=ema)
+                          conf, info, model_dir, logger, config_text=setup.config_text, ema=ema,
+                          config_unresolved=setup.config_unresolved)
         if checkpoint is not None:
             try:
                 trainer.resume(checkpoint)
@@ -310,6 +315,10 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
                 raise SetupError(f"cannot resume from {checkpoint}: {exc}") from None
         if info.is_main:
             atomic_write_text(model_dir / "config.yaml", setup.config_text)
+            if setup.config_unresolved is not None:
+                atomic_write_text(model_dir / UNRESOLVED_CONFIG_FILE, setup.config_unresolved)
+            else:  # a stale one from an earlier run would be preferred by the loaders
+                (model_dir / UNRESOLVED_CONFIG_FILE).unlink(missing_ok=True)
         with logging_redirect_tqdm():
             trainer.fit()
         return trainer

@@ -346,7 +346,8 @@ class DeepSpeedEngine(Engine):
         if self.info.is_main:
             extra = dict(extra)
             atomic_torch_save({"format": CHECKPOINT_FORMAT, "model": self.module.state_dict(),
-                               "ema": extra.pop("ema", None), "config": extra.get("config")}, tmp / "model.pt")
+                               "ema": extra.pop("ema", None), "config": extra.get("config"),
+                               "config_unresolved": extra.get("config_unresolved")}, tmp / "model.pt")
             atomic_torch_save({"format": CHECKPOINT_FORMAT,
                                "schedulers": {g: s.state_dict() for g, s in self.schedulers.items()},
                                "skipped_steps": self._skipped, **extra}, tmp / "trainer.pt")

@@ -83,11 +83,12 @@ class Trainer:
 
     def __init__(self, engine: Engine, train_set: Any, cv_set: Any | None, loader: LoaderConf, conf: TrainConf,
                  info: DistInfo, model_dir: str | Path, logger: RunLogger, config_text: str = "",
-                 ema: EMA | None = None):
+                 ema: EMA | None = None, config_unresolved: str | None = None):
         self.engine, self.train_set, self.cv_set = engine, train_set, cv_set
         self.loader, self.conf, self.info = loader, conf, info
         self.model_dir = Path(model_dir)
         self.logger, self.config_text, self.ema = logger, config_text, ema
+        self.config_unresolved = config_unresolved
         self.pin_memory = loader.pin_memory and info.device.type == "cuda"
         self.step = 0
         self.epoch = 0
@@ -380,7 +381,7 @@ class Trainer:
                          "world_size": self.info.world_size, "num_workers": self.loader.num_workers,
                          "seed": self.conf.seed, "rng": rngs}
         extra = {"config": self.config_text, "ema": self.ema.state_dict() if self.ema is not None else None,
-                 "trainer": trainer_state}
+                 "trainer": trainer_state, "config_unresolved": self.config_unresolved}
         path = self.model_dir / checkpoint_name(self.step, directory=self.engine.checkpoint_is_dir)
         faults.point("save:begin")
         self.engine.save(path, extra)

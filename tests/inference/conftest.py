@@ -1,7 +1,8 @@
 """Tiny LM, flow, codec (2x and 3x) and FSQ-tokenizer checkpoints for the inference tests.
 
-Built from the shipped tiny configs and saved exactly as the trainer saves them (``config.yaml``
-beside a ``{"model": ..., "config": ...}`` file), so loading goes through the real code path.
+Built from the shipped tiny configs and saved exactly as the trainer saves them (``config.yaml`` and
+``config.unresolved.yaml`` beside a ``{"model": ..., "config": ..., "config_unresolved": ...}`` file),
+so loading goes through the real code path.
 Weights are random but fixed: the tests check shapes, lengths, determinism and error handling, not
 quality (the demo recipe test trains them).
 """
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from speech.audio import load_audio, save_audio
-from speech.config import load_config, resolve_config_text
+from speech.config import load_config, resolve_config_text, unresolved_config_text
 from speech.text.bpe import train_bpe
 from speech.trainer.checkpoint import atomic_torch_save
 
@@ -31,15 +32,19 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def save_like_trainer(model_dir: Path, config: Path, key: str, overrides: dict) -> Path:
-    """Build ``key`` from ``config`` (+ overrides) and save it as a trainer checkpoint with its config."""
+def save_like_trainer(model_dir: Path, config: Path, key: str, overrides: dict, unresolved: bool = True) -> Path:
+    """Build ``key`` from ``config`` (+ overrides) and save it as a trainer checkpoint with its config
+    (``unresolved=False``: as older trainers did, the resolved text only)."""
     text = resolve_config_text(config, overrides)
+    raw = unresolved_config_text(config, overrides) if unresolved else None
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(text, encoding="utf-8")
+    if raw is not None:
+        (model_dir / "config.unresolved.yaml").write_text(raw, encoding="utf-8")
     torch.manual_seed(0)
     model = load_config(model_dir / "config.yaml")[key]
     path = model_dir / "step_1.pt"
-    atomic_torch_save({"model": model.state_dict(), "config": text, "step": 1}, path)
+    atomic_torch_save({"model": model.state_dict(), "config": text, "config_unresolved": raw, "step": 1}, path)
     return path
 
 
