@@ -177,3 +177,24 @@ def test_one_step_is_one_evaluation_and_matches_the_formula():
     torch.testing.assert_close(x, noise + 2.0)  # x_1 = x_0 + (1 - 0)·u: towards data with a plus sign
     assert mf.nfe(1) == 1 and mf.nfe(4) == 4 and mf.nfe(1, cfg_w=0.5) == 2
     assert FlowMatching().nfe(10, 0.7) == 20 and FlowMatching().nfe(10, 0.0, "midpoint") == 20
+
+
+def test_fine_tune_from_a_cfm_checkpoint_starts_from_the_cfm_field(tmp_path):
+    from speech.trainer.checkpoint import load_pretrained
+
+    torch.manual_seed(0)
+    cfm = load_flow_config("tiny/flow.yaml")["flow"].eval()
+    torch.save(cfm.state_dict(), tmp_path / "cfm.pt")
+    mf = _mf_model(time_scale=1000.0).eval()  # the CFM's time embedding scale
+    missing, unexpected = load_pretrained(mf, tmp_path / "cfm.pt")
+    assert not unexpected and missing and all(k.startswith("estimator.interval_mlp.") for k in missing)
+    b = _batch(mf)
+    # Before any MeanFlow step, u(z, r, t) is the CFM velocity at t: N MeanFlow steps == N linear Euler steps.
+    mu, mask = cfm.encoder(b["speech_token"], b["speech_token_len"])
+    noise = torch.randn_like(mu) * mask[:, None, :]
+    spk = cfm.speaker_condition(None, b["ref_audio"], b["ref_audio_len"])
+    conds = {"mu": mu, "spk": spk, "cond": torch.zeros_like(mu)}
+    with torch.no_grad():
+        a = mf.matching.sample(mf.estimator, noise, mask, conds, n_steps=4)
+        c = cfm.matching.sample(cfm.estimator, noise, mask, conds, n_steps=4, cfg_w=0.0, schedule="linear")
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)
