@@ -7,8 +7,10 @@ excluded from the loss; conditions are dropped together for classifier-free guid
 :class:`~speech.flow.matching.FlowMatching`.
 
 Inference (``sample``): the same conditions, seeded fixed noise (frame ``j``'s noise depends only on
-the seed and ``j``, so batching, padding and streaming never change it), an ODE solve with guidance,
-then the statistics are undone: the result is in the DAC-VAE's raw ``mu`` space.
+the seed and ``j``, so batching, padding and streaming never change it), an ODE solve with guidance
+(``matching: FlowMatching``) or 1..N average-velocity steps with the guidance trained in
+(``matching: MeanFlow``, whose estimator takes a second time), then the statistics are undone: the
+result is in the DAC-VAE's raw ``mu`` space.
 """
 
 from __future__ import annotations
