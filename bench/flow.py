@@ -225,7 +225,7 @@ def main() -> None:
         f"peak fp32 {peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s"
     )
     header = (
-        f"{'config':<10} {'dtype':<5} {'params':>7} {'est':>6} {'step s':>7} {'frames/s':>9} {'GFLOP':>7} "
+        f"{'config':<12} {'dtype':<5} {'params':>7} {'est':>6} {'step s':>7} {'frames/s':>9} {'GFLOP':>7} "
         f"{'GFLOP/s':>8} {'util':>6} {'RSS MB':>7} {'enc ms':>7} {'NFE ms':>7} {'10-step s':>9} {'RTF':>6} {'load':>5}"
     )
     print(header)
@@ -237,7 +237,7 @@ def main() -> None:
                 r = pool.submit(run_one, name, dtype, args, objective).result()
             util = r["gflops"] / peaks[dtype]
             print(
-                f"{name:<10} {dtype:<5} {r['params_m']:6.1f}M {r['est_params_m']:5.1f}M {r['step_s']:7.3f} "
+                f"{r['name']:<12} {dtype:<5} {r['params_m']:6.1f}M {r['est_params_m']:5.1f}M {r['step_s']:7.3f} "
                 f"{r['frames_per_s']:9.0f} {r['gflop']:7.1f} {r['gflops']:8.1f} {util:6.1%} {r['rss_mb']:7.0f} "
                 f"{r['enc_ms']:7.1f} {r['nfe_ms']:7.1f} {r['solve_s']:9.2f} {r['rtf']:6.3f} {r['load']:5.1f}",
                 flush=True,
