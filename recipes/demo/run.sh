@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: the whole system trained and run on the embedded corpus (data/) with tiny configs, on CPU.
 #
-#   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2]
+#   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2] [--flow_objective cfm|meanflow]
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
 #   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
@@ -27,6 +27,7 @@ codec_config=configs/tiny/dac_vae_frame.yaml   # or configs/tiny/dac_vae.yaml (D
 known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=360
+flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
 . recipes/lib.sh
 parse_options "$@"
 
@@ -109,7 +110,9 @@ fi
 
 if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
   require "$index/train/data.list" "training index"
-  train --model flow --config configs/tiny/flow.yaml --model_dir "$flow_dir" \
+  case "$flow_objective" in cfm) flow_config=configs/tiny/flow.yaml ;; meanflow) flow_config=configs/tiny/flow_meanflow.yaml ;;
+    *) echo "$0: --flow_objective must be cfm or meanflow" >&2; exit 2 ;; esac
+  train --model flow --config "$flow_config" --model_dir "$flow_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
     latent_stats="$latents/latent2x_stats.json" train_conf.max_steps=$flow_steps train_conf.max_epoch=1000
 fi
