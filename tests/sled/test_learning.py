@@ -48,7 +48,7 @@ def _corpus(corpus_dir, split: str, n: int, codec):
 def test_tiny_sled_learns_corpus_latents(corpus_dir, repo_root, tmp_path):
     torch.manual_seed(0)
     codec = load_config(repo_root / "configs/tiny/dac_vae.yaml")["dac_vae"].eval()
-    train = _corpus(corpus_dir, "train", 16, codec)
+    train = _corpus(corpus_dir, "train", 12, codec)
     dev = _corpus(corpus_dir, "dev", 4, codec)
     mask = torch.arange(train["latent"].shape[-1]) < train["latent_len"][:, None]
     frames = train["latent"].transpose(1, 2)[mask]
@@ -83,7 +83,7 @@ def test_tiny_sled_learns_corpus_latents(corpus_dir, repo_root, tmp_path):
 
     before = evaluate()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(80):
+    for _ in range(60):
         loss = model(train)["loss"]
         opt.zero_grad()
         loss.backward()
