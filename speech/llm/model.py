@@ -122,7 +122,7 @@ def decode_positions(
     cache: DynamicCache | None,
     padded: bool,
 ) -> torch.Tensor:
-    """Run a Qwen2 decoder stack on new positions ``inputs [B, Q, H]``; return the last position's hidden state ``[B, H]``.
+    """Run a Qwen2 decoder stack on new positions ``inputs [B, Q, H]``; return the last one's hidden state ``[B, H]``.
 
     ``kv_valid [B, K]`` marks real (non-left-padding) keys of the whole sequence so far. A padded
     query attends only to itself, so no row of the attention is empty.

@@ -147,4 +147,5 @@ class SledSynthesizer(Synthesizer):
         with timer("codec", dev):
             audio = self.codec.decode(latent.to(dev), latent_len).float().cpu()
         hop = self.codec.hop
-        return [Synthesis(u.utt, audio[i, : n * hop].clone(), n) for i, (u, n) in enumerate(zip(batch, latent_len.tolist()))]
+        frames = latent_len.tolist()
+        return [Synthesis(u.utt, audio[i, : n * hop].clone(), n) for i, (u, n) in enumerate(zip(batch, frames))]

@@ -17,7 +17,7 @@ __all__ = ["energy_distance", "frame_energy_distance"]
 
 
 def frame_energy_distance(s1: torch.Tensor, s2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-frame ``‖s1 − y‖ + ‖s2 − y‖ − ‖s1 − s2‖`` over the last axis: ``[..., D]`` -> ``[...]`` (fp32)."""
+    """Per-frame ``‖s1 − y‖ + ‖s2 − y‖ − ‖s1 − s2‖`` over the last axis: ``[..., D]`` -> ``[...]``, fp32."""
     s1, s2, y = s1.float(), s2.float(), y.float()
     norm = torch.linalg.vector_norm
     return norm(s1 - y, dim=-1) + norm(s2 - y, dim=-1) - norm(s1 - s2, dim=-1)
