@@ -69,3 +69,16 @@ def test_sled_and_two_stage_flags_exclude_each_other(system):
         main(_args(system) + ["--llm", "x.pt", "--text", "a", "--prompt_wav", "p.wav", "--out", "o.wav"])
     with pytest.raises(SystemExit):
         main(["--codec", "c.pt", "--text", "a", "--prompt_wav", "p.wav", "--out", "o.wav"])
+
+
+def test_the_flow_path_still_refuses_a_codec_below_the_token_rate(repo_root):
+    from types import SimpleNamespace
+
+    from speech.config import load_config
+    from speech.inference import InferenceError, check_compatible
+
+    codec = load_config(repo_root / "configs/tiny/dac_vae_12hz.yaml")["dac_vae"]
+    assert codec.latent_ratio == 0.5
+    flow = SimpleNamespace(latent_dim=80, ratio=2)
+    with pytest.raises(InferenceError, match="use a flow trained on this codec's latents"):
+        check_compatible(None, flow, codec)
