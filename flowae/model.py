@@ -211,7 +211,8 @@ class FlowAE(nn.Module):
         kwargs: dict[str, Any] = {}
         stats = {}
         if self.noise_sync_prob > 0 and self.training:
-            t = self.objective.time_sampler(z.shape[0], z.device)
+            sampler = getattr(self.objective, "time_sampler", None)  # an objective without one: uniform t
+            t = sampler(z.shape[0], z.device) if sampler is not None else torch.rand(z.shape[0], device=z.device)
             z, t, tau = self.noise_sync(z, t)
             z = apply_mask(z, mask[:, None, :: self.frames_per_latent])
             kwargs["t"] = t

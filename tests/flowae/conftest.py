@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs/tiny/flowae.yaml"
 HOPS = {  # hop: overrides of the tiny config (hop 480 is the file as is)
     480: {},
-    320: {"strides": [8, 5, 8], "frame_hop": 320, "latent_dim": 64},
+    320: {"strides": [8, 5, 8], "frame_hop": 320, "latent_dim": 64},  # = configs/tiny/flowae_3x.yaml
 }
 
 

@@ -122,3 +122,12 @@ def test_media_has_audio_and_mel():
     items = model.media({"audio": speech_like(4800)[None], "audio_len": torch.tensor([4800])})
     assert set(items) == {"audio/input", "audio/reconstruction", "image/mel"}
     assert items["audio/reconstruction"][0].shape == (4800,)
+
+
+def test_the_3x_config_builds_the_hop_320_codec():
+    from flowae.checkpoint import build_flowae
+
+    from .conftest import REPO
+
+    model = build_flowae(REPO / "configs/tiny/flowae_3x.yaml")
+    assert (model.hop, model.latent_dim, model.latent_ratio, model.spec.channels) == (320, 64, 3, 1282)
