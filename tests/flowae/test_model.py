@@ -131,3 +131,16 @@ def test_the_3x_config_builds_the_hop_320_codec():
 
     model = build_flowae(REPO / "configs/tiny/flowae_3x.yaml")
     assert (model.hop, model.latent_dim, model.latent_ratio, model.spec.channels) == (320, 64, 3, 1282)
+
+
+def test_codec_key_names_the_section_a_config_holds(tmp_path):
+    from flowae.checkpoint import CodecLoadError, codec_key
+
+    from .conftest import REPO
+
+    assert codec_key(REPO / "configs/tiny/dac_vae.yaml") == "dac_vae"
+    assert codec_key(REPO / "configs/tiny/flowae.yaml") == "flowae"
+    neither = tmp_path / "x.yaml"
+    neither.write_text("llm: 1\n")
+    with pytest.raises(CodecLoadError, match="exactly one of dac_vae, flowae"):
+        codec_key(neither)
