@@ -34,7 +34,9 @@ def codec_key(config: str | os.PathLike) -> str:
     keys = [k.value for k, _ in root.value] if isinstance(root, yaml.MappingNode) else []
     found = [k for k in CODEC_KEYS if k in keys]
     if len(found) != 1:
-        raise CodecLoadError(f"{path}: needs exactly one of {', '.join(CODEC_KEYS)} (top-level keys: {', '.join(keys)})")
+        raise CodecLoadError(
+            f"{path}: needs exactly one of {', '.join(CODEC_KEYS)} (top-level keys: {', '.join(keys)})"
+        )
     return found[0]
 
 

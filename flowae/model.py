@@ -264,9 +264,3 @@ def _check_estimator(estimator: nn.Module, data_channels: int, latent_dim: int) 
             f"[x, latent] = {data_channels} + {latent_dim} channels (2F for n_fft {2 * (data_channels // 2 - 1)})"
         )
 
-
-def estimator_channels(hop: int, frames_per_latent: int = 1, n_fft: int | None = None) -> int:
-    """``2F``: the renderer's data channels for a hop (what the config's estimator ``in_channels`` must be)."""
-    frame_hop = hop // frames_per_latent
-    return 2 * (int(n_fft or 4 * frame_hop) // 2 + 1)
-

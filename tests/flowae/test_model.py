@@ -19,8 +19,8 @@ from .conftest import build
 def test_encode_render_shapes_for_any_length(hop):
     model = build(hop).eval()
     lengths = torch.tensor([hop * 7 + 13, hop * 3 + 1])  # neither a multiple of the hop
-    audio = torch.stack([speech_like(int(lengths[0]), seed=1), torch.nn.functional.pad(speech_like(int(lengths[1])),
-                                                                                        (0, int(lengths[0] - lengths[1])))])
+    short = torch.nn.functional.pad(speech_like(int(lengths[1])), (0, int(lengths[0] - lengths[1])))
+    audio = torch.stack([speech_like(int(lengths[0]), seed=1), short])
     mu, logs, latent_len = model.encode(audio, lengths)
     assert model.hop == hop and model.latent_ratio == 24000 // hop // 25
     assert mu.shape == (2, model.latent_dim, 8) and logs.shape == mu.shape

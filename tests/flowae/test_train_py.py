@@ -30,14 +30,17 @@ def _corpus_list(tmp_path: Path, n: int) -> Path:
     return tmp_path / "train.list"
 
 
-def _train(tmp_path: Path, model_dir: Path, launcher: tuple[str, ...] = (), cv: bool = True) -> subprocess.CompletedProcess:
+def _train(
+    tmp_path: Path, model_dir: Path, launcher: tuple[str, ...] = (), cv: bool = True
+) -> subprocess.CompletedProcess:
     init = tmp_path / "init.pt"
     if not init.exists():
         torch.manual_seed(0)
         torch.save(build_flowae(TINY).state_dict(), init)
     data = str(_corpus_list(tmp_path, 2))
     cmd = [*(launcher or (sys.executable,)), str(REPO / "train.py"), "--model", "flowae", "--config", str(TINY),
-           "--train_data", data, *(("--cv_data", data) if cv else ()), "--model_dir", str(model_dir), "--comet_disabled",
+           "--train_data", data, *(("--cv_data", data) if cv else ()), "--model_dir", str(model_dir),
+           "--comet_disabled",
            "--num_workers", "0", "--pretrained_model", str(init), "train_conf.max_steps=1",
            "train_conf.save_per_step=1", "train_conf.log_interval=1", "crop_seconds=0.3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
