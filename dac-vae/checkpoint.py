@@ -61,10 +61,13 @@ def codec_config_text(text: str, key: str = "dac_vae") -> str:
     return yaml.serialize(yaml.MappingNode(root.tag, kept))
 
 
-def build_codec(config: str | os.PathLike, key: str = "dac_vae", trust_config: bool = False) -> DACVAE:
+def build_codec(
+    config: str | os.PathLike, key: str = "dac_vae", trust_config: bool = False, kind: type = DACVAE
+) -> DACVAE:
     """Build the (untrained) codec described by the ``key`` section of a config file.
 
     The whole file is checked against the allow-list first (``trust_config=True`` skips that).
+    ``kind`` is the class the section must build (another codec with the same interface: flowae).
     """
     path = Path(config)
     if not path.is_file():
@@ -79,8 +82,8 @@ def build_codec(config: str | os.PathLike, key: str = "dac_vae", trust_config: b
         raise CodecLoadError(str(exc)) from None
     except Exception as exc:
         raise CodecLoadError(f"{path}: cannot build '{key}': {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, DACVAE):
-        raise CodecLoadError(f"{path}: '{key}' builds {type(model).__name__}, not dac_vae.model.DACVAE")
+    if not isinstance(model, kind):
+        raise CodecLoadError(f"{path}: '{key}' builds {type(model).__name__}, not {kind.__module__}.{kind.__name__}")
     return model
 
 
@@ -120,13 +123,14 @@ def load_codec(
     key: str = "dac_vae",
     fold_weight_norm: bool = True,
     trust_config: bool = False,
+    kind: type = DACVAE,
 ) -> DACVAE:
     """The trained codec for inference (eval mode, no discriminator; weight norm folded).
 
     Generator weights must match exactly (strict): a missing or unexpected key is an error.
     ``trust_config`` builds a config outside the allow-list (see :mod:`dac_vae.safe_config`).
     """
-    model = build_codec(config, key, trust_config)
+    model = build_codec(config, key, trust_config, kind)
     model.discriminator = None
     state = {k: v for k, v in load_state_dict(checkpoint).items() if not k.startswith("discriminator.")}
     try:

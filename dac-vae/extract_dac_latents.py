@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -37,6 +37,7 @@ from dac_vae.audio import AudioLoadError, audio_duration, load_wav
 from dac_vae.checkpoint import CodecLoadError, checkpoint_id, load_codec
 from dac_vae.latents import (
     LatentStats,
+    codec_tag,
     latent_suffix,
     length_batches,
     load_latent_file,
@@ -147,8 +148,10 @@ def encode_padded(
     return [(mu[i, :, :t], logs[i, :, :t]) for i, t in enumerate(latent_len.cpu().tolist())]
 
 
-def extract(args: argparse.Namespace) -> dict:
-    """Run the extraction for this rank; returns the summary counts."""
+def extract(args: argparse.Namespace, loader: Callable[..., DACVAE] = load_codec) -> dict:
+    """Run the extraction for this rank; returns the summary counts.
+
+    ``loader(config, checkpoint, device, trust_config=)`` builds the codec (flowae passes its own)."""
     rank, world, local_rank = _dist_env()
     if args.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -160,9 +163,9 @@ def extract(args: argparse.Namespace) -> dict:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
-    model = load_codec(args.config, args.checkpoint, device, trust_config=args.trust_config)
+    model = loader(args.config, args.checkpoint, device, trust_config=args.trust_config)
     ckpt = checkpoint_id(args.checkpoint)
-    suffix = latent_suffix(model.latent_ratio)
+    suffix = latent_suffix(codec_tag(model))
     output_dir = Path(args.output_dir) if args.output_dir else None
     problems: list[str] = []
     utts = list_utterances(args.inputs, suffix, output_dir, problems)
@@ -224,7 +227,7 @@ def extract(args: argparse.Namespace) -> dict:
 
     if world > 1:
         stats.all_reduce()  # every rank's utterances count in the one statistics file
-    stats_path = Path(args.stats) if args.stats else _default_stats_path(args, output_dir, model.latent_ratio)
+    stats_path = Path(args.stats) if args.stats else _default_stats_path(args, output_dir, codec_tag(model))
     if rank == 0:
         if stats.n_utts:
             stats.write(stats_path, sr, model.hop, ckpt)
@@ -240,7 +243,7 @@ def extract(args: argparse.Namespace) -> dict:
     return counts
 
 
-def _default_stats_path(args: argparse.Namespace, output_dir: Path | None, ratio: int) -> Path:
+def _default_stats_path(args: argparse.Namespace, output_dir: Path | None, ratio: int | str) -> Path:
     if output_dir is not None:
         return output_dir / stats_filename(ratio)
     first = Path(args.inputs[0])
@@ -280,11 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, loader: Callable[..., DACVAE] = load_codec) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        counts = extract(args)
+        counts = extract(args, loader)
     except (CodecLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ from torch import nn
 
 from dac_vae.layers import apply_mask, lengths_to_mask
 
-__all__ = ["ConvNeXtBlock", "ISTFTHead", "FrameEncoder", "FrameDecoder"]
+__all__ = ["ConvNeXtBlock", "ISTFTHead", "block_istft", "FrameEncoder", "FrameDecoder"]
 
 
 class ConvNeXtBlock(nn.Module):
@@ -119,26 +119,39 @@ class ISTFTHead(nn.Module):
         return (2 * math.pi / self.n_fft) * ((k * t * self.hop) % self.n_fft).float()
 
     def istft(self, spec: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Complex frames ``[B, T, n_fft / 2 + 1]`` → ``[B, T * hop]``; frame ``t`` centred on samples
-        ``[t * hop, (t + 1) * hop)``; samples past the last valid frame's block are zero."""
-        b, t, _ = spec.shape
-        frames = torch.fft.irfft(spec, n=self.n_fft, dim=-1) * self.window  # [B, T, n_fft]
-        valid = torch.ones(b, t, device=spec.device, dtype=frames.dtype) if frame_mask is None else frame_mask.to(
-            frames.dtype
-        )
-        frames = frames * valid.unsqueeze(-1)
-        envelope = self.window.pow(2).unsqueeze(0).unsqueeze(-1) * valid.unsqueeze(1)  # [B, n_fft, T]
-        out_len = (t - 1) * self.hop + self.n_fft
-        fold = dict(output_size=(1, out_len), kernel_size=(1, self.n_fft), stride=(1, self.hop))
-        audio = F.fold(frames.transpose(1, 2), **fold).reshape(b, out_len)
-        norm = F.fold(envelope, **fold).reshape(b, out_len)
-        trim = (self.n_fft - self.hop) // 2
-        audio, norm = audio[:, trim : trim + t * self.hop], norm[:, trim : trim + t * self.hop]
-        audio = audio / norm.clamp_min(1e-8)
-        if frame_mask is None:
-            return audio
-        # Zero past each item's last valid block (its last frame spills into those samples).
-        return audio * lengths_to_mask(valid.sum(1).long() * self.hop, audio.shape[-1])[:, 0]
+        """Complex frames ``[B, T, n_fft / 2 + 1]`` → ``[B, T * hop]`` (:func:`block_istft`)."""
+        return block_istft(spec, self.window, self.hop, frame_mask)
+
+
+def block_istft(
+    spec: torch.Tensor, window: torch.Tensor, hop: int, frame_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Complex frames ``[B, T, n_fft / 2 + 1]`` → ``[B, T * hop]``; frame ``t`` centred on samples
+    ``[t * hop, (t + 1) * hop)``; samples past the last valid frame's block are zero.
+
+    Windowed overlap-add divided by the summed squared window of each item's valid frames: the
+    least-squares inverse of a ``window``-ed STFT with the same framing (exact for a consistent
+    spectrogram), and a padded item decodes exactly as it would alone.
+    """
+    n_fft = window.shape[0]
+    b, t, _ = spec.shape
+    frames = torch.fft.irfft(spec, n=n_fft, dim=-1) * window  # [B, T, n_fft]
+    valid = torch.ones(b, t, device=spec.device, dtype=frames.dtype) if frame_mask is None else frame_mask.to(
+        frames.dtype
+    )
+    frames = frames * valid.unsqueeze(-1)
+    envelope = window.pow(2).unsqueeze(0).unsqueeze(-1) * valid.unsqueeze(1)  # [B, n_fft, T]
+    out_len = (t - 1) * hop + n_fft
+    fold = dict(output_size=(1, out_len), kernel_size=(1, n_fft), stride=(1, hop))
+    audio = F.fold(frames.transpose(1, 2), **fold).reshape(b, out_len)
+    norm = F.fold(envelope, **fold).reshape(b, out_len)
+    trim = (n_fft - hop) // 2
+    audio, norm = audio[:, trim : trim + t * hop], norm[:, trim : trim + t * hop]
+    audio = audio / norm.clamp_min(1e-8)
+    if frame_mask is None:
+        return audio
+    # Zero past each item's last valid block (its last frame spills into those samples).
+    return audio * lengths_to_mask(valid.sum(1).long() * hop, audio.shape[-1])[:, 0]
 
 
 class _ConvNeXtStack(nn.Module):

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from dac_vae.audio import AudioLoadError, load_wav, save_wav
 from dac_vae.checkpoint import CodecLoadError, checkpoint_id, load_codec
 from dac_vae.extract_dac_latents import encode_padded
-from dac_vae.latents import latent_suffix, length_batches, load_latent_file, save_latent_file
+from dac_vae.latents import codec_tag, latent_suffix, length_batches, load_latent_file, save_latent_file
 from dac_vae.model import DACVAE
 
 log = logging.getLogger("dac_vae.inference")
@@ -78,10 +78,12 @@ def _load_wavs(paths: list[Path], sample_rate: int, problems: list[str]) -> list
     return loaded
 
 
-def run(args: argparse.Namespace) -> tuple[int, float, float, list[str]]:
-    """Execute one sub-command; returns (items written, audio seconds, wall seconds, problems)."""
+def run(args: argparse.Namespace, loader: Callable[..., DACVAE] = load_codec) -> tuple[int, float, float, list[str]]:
+    """Execute one sub-command; returns (items written, audio seconds, wall seconds, problems).
+
+    ``loader(config, checkpoint, device, trust_config=)`` builds the codec (flowae passes its own)."""
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_codec(args.config, args.checkpoint, device, trust_config=args.trust_config)
+    model = loader(args.config, args.checkpoint, device, trust_config=args.trust_config)
     out_dir = Path(args.output_dir)
     problems: list[str] = []
     sr = model.sample_rate
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> tuple[int, float, float, list[str]]:
             if args.command == "encode":
                 for p, w, (mu, logs) in zip(paths, wavs, encode_padded(model, wavs, device)):
                     save_latent_file(
-                        out_dir / (p.stem + latent_suffix(model.latent_ratio)),
+                        out_dir / (p.stem + latent_suffix(codec_tag(model))),
                         mu,
                         logs,
                         sr,
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> tuple[int, float, float, list[str]]:
             seconds += sum(w.shape[0] for w in wavs) / sr
     else:  # decode
         records = []
-        for p in _expand(args.inputs, "*_latent*x.pt"):
+        for p in _expand(args.inputs, "*_latent*.pt"):
             try:
                 record = load_latent_file(p)
                 if (
@@ -166,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, loader: Callable[..., DACVAE] = load_codec) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        written, seconds, wall, problems = run(args)
+        written, seconds, wall, problems = run(args, loader)
     except (CodecLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 __all__ = [
+    "codec_tag",
     "latent_suffix",
     "stats_filename",
     "save_latent_file",
@@ -33,15 +34,25 @@ __all__ = [
 LATENT_KEYS = ("mu", "logs", "sample_rate", "hop", "n_samples", "checkpoint")
 
 
-def latent_suffix(ratio: float) -> str:
+def _tag(ratio: float | str) -> str:
+    return ratio if isinstance(ratio, str) else f"{ratio:g}x"
+
+
+def codec_tag(model: object) -> float | str:
+    """What names a codec's latent files: its ``latent_tag`` (flowae: ``"fae"``), else its ratio."""
+    return getattr(model, "latent_tag", None) or model.latent_ratio
+
+
+def latent_suffix(ratio: float | str) -> str:
     """``_latent2x.pt`` / ``_latent3x.pt`` (``_latent1x.pt`` at 25 Hz, ``_latent0.5x.pt`` at 12.5 Hz):
-    the file suffix for ``ratio`` latent frames per token."""
-    return f"_latent{ratio:g}x.pt"
+    the file suffix for ``ratio`` latent frames per token (a string tag names it instead: ``"fae"`` ->
+    ``_latentfae.pt``)."""
+    return f"_latent{_tag(ratio)}.pt"
 
 
-def stats_filename(ratio: float) -> str:
-    """``latent2x_stats.json``: the statistics file written next to the latents."""
-    return f"latent{ratio:g}x_stats.json"
+def stats_filename(ratio: float | str) -> str:
+    """``latent2x_stats.json`` (``latentfae_stats.json``): the statistics file written next to the latents."""
+    return f"latent{_tag(ratio)}_stats.json"
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:

@@ -313,7 +313,8 @@ class Synthesizer:
 
         Configs are built with an allow-list of classes (:mod:`dac_vae.safe_config`); ``trust_config``
         lifts it, for configs the user trusts."""
-        from dac_vae.checkpoint import CodecLoadError, load_codec
+        from dac_vae.checkpoint import CodecLoadError
+        from flowae.checkpoint import load_any_codec  # DAC-VAE or flowae, by the config's model key
 
         from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
 
@@ -340,7 +341,7 @@ class Synthesizer:
             raise InferenceError(f"codec checkpoint not found: {codec_path}")
         with _config_file(codec_path, codec_config, "codec") as path:
             try:
-                codec_model = load_codec(path, codec_path, trust_config=trust_config)
+                codec_model = load_any_codec(path, codec_path, trust_config=trust_config)
             except CodecLoadError as exc:
                 raise InferenceError(f"codec: {exc}") from None
         speech_tok = None
@@ -564,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--flow", help="Stage 2 flow checkpoint")
     m.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
     m.add_argument("--sled_config", help="default: config.yaml beside --sled")
-    m.add_argument("--codec", required=True, help="DAC-VAE checkpoint")
+    m.add_argument("--codec", required=True, help="codec checkpoint: DAC-VAE or flowae")
     m.add_argument("--llm_config", help="default: config.yaml beside --llm")
     m.add_argument("--flow_config", help="default: config.yaml beside --flow")
     m.add_argument("--codec_config", help="default: config.yaml beside --codec")

@@ -2,6 +2,7 @@
 # The demo: the whole system trained and run on the embedded corpus (data/) with tiny configs, on CPU.
 #
 #   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2] [--flow_objective cfm|meanflow]
+#                            [--codec dac_vae|flowae] [--codec_config FILE]
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
 #   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
@@ -23,21 +24,30 @@ nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
 fsq_steps=500        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
 codec_steps=600       # frame-rate DAC-VAE (configs/tiny/dac_vae_frame.yaml): ~7 minutes
-codec_config=configs/tiny/dac_vae_frame.yaml   # or configs/tiny/dac_vae.yaml (DAC decoder, far slower to learn)
+codec_config=        # default: configs/tiny/dac_vae_frame.yaml (frame-rate DAC-VAE; configs/tiny/dac_vae.yaml is
+                     # the DAC decoder, far slower to learn) or, with --codec flowae, configs/tiny/flowae.yaml
 known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=360
 flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
 sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that long, synthesizes and evaluates it
+codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the flow-matching autoencoder)
 . recipes/lib.sh
 parse_options "$@"
+case $codec in  # the codec's CLIs and its latent files <utt>_latent$tag.pt
+  dac_vae) codec_cli=dac_vae.inference; extract_cli=dac_vae.extract_dac_latents; tag=2x
+    codec_config=${codec_config:-configs/tiny/dac_vae_frame.yaml} ;;
+  flowae) codec_cli=flowae.inference; extract_cli=flowae.extract_latents; tag=fae
+    codec_config=${codec_config:-configs/tiny/flowae.yaml} ;;
+  *) echo "--codec must be dac_vae or flowae, not $codec" >&2; exit 1 ;;
+esac
 
 splits="train dev test heldout"
 data=$exp/data                      # stage 0: <split>.jsonl, <split>.list
 bpe=$exp/bpe/tokenizer.json         # stage 1
 fsq_dir=$exp/fsq                    # stage 2
 tokens=$exp/tokens                  # stage 3: <spk>/<utt>_fsq.pt
-codec_dir=$exp/dac_vae              # stage 4
+codec_dir=$exp/$codec               # stage 4
 latents=$exp/latents                # stage 5: <spk>/<utt>_latent2x.pt, latent2x_stats.json
 index=$exp/index                    # stage 6: <split>/data.list
 llm_dir=$exp/llm                    # stage 7
@@ -82,15 +92,15 @@ if run_stage 4 "train the DAC-VAE ($codec_steps steps)"; then
   require "$data/train.list" "corpus index"
   # max_steps sets the whole schedule (KL warm-up, LR decay) of the frame-rate config
   if grep -q '^max_steps:' "$codec_config"; then steps_key=max_steps; else steps_key=train_conf.max_steps; fi
-  train_on_corpus dac_vae "$codec_config" "$codec_dir" "$steps_key=$codec_steps"
+  train_on_corpus "$codec" "$codec_config" "$codec_dir" "$steps_key=$codec_steps"
 fi
 
 if run_stage 5 "extract DAC-VAE latents"; then
   require "$codec_dir/final.pt" "DAC-VAE"
   # statistics from the training split only; the other splits write theirs aside
-  python -m dac_vae.extract_dac_latents --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+  python -m $extract_cli --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --index "$data/train.jsonl" --output_dir "$latents" --skip_existing --num_workers 0 --quiet
-  python -m dac_vae.extract_dac_latents --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+  python -m $extract_cli --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --index "$data/dev.jsonl" "$data/test.jsonl" "$data/heldout.jsonl" --output_dir "$latents" \
     --stats "$latents/eval_splits_stats.json" --skip_existing --num_workers 0 --quiet
 fi
@@ -98,7 +108,7 @@ fi
 if run_stage 6 "training indexes (text + tokens + latents)"; then
   for s in $splits; do
     python tools/generate_json_index.py --index "$data/$s.jsonl" --out "$index/$s" \
-      --token_dir "$tokens" --latent_dir "$latents" --require tokens latents
+      --token_dir "$tokens" --latent_dir "$latents" --latent_suffix "_latent$tag.pt" --require tokens latents
   done
 fi
 
@@ -115,7 +125,7 @@ if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
     *) echo "$0: --flow_objective must be cfm or meanflow" >&2; exit 2 ;; esac
   train --model flow --config "$flow_config" --model_dir "$flow_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
-    latent_stats="$latents/latent2x_stats.json" train_conf.max_steps=$flow_steps train_conf.max_epoch=1000
+    latent_stats="$latents/latent${tag}_stats.json" train_conf.max_steps=$flow_steps train_conf.max_epoch=1000
 fi
 
 if run_stage 9 "final checkpoints (average of the best 2 by CV loss; EMA for the flow)"; then
@@ -148,14 +158,14 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
   python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
     "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
   # the codec alone: test-split wavs encoded and decoded
-  python -m dac_vae.inference roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+  python -m $codec_cli roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$eval_dir/codec/wavs" --quiet
   python tools/evaluate.py --ref_list "$data/test.jsonl" --hyp_dir "$eval_dir/codec/wavs" --out_dir "$eval_dir/codec" \
     --metrics codec,wer --asr "$asr" --with_reference --no_progress
   # the flow alone: latents sampled from the dev split's true tokens vs the real latents, then decoded
   python -m speech.flow.evaluate --config "$flow_dir/config.yaml" --checkpoint "$flow_dir/final.pt" \
     --data "$index/dev/data.list" --out_dir "$eval_dir/flow" --device cpu
-  python -m dac_vae.inference decode --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+  python -m $codec_cli decode --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --inputs "$eval_dir/flow" --output_dir "$eval_dir/flow/wavs" --quiet
   python tools/evaluate.py --ref_list "$data/dev.jsonl" --hyp_dir "$eval_dir/flow/wavs" --out_dir "$eval_dir/flow" \
     --metrics codec,wer --asr "$asr" --with_reference --no_progress

@@ -147,9 +147,13 @@ class FlowMatching:
         conditions: Conditions,
         loss_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
         **estimator_kwargs: Any,
     ) -> dict[str, torch.Tensor]:
         """Named losses for data ``x1`` ``[B, D, T]`` (valid ``mask`` ``[B, T]``) given ``conditions``.
+
+        ``t`` ``[B]`` fixes the flow times (default: drawn from the time sampler), for callers that
+        tie them to something else (the flow autoencoder's noise synchronisation).
 
         ``loss_mask`` (default ``mask``) selects the scored frames of items whose conditions are kept;
         items whose conditions are dropped for guidance are scored on all valid frames, since the
@@ -159,7 +163,8 @@ class FlowMatching:
         fmask = mask[:, None, :].to(torch.float32)
         x1 = x1.float() * fmask
         x0 = self.assignment(x1, mask, generator) * fmask
-        t = self.time_sampler(B, x1.device, generator)
+        if t is None:
+            t = self.time_sampler(B, x1.device, generator)
         x_t, u = self.path(x0, x1, t)
         loss_mask = mask if loss_mask is None else loss_mask & mask
         if self.cfg_dropout > 0:
