@@ -81,12 +81,13 @@ class ISTFTHead(nn.Module):
         self.log_max_magnitude = math.log(max_magnitude)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, frame_offset: int = 0) -> torch.Tensor:
+        """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32); ``x``'s first frame
+        is frame ``frame_offset`` of its utterance (a chunk decoded on its own)."""
         log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
         mag = torch.exp(log_mag.clamp(max=self.log_max_magnitude))
         if self.phase_advance:
-            phase = phase + self.advance(x.shape[-1], x.device)
+            phase = phase + self.advance(x.shape[-1], x.device, offset=frame_offset)
         return self.istft(torch.polar(mag, phase), None if mask is None else mask[:, 0])
 
     def advance(self, n_frames: int, device: torch.device, offset: int = 0) -> torch.Tensor:
@@ -235,10 +236,14 @@ class FrameDecoder(nn.Module):
         spill = math.ceil((self.head.n_fft - self.hop) / 2 / self.hop)
         return half * (self.num_layers + 1) + spill
 
-    def forward(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
-        """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``)."""
+    def forward(
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
+    ) -> torch.Tensor:
+        """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``).
+
+        ``frame_offset``: index of ``z``'s first frame in the utterance (the phase advance needs it)."""
         mask = None if latent_len is None else lengths_to_mask(latent_len, z.shape[-1])
         x = self.stack(z, mask)
-        audio = self.head(x, mask)
+        audio = self.head(x, mask, frame_offset)
         # Clamped to the waveform range at inference only: a clamp would zero training gradients.
         return (audio if self.training else audio.clamp(-1.0, 1.0)).to(z.dtype)
