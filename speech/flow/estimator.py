@@ -28,7 +28,13 @@ __all__ = ["Estimator", "UNet1D", "DiT"]
 
 
 class Estimator(nn.Module):
-    """Plug point for flow estimators: records the channel layout of the inputs it concatenates."""
+    """Plug point for flow estimators: records the channel layout of the inputs it concatenates.
+
+    ``causal`` (False here) is True for an estimator whose frames, with ``streaming`` chunk
+    attention, never depend on a later chunk: only such a model can be trained for or run streaming.
+    """
+
+    causal: bool = False
 
     def __init__(
         self,
@@ -180,7 +186,7 @@ class UNet1D(Estimator):
             raise ValueError(
                 f"UNet1D: chunk_size {chunk_size} must be a multiple of 2^(levels-1) = {1 << (len(channels) - 1)}"
             )
-        self.levels, self.chunk_size = len(channels), chunk_size
+        self.levels, self.chunk_size, self.causal = len(channels), chunk_size, bool(causal)
         mode = "causal" if causal else "same"
         time_dim = 4 * channels[0]
         self.time_in = channels[0]
@@ -292,7 +298,7 @@ class DiT(Estimator):
         causal: bool = False,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
-        self.head_dim, self.chunk_size = head_dim, chunk_size
+        self.head_dim, self.chunk_size, self.causal = head_dim, chunk_size, bool(causal)
         self.inp = nn.Linear(self.total_in, dim)
         # Two grouped convs give relative position cues before attention (as in F5-TTS's input block).
         mode, groups = ("causal" if causal else "same"), (16 if dim % 16 == 0 else 1)

@@ -148,6 +148,11 @@ class FlowModel(nn.Module):
                 f"flow: estimator chunk_size {est_chunk} != encoder chunk_size {encoder.chunk_size} "
                 f"x ratio {encoder.ratio}"
             )
+        if streaming_prob > 0 and not getattr(estimator, "causal", False):
+            raise ConfigError(
+                f"flow: streaming_prob {streaming_prob} needs a causal estimator (causal: true): the "
+                f"convolutions of a non-causal {type(estimator).__name__} leak future frames into each chunk"
+            )
         if (speaker is None) != (estimator.spk_channels == 0):
             raise ConfigError("flow: give a speaker module together with estimator spk_channels > 0, or neither")
         self.encoder, self.estimator, self.matching = encoder, estimator, matching
