@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -225,6 +225,7 @@ class SynthesisOptions:
     n_steps: int | None = None
     cfg_w: float | None = None
     solver: str | None = None
+    flow_streaming: bool = False  # offline: the flow's chunk attention, as streamed (equals stream())
 
     def sampler(self, default: Any) -> Any:
         from speech.llm.sampling import GreedySampler, RasSampler, TopKTopPSampler
@@ -361,13 +362,28 @@ class Synthesizer:
         than ``max_prompt_seconds`` are cut to their first ``max_prompt_seconds`` (a warning), unless
         a transcript is given: it would no longer match, so that request is refused.
         """
-        from speech.audio import AudioError, load_audio
-
         if not isinstance(text, str) or not text.strip():
             raise InferenceError("empty text")
         text_token = self.text_tokenizer.encode(text.strip())
         if not text_token:
             raise InferenceError(f"text {text!r} gives no tokens")
+        wav, prompt_text, prompt_ids = self._prompt(utt, prompt_wav, prompt_text)
+        return Utterance(
+            utt=utt,
+            text=text.strip(),
+            text_token=torch.tensor(text_token, dtype=torch.long),
+            prompt=wav,
+            prompt_path=str(prompt_wav),
+            prompt_text=prompt_text,
+            prompt_text_token=prompt_ids,
+        )
+
+    def _prompt(
+        self, utt: str, prompt_wav: str | os.PathLike, prompt_text: str | None
+    ) -> tuple[torch.Tensor, str | None, torch.Tensor | None]:
+        """The prompt clip at the model rate, its transcript and the transcript's ids (see :meth:`prepare`)."""
+        from speech.audio import AudioError, load_audio
+
         if prompt_wav is None or str(prompt_wav) == "":
             raise InferenceError("no prompt wav given")
         try:
@@ -395,15 +411,7 @@ class Synthesizer:
             if self.speech_tokenizer is None:
                 raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
             prompt_ids = torch.tensor(self.text_tokenizer.encode(prompt_text), dtype=torch.long)
-        return Utterance(
-            utt=utt,
-            text=text.strip(),
-            text_token=torch.tensor(text_token, dtype=torch.long),
-            prompt=wav,
-            prompt_path=str(prompt_wav),
-            prompt_text=prompt_text,
-            prompt_text_token=prompt_ids,
-        )
+        return wav, prompt_text, prompt_ids
 
     # --------------------------------------------------------------------------- synthesis
 
@@ -466,12 +474,137 @@ class Synthesizer:
                 cfg_w=opt.cfg_w,
                 solver=opt.solver,
                 seed=opt.seed,
+                streaming=opt.flow_streaming,
             )
         with timer("codec", dev):
             audio = self.codec.decode(latent.to(dev), latent_len).float().cpu()
         n_tok = n_tok.cpu().tolist()
         spt = self.samples_per_token
         return [Synthesis(u.utt, audio[i, : n * spt].clone(), n) for i, (u, n) in enumerate(zip(batch, n_tok))]
+
+    def stream(
+        self,
+        text: str | Iterable[str | Sequence[int] | torch.Tensor],
+        prompt_wav: str | os.PathLike,
+        prompt_text: str | None = None,
+        options: SynthesisOptions | None = None,
+        chunk_tokens: int | None = None,
+        utt: str = "stream",
+    ) -> Iterator[torch.Tensor]:
+        """Synthesize one request as a stream: float32 audio chunks ``[n]`` at ``sample_rate``.
+
+        ``text`` whole (a string: uni-stream LM decoding, the tokens :meth:`synthesize` gets) or an
+        iterable of pieces as they arrive (strings, or lists/tensors of text ids: bi-stream decoding,
+        speech starts after the first 5 text tokens). Every ``chunk_tokens`` speech tokens (default:
+        the flow's chunk, 25) plus the flow's look-ahead, the flow solves that chunk (chunk-causal,
+        per-frame seeded noise) and the codec decodes what its receptive field allows; so the audio,
+        concatenated, equals ``synthesize`` with ``flow_streaming=True`` for the same tokens (float
+        tolerance). The flow must be causal (configs/flow_stream.yaml). The request is checked now
+        (prompt, models: :class:`InferenceError`); everything else is local to the returned
+        generator, so requests can be interleaved.
+        """
+        from dac_vae.streaming import ChunkedDecoder
+
+        from speech.flow.streaming import StreamingError, check_streamable
+
+        try:
+            check_streamable(self.flow, chunk_tokens)
+            ChunkedDecoder(self.codec)
+        except (StreamingError, TypeError) as exc:
+            raise InferenceError(f"cannot stream: {exc}") from None
+        opt = options or SynthesisOptions()
+        sampler = opt.sampler(self.llm.sampler)
+        if isinstance(text, str):
+            request = self.prepare(utt, text, prompt_wav, prompt_text)
+            pieces = None
+        else:
+            wav, p_text, p_ids = self._prompt(utt, prompt_wav, prompt_text)
+            request = Utterance(utt, "", torch.zeros(0, dtype=torch.long), wav, str(prompt_wav), p_text, p_ids)
+            pieces = iter(text)
+        if request.prompt_text_token is not None and self.speech_tokenizer is None:
+            raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
+        return self._stream(request, pieces, opt, sampler, chunk_tokens)
+
+    @torch.inference_mode()
+    def _stream(
+        self, request: Utterance, pieces: Iterator | None, opt: SynthesisOptions, sampler: Any, chunk_tokens: int | None
+    ) -> Iterator[torch.Tensor]:
+        from dac_vae.streaming import ChunkedDecoder
+
+        from speech.flow.streaming import stream_latents
+        from speech.llm.sampling import RowRandom
+
+        dev = self.device
+        ref, ref_len = _pad([request.prompt], dev)
+        prompt = self._one_shot_prompt([request]) if request.prompt_text_token is not None else None
+        p_text = prompt["pt"][0] if prompt else None
+        p_speech = prompt["ps"][0, : int(prompt["ps_len"][0])] if prompt else None
+        lm_kw = dict(
+            prompt_text_token=p_text,
+            prompt_speech_token=p_speech,
+            sampler=sampler,
+            min_len_ratio=opt.min_len_ratio,
+            max_len_ratio=opt.max_len_ratio,
+            generator=RowRandom(torch.full((1,), opt.seed, dtype=torch.long, device=dev)),
+        )
+        spk = self.llm.speaker(ref, ref_len)
+        n_text = [0]
+        if pieces is None:
+            tokens = self.llm.generate_stream(request.text_token.to(dev), spk, **lm_kw)
+        else:
+            tokens = self.llm.generate_bistream(self._text_ids(pieces, n_text), spk, **lm_kw)
+        latents = stream_latents(
+            self.flow,
+            tokens,
+            ref_audio=ref,
+            ref_audio_len=ref_len,
+            prompt_token=p_speech,
+            prompt_latent=prompt["latent"] if prompt else None,
+            n_steps=opt.n_steps,
+            cfg_w=opt.cfg_w,
+            solver=opt.solver,
+            seed=opt.seed,
+            chunk_tokens=chunk_tokens,
+        )
+        decoder, n_out = ChunkedDecoder(self.codec), 0
+        for latent in latents:
+            audio = decoder.push(latent.to(dev))
+            if audio.shape[-1]:
+                n_out += audio.shape[-1]
+                yield audio[0].float().cpu()
+        audio = decoder.flush()
+        if audio.shape[-1]:
+            n_out += audio.shape[-1]
+            yield audio[0].float().cpu()
+        if pieces is not None and n_text[0] == 0:
+            raise InferenceError("empty text")
+        if n_out == 0:
+            raise InferenceError("the LM produced no speech tokens (min_len_ratio 0 and an immediate eos)")
+
+    def _text_ids(self, pieces: Iterator, count: list[int]) -> Iterator[list[int]]:
+        """Text pieces -> text ids as soon as they are final. Id pieces pass through; string pieces are
+        tokenized up to the last whitespace seen (a word may continue in the next piece), so the ids
+        equal the tokenization of the whole text for a tokenizer that splits words at spaces."""
+        text, released = "", 0
+        for piece in pieces:
+            if not isinstance(piece, str):
+                ids = piece.reshape(-1).tolist() if isinstance(piece, torch.Tensor) else [int(i) for i in piece]
+                count[0] += len(ids)
+                yield ids
+                continue
+            text += piece
+            body = text.lstrip()
+            cut = max(body.rfind(" "), body.rfind("\n"), body.rfind("\t"))
+            if cut > 0:
+                ids = self.text_tokenizer.encode(body[:cut])
+                count[0] += len(ids) - released
+                yield ids[released:]
+                released = len(ids)
+        body = text.strip()
+        if body:
+            ids = self.text_tokenizer.encode(body)
+            count[0] += len(ids) - released
+            yield ids[released:]
 
     def run(
         self, utterances: list[Utterance], options: SynthesisOptions | None = None, batch_size: int = 8
