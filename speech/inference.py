@@ -709,6 +709,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
     s.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
     s.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+    s.add_argument("--flow_streaming", action="store_true",
+                   help="offline synthesis with the flow's chunk attention: what --stream gives (a causal flow)")
+    t = parser.add_argument_group("streaming (one utterance; a causal flow, e.g. configs/flow_stream.yaml)")
+    t.add_argument("--stream", action="store_true",
+                   help="write the wav as audio chunks arrive; prints first-chunk latency and RTF, "
+                   "writes <out>.rtf.json")
+    t.add_argument("--text_pieces", type=int, metavar="N",
+                   help="simulate text arriving N BPE tokens at a time (bi-stream LM decoding)")
+    t.add_argument("--chunk_tokens", type=int, help="speech tokens per flow chunk (default: the flow's, 25)")
+    t.add_argument("--compare_offline", action="store_true",
+                   help="also synthesize offline (--flow_streaming) and record the largest difference")
     r = parser.add_argument_group("running")
     r.add_argument("--batch_size", type=int, default=8, help="utterances per forward pass with --list (default: 8)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
@@ -730,6 +741,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         missing = [f"--{k}" for k in ("text", "prompt_wav", "out") if getattr(args, k) is None]
         if missing:
             parser.error(f"missing {', '.join(missing)} (or give --list and --out_dir)")
+    if args.list and args.stream:
+        parser.error("--stream synthesizes one utterance (--text/--prompt_wav/--out), not a --list")
+    if not args.stream and (args.text_pieces is not None or args.chunk_tokens is not None or args.compare_offline):
+        parser.error("--text_pieces, --chunk_tokens and --compare_offline need --stream")
+    if args.text_pieces is not None and args.text_pieces < 1:
+        parser.error("--text_pieces must be >= 1")
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
     if args.n_steps is not None and args.n_steps < 1:
@@ -773,6 +790,8 @@ def run_cli(args: argparse.Namespace) -> int:
     )
     options = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions)})
 
+    if args.stream:
+        return _run_stream(args, synth, options, device)
     if not args.list:  # one utterance: any problem is the run's error
         out = Path(args.out)
         utt = synth.prepare(out.stem, args.text, args.prompt_wav, args.prompt_text)
@@ -842,6 +861,68 @@ def run_cli(args: argparse.Namespace) -> int:
     )
     for reason, count in skipped.most_common():
         print(f"  skipped {count}: {reason}")
+    return 0
+
+
+def _run_stream(args: argparse.Namespace, synth: Synthesizer, options: SynthesisOptions, device: torch.device) -> int:
+    """``--stream``: write the wav chunk by chunk; report first-chunk latency and RTF in ``<out>.rtf.json``."""
+    import numpy as np
+    import soundfile as sf
+
+    from speech.trainer.checkpoint import atomic_write_text
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text: Any = args.text
+    if args.text_pieces:
+        ids = synth.text_tokenizer.encode(args.text.strip())
+        text = (ids[i : i + args.text_pieces] for i in range(0, len(ids), args.text_pieces))
+    start = time.perf_counter()
+    chunks = synth.stream(text, args.prompt_wav, args.prompt_text, options, args.chunk_tokens, utt=out.stem)
+    first, times, audio = None, [], []
+    with sf.SoundFile(str(out), "w", samplerate=synth.sample_rate, channels=1, subtype="PCM_16") as wav:
+        for chunk in chunks:
+            now = time.perf_counter()
+            first = now - start if first is None else first
+            times.append(now)
+            wav.write(np.clip(chunk.numpy(), -1.0, 1.0))
+            wav.flush()
+            audio.append(chunk)
+    wall = time.perf_counter() - start
+    streamed = torch.cat(audio)
+    seconds = streamed.numel() / synth.sample_rate
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    rtf = {
+        "utterances": 1,
+        "stream": True,
+        "text_pieces": args.text_pieces,
+        "chunk_tokens": args.chunk_tokens or int(synth.flow.encoder.chunk_size),
+        "chunks": len(audio),
+        "audio_seconds": round(seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "rtf": round(wall / max(seconds, 1e-9), 4),
+        "first_chunk_seconds": round(first, 3),
+        "max_chunk_gap_seconds": round(max(gaps), 3) if gaps else None,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if args.compare_offline:
+        offline_opt = SynthesisOptions(**{**options.__dict__, "flow_streaming": True})
+        if args.text_pieces:  # bi-stream tokens differ from uni-stream ones: compare the same LM path
+            rtf["offline_compare"] = "skipped: bi-stream (text in pieces) decodes other tokens than offline"
+        else:
+            (result,) = synth.synthesize([synth.prepare(out.stem, args.text, args.prompt_wav, args.prompt_text)],
+                                         offline_opt)
+            same = result.audio.shape == streamed.shape
+            rtf["offline_samples_equal"] = same
+            rtf["max_abs_diff_vs_offline"] = float((result.audio - streamed).abs().max()) if same else None
+    atomic_write_text(out.with_suffix(".rtf.json"), json.dumps(rtf, indent=2) + "\n")
+    print(
+        f"wrote {out}: {seconds:.2f} s in {len(audio)} chunks, first after {first:.3f} s, "
+        f"total {wall:.2f} s, RTF {rtf['rtf']:.3f}"
+        + (f", max |streamed - offline| {rtf['max_abs_diff_vs_offline']:.2e}" if "max_abs_diff_vs_offline" in rtf
+           and rtf["max_abs_diff_vs_offline"] is not None else "")
+    )
     return 0
 
 
