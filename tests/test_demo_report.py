@@ -42,3 +42,13 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
     assert codec.split(" | ")[1:] == ["test split", "1", "pocketsphinx", "25.0", "–", "12.5", "– |"]
     assert "(missing: " in next(line for line in lines if line.startswith("| flow samples"))
     assert "Judged by PocketSphinx, the fallback" in text
+
+
+def test_stream_section_shows_first_chunk_latency_and_the_offline_difference(tmp_path) -> None:
+    report = _report_module()
+    path = tmp_path / "stream.rtf.json"
+    assert "(missing" in "\n".join(report.stream_section(path))
+    path.write_text('{"first_chunk_seconds": 0.41, "chunks": 4, "audio_seconds": 3.2, "wall_seconds": 1.9, '
+                    '"rtf": 0.59, "max_abs_diff_vs_offline": 2e-7, "chunk_tokens": 25, "threads": 2}')
+    text = "\n".join(report.stream_section(path))
+    assert "0.410 s" in text and "2.0e-07" in text and "(missing" not in text

@@ -25,6 +25,7 @@ fsq_steps=500        # training budgets (optimizer steps), sized for ~20 minutes
 codec_steps=200
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=360
+flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml: no)
 . recipes/lib.sh
 parse_options "$@"
 
@@ -102,7 +103,7 @@ fi
 
 if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
   require "$index/train/data.list" "training index"
-  train --model flow --config configs/tiny/flow.yaml --model_dir "$flow_dir" \
+  train --model flow --config "$flow_config" --model_dir "$flow_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
     latent_stats="$latents/latent2x_stats.json" train_conf.max_steps=$flow_steps train_conf.max_epoch=1000
 fi
@@ -114,6 +115,15 @@ fi
 
 if run_stage 10 "synthesize the held-out speakers' sentences"; then
   require "$llm_dir/final.pt" "LM"; require "$flow_dir/final.pt" "flow"
+  # one held-out sentence streamed, if the flow is causal: first-chunk latency, RTF and the largest
+  # difference to the offline synthesis, in $exp/stream/stream.rtf.json for report.md
+  if grep -qi '^causal: *true' "$flow_dir/config.yaml"; then
+    python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --out "$exp/stream/list.jsonl"
+    { read -r text; read -r prompt; } < <(python -c 'import sys; from speech.inference import read_list
+r = read_list(sys.argv[1])[0]; print(r["text"]); print(r["prompt_wav"])' "$exp/stream/list.jsonl")
+    python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
+      --text "$text" --prompt_wav "$prompt" --out "$exp/stream/stream.wav" --seed 0 --stream --compare_offline
+  fi
   # each held-out utterance is spoken in its speaker's voice, prompted by another clip of that speaker
   python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --out "$synth/list.jsonl"
   python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
