@@ -32,8 +32,20 @@ def test_streamed_latents_equal_offline(chunk):
     tokens, spk = _inputs()
     kw = dict(n_steps=3, cfg_w=0.7, seed=4)
     offline, _ = flow.sample(tokens, torch.tensor([N_TOKENS]), streaming=True, **spk, **kw)
-    chunks = list(stream_latents(flow, tokens[0].tolist(), **spk, **kw))
-    assert [c.shape[-1] for c in chunks[:-1]] == [chunk * flow.ratio] * (len(chunks) - 1)
+    assert flow.estimator.supports_cache
+    for cache in (True, False):  # earlier chunks cached, or recomputed
+        chunks = list(stream_latents(flow, tokens[0].tolist(), cache=cache, **spk, **kw))
+        assert [c.shape[-1] for c in chunks[:-1]] == [chunk * flow.ratio] * (len(chunks) - 1)
+        torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
+
+
+def test_cached_stream_with_chunks_of_several_model_chunks():
+    flow = _flow(3)
+    tokens, spk = _inputs()
+    kw = dict(n_steps=2, cfg_w=0.7, seed=4, solver="midpoint")
+    offline, _ = flow.sample(tokens, torch.tensor([N_TOKENS]), streaming=True, **spk, **kw)
+    chunks = list(stream_latents(flow, tokens[0].tolist(), chunk_tokens=9, **spk, **kw))
+    assert chunks[0].shape[-1] == 9 * flow.ratio
     torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
 
 
@@ -47,9 +59,11 @@ def test_streamed_latents_with_a_prompt_equal_offline():
         tokens, torch.tensor([N_TOKENS]), prompt_token=prompt, prompt_token_len=torch.tensor([5]),
         prompt_latent=p_lat, streaming=True, **spk, **kw,
     )
-    chunks = list(stream_latents(flow, tokens[0].tolist(), prompt_token=prompt[0], prompt_latent=p_lat, **spk, **kw))
-    assert chunks[0].shape[-1] == (8 - 5) * flow.ratio  # the first chunk holds the prompt's end
-    torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
+    for cache in (True, False):
+        chunks = list(stream_latents(flow, tokens[0].tolist(), prompt_token=prompt[0], prompt_latent=p_lat,
+                                     cache=cache, **spk, **kw))
+        assert chunks[0].shape[-1] == (8 - 5) * flow.ratio  # the first chunk holds the prompt's end
+        torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
 
 
 def test_a_non_causal_flow_is_refused():
