@@ -84,11 +84,29 @@ class ISTFTHead(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, frame_offset: int = 0) -> torch.Tensor:
         """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32); ``x``'s first frame
         is frame ``frame_offset`` of its utterance (a chunk decoded on its own)."""
+        return self.render(x, mask, frame_offset)[0]
+
+    def render(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, frame_offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Audio ``[B, T * hop]`` and the frames it was made of: log-magnitude and phase ``[B, T, F]``
+        (the phase as predicted, before any wrap: what spectral losses compare)."""
         log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
-        mag = torch.exp(log_mag.clamp(max=self.log_max_magnitude))
+        log_mag = log_mag.clamp(max=self.log_max_magnitude)
         if self.phase_advance:
             phase = phase + self.advance(x.shape[-1], x.device, offset=frame_offset)
-        return self.istft(torch.polar(mag, phase), None if mask is None else mask[:, 0])
+        audio = self.istft(torch.polar(torch.exp(log_mag), phase), None if mask is None else mask[:, 0])
+        return audio, log_mag, phase
+
+    def analysis(self, audio: torch.Tensor) -> torch.Tensor:
+        """``[B, T * hop]`` → complex frames ``[B, T, F]`` with this head's framing: the STFT that
+        :meth:`istft` inverts exactly (Hann window, frame ``t`` centred on block ``t``)."""
+        pad = (self.n_fft - self.hop) // 2
+        spec = torch.stft(
+            F.pad(audio.float(), (pad, pad)), n_fft=self.n_fft, hop_length=self.hop, window=self.window,
+            center=False, return_complex=True,
+        )
+        return spec.transpose(1, 2)
 
     def advance(self, n_frames: int, device: torch.device, offset: int = 0) -> torch.Tensor:
         """``[T, F]`` phase of bin-centred sinusoids at frames ``offset..offset+T-1``: ``2 pi k hop t / n_fft``.
@@ -242,8 +260,17 @@ class FrameDecoder(nn.Module):
         """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``).
 
         ``frame_offset``: index of ``z``'s first frame in the utterance (the phase advance needs it)."""
-        mask = None if latent_len is None else lengths_to_mask(latent_len, z.shape[-1])
-        x = self.stack(z, mask)
-        audio = self.head(x, mask, frame_offset)
+        audio = self.render(z, latent_len, frame_offset)[0]
         # Clamped to the waveform range at inference only: a clamp would zero training gradients.
         return (audio if self.training else audio.clamp(-1.0, 1.0)).to(z.dtype)
+
+    def render(
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unclamped audio plus the predicted log-magnitude and phase frames (see :class:`ISTFTHead`)."""
+        mask = None if latent_len is None else lengths_to_mask(latent_len, z.shape[-1])
+        return self.head.render(self.stack(z, mask), mask, frame_offset)
+
+    def spectral_target(self, audio: torch.Tensor) -> torch.Tensor:
+        """Complex frames of real audio with the decoder's own framing (targets of spectral losses)."""
+        return self.head.analysis(audio)

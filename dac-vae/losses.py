@@ -20,6 +20,8 @@ __all__ = [
     "discriminator_loss",
     "generator_adversarial_loss",
     "feature_matching_loss",
+    "anti_wrap",
+    "frame_spectral_losses",
 ]
 
 
@@ -151,3 +153,40 @@ def feature_matching_loss(
         for real, fake in zip(real_maps, fake_maps):
             total = total + (fake.float() - real.detach().float()).abs().mean()
     return total
+
+
+def anti_wrap(x: torch.Tensor) -> torch.Tensor:
+    """Distance of a phase difference to the nearest multiple of 2 pi: ``|x - 2 pi round(x / 2 pi)|``."""
+    return (x - 2 * torch.pi * torch.round(x / (2 * torch.pi))).abs()
+
+
+def frame_spectral_losses(
+    log_mag: torch.Tensor, phase: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> dict[str, torch.Tensor]:
+    """Direct losses on predicted STFT frames against the target's frames of the same framing.
+
+    ``magnitude``: L1 of log magnitudes. ``phase``: the anti-wrapped instantaneous-phase, group-delay
+    (difference along frequency) and instantaneous-frequency (difference along time) errors of APNet
+    (Ai & Ling 2023, eqs. 5-7), summed; each is weighted by the target's magnitude (normalised to mean 1
+    over valid bins), since the phase of a near-silent bin is noise that no decoder can predict.
+    Shapes: ``log_mag``, ``phase`` ``[B, T, F]`` real; ``target`` ``[B, T, F]`` complex; ``mask``
+    ``[B, T]`` valid frames.
+    """
+    target = target.detach()
+    mag = target.abs()
+    valid = torch.ones_like(mag) if mask is None else mask.unsqueeze(-1).to(mag.dtype).expand_as(mag)
+    weight = mag * valid
+    weight = weight / (weight.sum() / valid.sum().clamp_min(1.0)).clamp_min(1e-8)
+    true_phase = torch.angle(target)
+    magnitude = ((log_mag - mag.clamp_min(eps).log()).abs() * valid).sum() / valid.sum().clamp_min(1.0)
+
+    def weighted(err: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (err * w).sum() / w.sum().clamp_min(1e-8)  # all-silent batch: 0
+
+    ip = weighted(anti_wrap(phase - true_phase), weight)
+    w_f = 0.5 * (weight[..., 1:] + weight[..., :-1])
+    gd = weighted(anti_wrap(phase.diff(dim=-1) - true_phase.diff(dim=-1)), w_f)
+    w_t = 0.5 * (weight[:, 1:] + weight[:, :-1])
+    iaf = weighted(anti_wrap(phase.diff(dim=1) - true_phase.diff(dim=1)), w_t)
+    return {"magnitude": magnitude, "phase": ip + gd + iaf}

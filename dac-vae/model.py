@@ -48,13 +48,18 @@ from dac_vae.losses import (
     discriminator_loss,
     dispersive_loss,
     feature_matching_loss,
+    frame_spectral_losses,
     gaussian_kl,
     generator_adversarial_loss,
 )
 
 __all__ = ["Encoder", "Decoder", "GaussianPosterior", "DACVAE", "Reconstruction"]
 
-DEFAULT_LOSS_WEIGHTS = {"mel": 15.0, "adversarial": 1.0, "feature": 2.0, "kl": 0.1, "dispersive": 0.0}
+DEFAULT_LOSS_WEIGHTS = {
+    "mel": 15.0, "adversarial": 1.0, "feature": 2.0, "kl": 0.1, "dispersive": 0.0,
+    # frame decoders only (dac_vae.frame_rate): direct losses on the predicted STFT frames
+    "magnitude": 0.0, "phase": 0.0,
+}
 
 
 def _stage_masks(latent_len: torch.Tensor | None, n_frames: int, factors: Sequence[int]) -> list:
@@ -202,6 +207,7 @@ class Reconstruction:
     mu: torch.Tensor  # [B, D, T]
     logs: torch.Tensor  # [B, D, T]
     latent_len: torch.Tensor  # [B]
+    frames: tuple[torch.Tensor, torch.Tensor] | None = None  # frame decoders: (log_mag, phase) [B, T, F]
 
 
 @contextmanager
@@ -245,6 +251,9 @@ class DACVAE(nn.Module):
         kl_warmup_steps: int = 0,
     ):
         super().__init__()
+        frame_weights = {k for k in ("magnitude", "phase") if (loss_weights or {}).get(k, 0) > 0}
+        if frame_weights and not hasattr(decoder, "render"):
+            raise ValueError(f"loss_weights {sorted(frame_weights)} need a frame decoder (dac_vae.frame_rate.FrameDecoder)")
         if encoder.hop != decoder.hop:
             raise ValueError(f"encoder hop {encoder.hop} != decoder hop {decoder.hop}: give both the same strides")
         if decoder.latent_dim != latent_dim:
@@ -314,13 +323,17 @@ class DACVAE(nn.Module):
         (:mod:`dac_vae.streaming`); only a decoder whose output depends on absolute frame indices
         (the iSTFT head's phase advance) uses it.
         """
+        z = self._decoder_input(z, latent_len)
+        audio = self.decoder(z, latent_len, frame_offset=frame_offset) if frame_offset else self.decoder(z, latent_len)
+        return audio if length is None else audio[..., :length]
+
+    def _decoder_input(self, z: torch.Tensor, latent_len: torch.Tensor | None) -> torch.Tensor:
         if self.latent_norm:
             # Parameter-free LayerNorm over the latent dimension of each frame (DC-Speech-VAE).
             z = F.layer_norm(z.transpose(1, 2), (z.shape[1],)).transpose(1, 2)
         if latent_len is not None:
             z = apply_mask(z, lengths_to_mask(latent_len, z.shape[-1]))
-        audio = self.decoder(z, latent_len, frame_offset=frame_offset) if frame_offset else self.decoder(z, latent_len)
-        return audio if length is None else audio[..., :length]
+        return z
 
     def sample_latent(self, mu: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
         """Training latent ``z = mu + exp(logs) ε`` (+ σ-VAE noise ``σ ε'``, ``σ ~ U(0, sigma_max)``)."""
@@ -334,10 +347,18 @@ class DACVAE(nn.Module):
         """Encode, sample (``mu`` in eval mode), decode; output zeroed past each item's length."""
         mu, logs, latent_len = self.encode(audio, audio_len)
         z = self.sample_latent(mu, logs) if self.training else mu
-        out = self.decode(z, latent_len, length=audio.shape[-1])
+        frames = None
+        if self._frame_losses_on():
+            out, log_mag, phase = self.decoder.render(self._decoder_input(z, latent_len), latent_len)
+            out, frames = out[..., : audio.shape[-1]], (log_mag, phase)
+        else:
+            out = self.decode(z, latent_len, length=audio.shape[-1])
         if audio_len is not None:
             out = out * lengths_to_mask(audio_len, out.shape[-1]).squeeze(1)
-        return Reconstruction(out, mu, logs, latent_len)
+        return Reconstruction(out, mu, logs, latent_len, frames)
+
+    def _frame_losses_on(self) -> bool:
+        return self.training and (self.loss_weights["magnitude"] > 0 or self.loss_weights["phase"] > 0)
 
     # ----------------------------------------------------------------------------- training API
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -388,6 +409,11 @@ class DACVAE(nn.Module):
         }
         if w["dispersive"] > 0:
             terms["dispersive"] = dispersive_loss(rec.mu, latent_mask)
+        if rec.frames is not None:
+            n = rec.frames[0].shape[1] * self.hop
+            target = self.decoder.spectral_target(F.pad(real, (0, max(0, n - real.shape[-1])))[..., :n])
+            spectral = frame_spectral_losses(*rec.frames, target, latent_mask)
+            terms.update({k: v for k, v in spectral.items() if w[k] > 0})
         if adversarial and self._adversarial_on(step):
             with _frozen(self.discriminator):
                 fake_out = self.discriminator(rec.audio)

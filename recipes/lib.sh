@@ -17,10 +17,15 @@ parse_options() {
 }
 
 # run_stage N "title": true when stage N is inside [stage, stop_stage]; prints a banner with the time.
+# With stage_log set (a file), also appends "N<TAB>epoch seconds<TAB>title" there (stage times for reports).
 _recipe_start=$(date +%s)
 run_stage() {
   if [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; then
     printf '\n==== stage %s: %s  [%s, +%ss]\n' "$1" "$2" "$(date +%H:%M:%S)" "$(( $(date +%s) - _recipe_start ))"
+    if [ -n "${stage_log:-}" ]; then
+      mkdir -p "$(dirname "$stage_log")"
+      printf '%s\t%s\t%s\n' "$1" "$(date +%s)" "$2" >> "$stage_log"
+    fi
     return 0
   fi
   return 1

@@ -203,6 +203,7 @@ class Utterance:
     prompt_path: str = ""
     prompt_text: str | None = None
     prompt_text_token: torch.Tensor | None = None
+    speaker: tuple[torch.Tensor, torch.Tensor | None] | None = None  # cached Synthesizer.speaker_vectors(prompt)
 
 
 @dataclass
@@ -415,6 +416,14 @@ class Synthesizer:
 
     # --------------------------------------------------------------------------- synthesis
 
+    @torch.inference_mode()
+    def speaker_vectors(self, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM's and the flow's (``None`` without a flow speaker) speaker vectors of one prompt clip
+        ``[S]``: computed once for a voice used often, then given as ``Utterance.speaker``."""
+        ref, ref_len = _pad([prompt], self.device)
+        flow_spk = self.flow.speaker(ref, ref_len)[0] if self.flow.speaker is not None else None
+        return self.llm.speaker(ref, ref_len)[0], flow_spk
+
     def _one_shot_prompt(self, batch: list[Utterance]) -> dict[str, torch.Tensor]:
         """Prompt text ids, speech tokens and raw latents for the items that have a transcript."""
         from speech.audio import resample
@@ -443,13 +452,15 @@ class Synthesizer:
         text, text_len = _pad([u.text_token for u in batch], dev)
         ref, ref_len = _pad([u.prompt for u in batch], dev)
         one_shot = self.speech_tokenizer is not None and any(u.prompt_text_token is not None for u in batch)
+        cached = all(u.speaker is not None for u in batch) and bool(batch)
         with timer("prompt", dev):
             prompt = self._one_shot_prompt(batch) if one_shot else None
         with timer("lm", dev):
+            spk = torch.stack([u.speaker[0] for u in batch]).to(dev) if cached else self.llm.speaker(ref, ref_len)
             tokens, n_tok = self.llm.generate(
                 text,
                 text_len,
-                spk_vector=self.llm.speaker(ref, ref_len),
+                spk_vector=spk,
                 prompt_text_token=prompt["pt"] if prompt else None,
                 prompt_text_token_len=prompt["pt_len"] if prompt else None,
                 prompt_speech_token=prompt["ps"] if prompt else None,
@@ -462,9 +473,11 @@ class Synthesizer:
         if tokens.shape[1] == 0:
             raise InferenceError("the LM produced no speech tokens (min_len_ratio 0 and an immediate eos)")
         with timer("flow", dev):
+            flow_cached = cached and self.flow.speaker is not None
             latent, latent_len = self.flow.sample(
                 tokens,
                 n_tok,
+                spk=torch.stack([u.speaker[1] for u in batch]).to(dev) if flow_cached else None,
                 ref_audio=ref,
                 ref_audio_len=ref_len,
                 prompt_token=prompt["ps"] if prompt else None,

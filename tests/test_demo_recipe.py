@@ -44,7 +44,8 @@ def tiny_corpus(src: Path, dst: Path) -> Path:
 def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     corpus = tiny_corpus(corpus_dir, tmp_path / "corpus")
     exp = tmp_path / "exp"
-    budgets = ["--fsq_steps", "2", "--codec_steps", "2", "--llm_steps", "2", "--flow_steps", "2"]
+    budgets = ["--fsq_steps", "2", "--codec_steps", "2", "--llm_steps", "2", "--flow_steps", "2",
+               "--known_per_speaker", "2"]
     # the recipe calls `python`: the interpreter running the tests, whatever PATH says
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(
@@ -62,12 +63,20 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
         info = sf.info(str(synth / f"{m['utt']}.wav"))
         assert info.samplerate == 24000 and info.frames == m["n_tokens"] * 960
     report = (exp / "report.md").read_text()
+    known = [json.loads(line) for line in (exp / "synth_known" / "synthesis.jsonl").read_text().splitlines()]
+    assert sorted(m["utt"] for m in known) == ["ensc_m7_known00", "ensc_m7_known01"]
+    train_texts = {(corpus / "wavs" / u.rsplit("_", 1)[0] / f"{u}.txt").read_text().strip() for u in SLICE["train"]}
+    assert all(m["text"] in train_texts for m in known)  # known text: sentences the LM trained on
+    match = json.loads((exp / "eval" / "voice_match.json").read_text())
+    assert [t["ensc_m7"]["utterances"] for t in match["lists"].values()] == [3, 2]
     for part in ("tiny CPU model", "recipes/libritts/run.sh", "Stage 1 LM", "Stage 2 flow", "WER", "SIM",
-                 "Real-time factor", "mel.png", "Intelligibility", "WER real"):
+                 "Real-time factor", "mel.png", "Intelligibility", "WER real", "trained sentences", "Voice match",
+                 "Stage times", "**total**"):
         assert part in report, part
     assert "(missing" not in report, report
     assert (exp / "mel.png").stat().st_size > 0 and (exp / "losses.png").stat().st_size > 0
-    for part, n in (("codec", len(SLICE["test"])), ("flow", len(SLICE["dev"])), ("tts", len(SLICE["heldout"]))):
+    for part, n in (("codec", len(SLICE["test"])), ("flow", len(SLICE["dev"])), ("tts", len(SLICE["heldout"])),
+                    ("tts_known", len(known))):
         payload = json.loads((exp / "eval" / part / "results.json").read_text())
         summary = payload["systems"][0]["summary"]
         assert summary["n"] == n, (part, summary)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from speech.eval.evaluator import SystemResult
@@ -34,7 +35,7 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
     write_json(eval_dir / "codec" / "results.json", [_result("wavs", {"a": 0.25})], {"asr": "pocketsphinx"})
     lines = _report_module().intelligibility_section(eval_dir)
     text = "\n".join(lines)
-    tts = next(line for line in lines if line.startswith("| synthesis of the held-out speakers"))
+    tts = next(line for line in lines if line.startswith("| synthesis, held-out voices, unseen sentences"))
     assert tts.split(" | ")[1:] == ["the held-out speakers' own", "2", "faster-whisper", "60.0", "10.0", "30.0",
                                    "5.0 |"]
     codec = next(line for line in lines if line.startswith("| codec round trip"))
@@ -42,6 +43,22 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
     assert codec.split(" | ")[1:] == ["test split", "1", "pocketsphinx", "25.0", "–", "12.5", "– |"]
     assert "(missing: " in next(line for line in lines if line.startswith("| flow samples"))
     assert "Judged by PocketSphinx, the fallback" in text
+
+
+def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voice(tmp_path) -> None:
+    report = _report_module()
+    log = tmp_path / "stage_times.tsv"
+    log.write_text("run\t100\tstages 0-12\n0\t100\tindex\n1\t110\tbpe\n"  # an older run
+                   "run\t1000\tstages 3-5\n3\t1000\ttokens\n4\t1030\tcodec\n5\t1500\tlatents\n")
+    lines = "\n".join(report.stage_times_section(log, now=1600.0))
+    assert "| 3 | tokens | 30 |" in lines and "| 4 | codec | 470 |" in lines and "| 5 | latents | 100 |" in lines
+    assert "**600** (10.0 min)" in lines and "bpe" not in lines
+    match = tmp_path / "voice_match.json"
+    match.write_text(json.dumps({"speaker_encoder": "resemblyzer", "lists": {"synth/list.jsonl": {
+        "a": {"utterances": 2, "closest_own": 2, "sim": {"a": 0.8, "b": 0.5}},
+        "b": {"utterances": 2, "closest_own": 1, "sim": {"a": 0.6, "b": 0.7}}}}}))
+    lines = "\n".join(report.voice_match_section(match))
+    assert "| a | 2 | 2 | **0.800** | 0.500 |" in lines and "| b | 2 | 1 | 0.600 | **0.700** |" in lines
 
 
 def test_stream_section_shows_first_chunk_latency_and_the_offline_difference(tmp_path) -> None:

@@ -22,7 +22,7 @@ def test_dac_vae_does_not_import_speech(tmp_path):
 
 
 def test_console_entry_point_is_declared_and_resolves():
-    """``speech-tts`` (pyproject [project.scripts]) names the inference CLI's main."""
+    """``speech-tts`` and ``speech-serve`` (pyproject [project.scripts]) name the CLIs' mains."""
     import importlib
     from pathlib import Path
 
@@ -31,5 +31,7 @@ def test_console_entry_point_is_declared_and_resolves():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
-    module, _, attr = scripts["speech-tts"].partition(":")
-    assert callable(getattr(importlib.import_module(module), attr))
+    assert {"speech-tts", "speech-serve"} <= set(scripts)
+    for target in scripts.values():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), target

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Write the demo's report.md: intelligibility (every WER next to the same ASR's WER on the real
 recordings of the same sentences), per-model losses (with the LM's unigram baseline), codec metrics,
-the flow's samples against real latents, WER/SIM and RTF of the synthesized held-out sentences, and a
-mel-spectrogram figure of a reference next to its synthesis.
+the flow's samples against real latents, WER/SIM and RTF of the held-out voices (their unseen sentences
+and, apart, sentences the LM trained on), how well each cloned voice matches its speaker, stage times,
+and a mel-spectrogram figure of a reference next to its synthesis.
 
     python recipes/demo/report.py --exp exp/demo --out exp/demo/report.md
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import math
 import re
+import time
 from collections import Counter
 
 import matplotlib
@@ -138,7 +140,9 @@ def flow_section(eval_dir: Path) -> list[str]:
 
 # (eval sub-folder, what was heard, where its real recordings come from)
 CHECKS = [
-    ("tts", "synthesis of the held-out speakers (zero-shot)", "the held-out speakers' own"),
+    ("tts", "synthesis, held-out voices, unseen sentences (zero-shot)", "the held-out speakers' own"),
+    ("tts_known", "synthesis, held-out voices, trained sentences (zero-shot voice, known text)",
+     "training speakers' (other voices)"),
     ("codec", "codec round trip, test split", "test split"),
     ("flow", "flow samples decoded by the codec, dev split", "dev split"),
 ]
@@ -198,10 +202,55 @@ def intelligibility_section(eval_dir: Path) -> list[str]:
     return lines
 
 
+def voice_match_section(path: Path) -> list[str]:
+    """Mean speaker similarity of each cloned voice to every held-out speaker's real recordings."""
+    lines = ["## Voice match: similarity of each cloned voice to the held-out speakers' real recordings", ""]
+    if not path.is_file():
+        return lines + [f"(missing: `{path}`)", ""]
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    lines += [
+        f"Cosine similarity ({payload['speaker_encoder']}) of the synthesized audio to the mean embedding of each",
+        "speaker's real recordings; the diagonal should be the largest in each row.",
+        "",
+    ]
+    for name, table in payload["lists"].items():
+        speakers = sorted({o for entry in table.values() for o in entry["sim"]})
+        lines += [f"`{name}`:", "", "| voice asked for | utterances | closest to own | "
+                  + " | ".join(f"SIM to {o}" for o in speakers) + " |",
+                  "|---|---:|---:|" + "---:|" * len(speakers)]
+        for spk, entry in table.items():
+            cells = [f"**{entry['sim'][o]:.3f}**" if o == spk else f"{entry['sim'][o]:.3f}" for o in speakers]
+            lines.append(f"| {spk} | {entry['utterances']} | {entry['closest_own']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def results_section(title: str, results_md: Path) -> list[str]:
     if not results_md.is_file():
         return [f"## {title}", "", f"(missing: `{results_md}`)", ""]
     return [f"## {title}", "", results_md.read_text(encoding="utf-8").strip(), ""]
+
+
+def stage_times_section(path: Path, now: float) -> list[str]:
+    """Durations of the stages of the latest recipe run (``stage_times.tsv``; the report stage is
+    still running, so it ends at ``now``)."""
+    lines = ["## Stage times (latest run of the recipe)", ""]
+    if not path.is_file():
+        return lines + [f"(missing: `{path}`)", ""]
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.count("\t") >= 2]
+    starts = [i for i, r in enumerate(rows) if r[0] == "run"]
+    run = rows[starts[-1] :] if starts else rows
+    stages = [r for r in run if r[0] != "run"]
+    if not stages:
+        return lines + ["(no stage recorded)", ""]
+    ends = [float(r[1]) for r in stages[1:]] + [now]
+    lines += [f"Recipe run of {run[0][2]}." if run[0][0] == "run" else "", "",
+              "| stage | what | seconds |", "|---:|---|---:|"]
+    for r, end in zip(stages, ends):
+        lines.append(f"| {r[0]} | {r[2]} | {end - float(r[1]):.0f} |")
+    total = now - float(run[0][1])
+    lines += [f"| | **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
+    return lines
 
 
 def rtf_section(synth: Path) -> list[str]:
@@ -277,8 +326,13 @@ def main() -> None:
     lines += unigram_section(args.exp)
     lines += results_section("Codec round trip, corpus test split", args.exp / "eval" / "codec" / "results.md")
     lines += flow_section(args.exp / "eval" / "flow")
-    lines += results_section("Synthesis of the held-out speakers (zero-shot)", args.exp / "eval" / "tts" / "results.md")
+    lines += voice_match_section(args.exp / "eval" / "voice_match.json")
+    lines += results_section("Synthesis: held-out voices, their unseen sentences (zero-shot)",
+                             args.exp / "eval" / "tts" / "results.md")
+    lines += results_section("Synthesis: held-out voices, sentences the LM trained on (zero-shot voice, known text)",
+                             args.exp / "eval" / "tts_known" / "results.md")
     lines += rtf_section(args.exp / "synth")
+    lines += stage_times_section(args.exp / "stage_times.tsv", time.time())
     utt = mel_figure(args.exp / "synth", out.parent / "mel.png")
     lines += ["## Reference vs synthesis", ""]
     lines += [f"![log-mel of {utt}: reference above, synthesis below](mel.png)", ""] if utt else ["(no synthesis found)", ""]

@@ -22,7 +22,9 @@ corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
 fsq_steps=500        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
-codec_steps=200
+codec_steps=600       # frame-rate DAC-VAE (configs/tiny/dac_vae_frame.yaml): ~7 minutes
+codec_config=configs/tiny/dac_vae_frame.yaml   # or configs/tiny/dac_vae.yaml (DAC decoder, far slower to learn)
+known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=360
 flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml: no)
@@ -39,15 +41,18 @@ latents=$exp/latents                # stage 5: <spk>/<utt>_latent2x.pt, latent2x
 index=$exp/index                    # stage 6: <split>/data.list
 llm_dir=$exp/llm                    # stage 7
 flow_dir=$exp/flow                  # stage 8
-synth=$exp/synth                    # stage 10: <utt>.wav
+synth=$exp/synth                    # stage 10: <utt>.wav (held-out voices, their own unseen sentences)
+synth_known=$exp/synth_known        # stage 10: <utt>.wav (held-out voices, sentences the LM trained on)
 eval_dir=$exp/eval                  # stage 11
+stage_log=$exp/stage_times.tsv      # every stage's start time; report.md shows the durations
+mkdir -p "$exp"; printf 'run\t%s\tstages %s-%s\n' "$(date +%s)" "$stage" "$stop_stage" >> "$stage_log"
 export OMP_NUM_THREADS=$nj
 train() { python train.py --num_workers 0 --comet_disabled "$@"; }
-# train_on_corpus MODEL DIR STEPS: a tiny model on the corpus audio, its last checkpoint as DIR/final.pt
+# train_on_corpus MODEL CONFIG DIR [OVERRIDES]: a tiny model on the corpus audio, its last checkpoint as DIR/final.pt
 train_on_corpus() {
-  train --model "$1" --config "configs/tiny/$1.yaml" --model_dir "$2" \
-    --train_data "$data/train.list" --cv_data "$data/dev.list" train_conf.max_steps="$3"
-  python tools/average_checkpoints.py --model_dir "$2" --num 1 --last --out "$2/final.pt"
+  train --model "$1" --config "$2" --model_dir "$3" \
+    --train_data "$data/train.list" --cv_data "$data/dev.list" "${@:4}"
+  python tools/average_checkpoints.py --model_dir "$3" --num 1 --last --out "$3/final.pt"
 }
 
 if run_stage 0 "index the corpus ($corpus)"; then
@@ -63,7 +68,7 @@ fi
 
 if run_stage 2 "train the FSQ speech tokenizer ($fsq_steps steps)"; then
   require "$data/train.list" "corpus index"
-  train_on_corpus fsq "$fsq_dir" "$fsq_steps"
+  train_on_corpus fsq configs/tiny/fsq.yaml "$fsq_dir" train_conf.max_steps="$fsq_steps"
 fi
 
 if run_stage 3 "extract FSQ tokens"; then
@@ -74,7 +79,9 @@ fi
 
 if run_stage 4 "train the DAC-VAE ($codec_steps steps)"; then
   require "$data/train.list" "corpus index"
-  train_on_corpus dac_vae "$codec_dir" "$codec_steps"
+  # max_steps sets the whole schedule (KL warm-up, LR decay) of the frame-rate config
+  if grep -q '^max_steps:' "$codec_config"; then steps_key=max_steps; else steps_key=train_conf.max_steps; fi
+  train_on_corpus dac_vae "$codec_config" "$codec_dir" "$steps_key=$codec_steps"
 fi
 
 if run_stage 5 "extract DAC-VAE latents"; then
@@ -113,7 +120,7 @@ if run_stage 9 "final checkpoints (average of the best 2 by CV loss; EMA for the
   python tools/average_checkpoints.py --model_dir "$flow_dir" --num 2 --ema --out "$flow_dir/final.pt"
 fi
 
-if run_stage 10 "synthesize the held-out speakers' sentences"; then
+if run_stage 10 "synthesize the held-out speakers: their unseen sentences, and trained sentences"; then
   require "$llm_dir/final.pt" "LM"; require "$flow_dir/final.pt" "flow"
   # one held-out sentence streamed, if the flow is causal: first-chunk latency, RTF and the largest
   # difference to the offline synthesis, in $exp/stream/stream.rtf.json for report.md
@@ -126,8 +133,13 @@ r = read_list(sys.argv[1])[0]; print(r["text"]); print(r["prompt_wav"])' "$exp/s
   fi
   # each held-out utterance is spoken in its speaker's voice, prompted by another clip of that speaker
   python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --out "$synth/list.jsonl"
-  python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
-    --list "$synth/list.jsonl" --out_dir "$synth" --seed 0
+  # the same voices on sentences the LM trained on (zero-shot voice, known text)
+  python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --texts_from "$data/train.jsonl" \
+    --per_speaker "$known_per_speaker" --out "$synth_known/list.jsonl"
+  for dir in "$synth" "$synth_known"; do
+    python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
+      --list "$dir/list.jsonl" --out_dir "$dir" --seed 0
+  done
 fi
 
 if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples"; then
@@ -136,6 +148,11 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
   # "reference" row): what the judge itself gets wrong is not the model's fault.
   python tools/evaluate.py --ref_list "$synth/list.jsonl" --hyp_dir "$synth" --out_dir "$eval_dir/tts" \
     --metrics wer,sim --asr "$asr" --with_reference --no_progress
+  python tools/evaluate.py --ref_list "$synth_known/list.jsonl" --hyp_dir "$synth_known" \
+    --out_dir "$eval_dir/tts_known" --metrics wer,sim --asr "$asr" --with_reference --no_progress
+  # does each cloned voice sound more like its own speaker than like the other held-out one?
+  python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
+    "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
   # the codec alone: test-split wavs encoded and decoded
   python -m dac_vae.inference roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
     --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$eval_dir/codec/wavs" --quiet
@@ -154,3 +171,4 @@ if run_stage 12 "report"; then
   python recipes/demo/report.py --exp "$exp" --out "$exp/report.md"
   echo "report: $exp/report.md"
 fi
+echo "try the models in a browser: speech-serve --llm $llm_dir/final.pt --flow $flow_dir/final.pt --codec $codec_dir/final.pt, then open http://127.0.0.1:8000/"

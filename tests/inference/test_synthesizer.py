@@ -117,3 +117,15 @@ def test_moved_checkpoint_takes_the_tokenizer_from_the_command_line(tiny_system,
     bpe = str(tiny_system["bpe"])
     synth = Synthesizer.from_checkpoints(moved / "final.pt", tiny_system["flow"], tiny_system["codec"], text_tokenizer=bpe)
     assert synth.text_tokenizer.path == bpe
+
+
+def test_cached_speaker_vectors_give_the_same_output(synthesizer, tiny_system):
+    """A registered voice's speaker vectors, computed once, stand in for its clip in any batch."""
+    import dataclasses
+
+    utts = [synthesizer.prepare(str(i), t, tiny_system[p]) for i, (t, p) in enumerate(zip(TEXTS, ["prompt", "prompt2"]))]
+    cached = [dataclasses.replace(u, speaker=synthesizer.speaker_vectors(u.prompt)) for u in utts]
+    assert cached[0].speaker[0].ndim == 1
+    for a, b in zip(synthesizer.synthesize(utts, FAST), synthesizer.synthesize(cached, FAST)):
+        assert a.n_tokens == b.n_tokens
+        torch.testing.assert_close(a.audio, b.audio, atol=1e-4, rtol=0)

@@ -1,0 +1,108 @@
+"""``speech-serve`` / ``python -m speech.serve``: load the models once and serve the HTTP API and the demo page."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from typing import Sequence
+
+import torch
+
+from speech.inference import InferenceError, SynthesisOptions, Synthesizer
+
+__all__ = ["build_parser", "main", "MODEL_FLAGS"]
+
+# Flags passed as is to Synthesizer.from_checkpoints: the "models" group of inference.py, same names.
+MODEL_FLAGS = ("llm", "flow", "codec", "llm_config", "flow_config", "codec_config", "flow_ema", "text_tokenizer",
+               "speech_tokenizer", "speech_tokenizer_type", "trust_config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speech-serve",
+        description="HTTP API (POST /v1/tts, /v1/voices; GET /health, /docs) and a demo page (/) over trained checkpoints.",
+        epilog=(
+            "example:\n"
+            "  speech-serve --llm exp/demo/llm/final.pt --flow exp/demo/flow/final.pt --codec exp/demo/dac_vae/final.pt\n"
+            "  # then open http://127.0.0.1:8000/ , or:\n"
+            "  curl -F text='Hello there.' -F reference=@ref.wav http://127.0.0.1:8000/v1/tts -o hello.wav"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m = parser.add_argument_group("models (as inference.py)")
+    m.add_argument("--llm", required=True, help="Stage 1 LM checkpoint")
+    m.add_argument("--flow", required=True, help="Stage 2 flow checkpoint")
+    m.add_argument("--codec", required=True, help="DAC-VAE checkpoint")
+    m.add_argument("--llm_config", help="default: config.yaml beside --llm")
+    m.add_argument("--flow_config", help="default: config.yaml beside --flow")
+    m.add_argument("--codec_config", help="default: config.yaml beside --codec")
+    m.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
+    m.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
+    m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for prompt texts (one-shot)")
+    m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
+    m.add_argument("--trust_config", action="store_true",
+                   help="build the models' configs even if they name code outside the allow-list "
+                   "(only for configs you trust)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    s = parser.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="default: 8000")
+    s.add_argument("--max_batch", type=int, default=8,
+                   help="most concurrent requests in one forward pass; 1 turns dynamic batching off (default: 8)")
+    s.add_argument("--batch_window_ms", type=float, default=20.0,
+                   help="how long a request waits for others to batch with (default: 20)")
+    s.add_argument("--max_queue", type=int, default=32, help="requests waiting beyond this get 503 (default: 32)")
+    s.add_argument("--max_text_chars", type=int, default=500, help="longer texts get 422 (default: 500)")
+    s.add_argument("--min_prompt_seconds", type=float, default=0.5, help="shorter clips get 422 (default: 0.5)")
+    s.add_argument("--max_prompt_seconds", type=float, default=15.0, help="longer clips get 422 (default: 15)")
+    s.add_argument("--max_body_mb", type=float, default=20.0, help="larger request bodies get 413 (default: 20)")
+    s.add_argument("--max_voices", type=int, default=100, help="registered voices kept in memory (default: 100)")
+    s.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
+    d = parser.add_argument_group("request defaults (each request may override them)")
+    d.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"])
+    d.add_argument("--top_k", type=int, default=25)
+    d.add_argument("--top_p", type=float, default=0.8)
+    d.add_argument("--min_len_ratio", type=float, help="default: the LM config's")
+    d.add_argument("--max_len_ratio", type=float, help="default: the LM config's")
+    d.add_argument("--n_steps", type=int, help="flow ODE steps (default: the flow config's)")
+    d.add_argument("--cfg_w", type=float, help="default: the flow config's")
+    d.add_argument("--solver", choices=["euler", "midpoint"], help="default: the flow config's")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_batch < 1 or args.max_queue < 1 or args.batch_window_ms < 0:
+        parser.error("--max_batch and --max_queue must be >= 1, --batch_window_ms >= 0")
+    if args.max_text_chars < 1 or args.max_body_mb <= 0 or args.max_voices < 1:
+        parser.error("--max_text_chars, --max_body_mb and --max_voices must be positive")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from speech.serve.app import ServeConfig, create_app
+    from speech.serve.batcher import DynamicBatcher
+
+    try:
+        synth = Synthesizer.from_checkpoints(
+            **{k: getattr(args, k) for k in MODEL_FLAGS}, device=_device(args.device),
+            min_prompt_seconds=args.min_prompt_seconds, max_prompt_seconds=args.max_prompt_seconds,
+        )
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    defaults = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions) if f.name != "seed"})
+    batcher = DynamicBatcher(synth, args.max_batch, args.batch_window_ms / 1000, args.max_queue)
+    config = ServeConfig(args.max_text_chars, int(args.max_body_mb * 2**20), args.max_voices, defaults)
+    app = create_app(synth, batcher, config)
+    print(f"speech-serve: http://{args.host}:{args.port}/ (API docs at /docs), max_batch {args.max_batch}", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        batcher.close()
+    return 0
