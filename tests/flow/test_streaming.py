@@ -33,7 +33,7 @@ def test_streamed_latents_equal_offline(chunk):
     kw = dict(n_steps=3, cfg_w=0.7, seed=4)
     offline, _ = flow.sample(tokens, torch.tensor([N_TOKENS]), streaming=True, **spk, **kw)
     assert flow.estimator.supports_cache
-    for cache in (True, False):  # earlier chunks cached, or recomputed
+    for cache in (True, False) if chunk == 8 else (True,):  # earlier chunks cached, or recomputed
         chunks = list(stream_latents(flow, tokens[0].tolist(), cache=cache, **spk, **kw))
         assert [c.shape[-1] for c in chunks[:-1]] == [chunk * flow.ratio] * (len(chunks) - 1)
         torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
