@@ -107,3 +107,12 @@ def test_cli_stream_writes_the_wav_and_first_chunk_latency(streamer, tiny_system
     assert abs(wav.numel() / 24000 - rtf["audio_seconds"]) < 1e-3
     if pieces is None:
         assert rtf["offline_samples_equal"] and rtf["max_abs_diff_vs_offline"] < 1e-4
+
+
+def test_cli_stream_options_are_checked(capsys):
+    base = ["--llm", "a", "--flow", "b", "--codec", "c", "--text", "x", "--prompt_wav", "p.wav", "--out", "o.wav"]
+    for extra, msg in ((["--text_pieces", "2"], "need --stream"), (["--stream", "--text_pieces", "0"], ">= 1"),
+                       (["--stream", "--list", "l.jsonl", "--out_dir", "d"], "not a --list")):
+        with pytest.raises(SystemExit):
+            main(base + extra if "--list" not in extra else base[:6] + extra)
+        assert msg in capsys.readouterr().err
