@@ -10,9 +10,10 @@ gives there; the frames ``[s·ratio, e·ratio)`` are emitted.
 Earlier chunks are the attention (and causal-conv) context of the new one. For a one-level causal
 U-Net they are *cached* (:class:`~speech.flow.estimator.ChunkCache`: per solver evaluation and
 layer, the keys/values and the last conv inputs), so each frame is solved once, as offline.
-Measured on CPU (``bench/stream.py``, tiny flow, 1 thread): for 4 s, 0.69 s cached vs 1.24 s
-recomputed (one offline solve 0.41 s); for 10 s, 1.87 s vs 4.53 s (0.81 s): recomputation grows
-with the square of the length. Other estimators (DiT, multi-level U-Net) recompute.
+Measured on CPU (``bench/stream.py``, 1 thread, 10 steps): tiny flow, 4 s: 0.22 s cached vs 0.38 s
+recomputed (one offline solve 0.12 s); 10 s: 0.64 s vs 1.74 s (0.33 s); ref-small, 4 s: 1.00 s vs
+1.80 s (0.69 s): recomputation grows with the square of the length. (The rest of the cached
+overhead is the token encoder, rerun per chunk.) Other estimators (DiT, multi-level U-Net) recompute.
 The token encoder is always rerun on the tokens so far (cheap). All state is local to one
 :func:`stream_latents` generator, never on the model, so requests can be interleaved freely.
 """
