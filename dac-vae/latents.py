@@ -33,14 +33,15 @@ __all__ = [
 LATENT_KEYS = ("mu", "logs", "sample_rate", "hop", "n_samples", "checkpoint")
 
 
-def latent_suffix(ratio: int) -> str:
-    """``_latent2x.pt`` / ``_latent3x.pt``: the file suffix for ``ratio`` latent frames per token."""
-    return f"_latent{ratio}x.pt"
+def latent_suffix(ratio: float) -> str:
+    """``_latent2x.pt`` / ``_latent3x.pt`` (``_latent1x.pt`` at 25 Hz, ``_latent0.5x.pt`` at 12.5 Hz):
+    the file suffix for ``ratio`` latent frames per token."""
+    return f"_latent{ratio:g}x.pt"
 
 
-def stats_filename(ratio: int) -> str:
+def stats_filename(ratio: float) -> str:
     """``latent2x_stats.json``: the statistics file written next to the latents."""
-    return f"latent{ratio}x_stats.json"
+    return f"latent{ratio:g}x_stats.json"
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:

@@ -53,13 +53,27 @@ from dac_vae.losses import (
     generator_adversarial_loss,
 )
 
-__all__ = ["Encoder", "Decoder", "GaussianPosterior", "DACVAE", "Reconstruction"]
+__all__ = ["Encoder", "Decoder", "GaussianPosterior", "DACVAE", "Reconstruction", "latent_token_ratio"]
 
 DEFAULT_LOSS_WEIGHTS = {
     "mel": 15.0, "adversarial": 1.0, "feature": 2.0, "kl": 0.1, "dispersive": 0.0,
     # frame decoders only (dac_vae.frame_rate): direct losses on the predicted STFT frames
     "magnitude": 0.0, "phase": 0.0,
 }
+
+
+def latent_token_ratio(frame_rate: float, token_rate: float) -> int | float | None:
+    """Latent frames per token: an int ``r >= 1`` (2 for 50 Hz, 3 for 75 Hz, 1 for 25 Hz), or ``1 / n``
+    (0.5 for 12.5 Hz) for a latent rate ``n`` times below the token rate; None when neither.
+
+    Only the continuous AR path (``speech.sled``) reads latents below the token rate; the flow needs an
+    integer ratio and says so itself (``token_latent_ratio``, the inference compatibility check).
+    """
+    up = frame_rate / token_rate
+    if up >= 1 - 1e-9:
+        return int(round(up)) if abs(up - round(up)) <= 1e-9 else None
+    down = token_rate / frame_rate
+    return 1.0 / round(down) if abs(down - round(down)) <= 1e-9 else None
 
 
 def _stage_masks(latent_len: torch.Tensor | None, n_frames: int, factors: Sequence[int]) -> list:
@@ -259,10 +273,11 @@ class DACVAE(nn.Module):
         if decoder.latent_dim != latent_dim:
             raise ValueError(f"decoder latent_dim {decoder.latent_dim} != latent_dim {latent_dim}")
         frame_rate = sample_rate / encoder.hop
-        if abs(frame_rate / token_rate - round(frame_rate / token_rate)) > 1e-9 or round(frame_rate / token_rate) < 1:
+        self.latent_ratio = latent_token_ratio(frame_rate, token_rate)
+        if self.latent_ratio is None:
             raise ValueError(
-                f"latent rate {frame_rate} Hz (sample_rate {sample_rate} / hop {encoder.hop}) is not an integer "
-                f"multiple of token_rate {token_rate} Hz"
+                f"latent rate {frame_rate} Hz (sample_rate {sample_rate} / hop {encoder.hop}) is neither an integer "
+                f"multiple of token_rate {token_rate} Hz nor an integer fraction of it"
             )
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
@@ -276,7 +291,7 @@ class DACVAE(nn.Module):
         self.sample_rate = sample_rate
         self.hop = encoder.hop
         self.token_rate = token_rate
-        self.latent_ratio = int(round(frame_rate / token_rate))  # latent frames per token: 2 or 3
+        self.latent_rate = frame_rate  # latent frames per second
         self.sigma_max = float(sigma_max)
         self.latent_norm = bool(latent_norm)
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}

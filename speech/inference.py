@@ -266,6 +266,8 @@ def _pad(seqs: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tens
 class Synthesizer:
     """The LM, flow and codec (+ text tokenizer, + optional speech tokenizer), loaded once."""
 
+    one_shot_needs_speech_tokenizer = True  # the SLED path takes the prompt's latents from the codec
+
     def __init__(
         self,
         llm: nn.Module,
@@ -409,7 +411,7 @@ class Synthesizer:
             wav = wav[: int(self.max_prompt_seconds * self.sample_rate)]
         prompt_ids = None
         if prompt_text is not None:
-            if self.speech_tokenizer is None:
+            if self.speech_tokenizer is None and self.one_shot_needs_speech_tokenizer:
                 raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
             prompt_ids = torch.tensor(self.text_tokenizer.encode(prompt_text), dtype=torch.long)
         return wav, prompt_text, prompt_ids
@@ -691,8 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m = parser.add_argument_group("models")
-    m.add_argument("--llm", required=True, help="Stage 1 LM checkpoint")
-    m.add_argument("--flow", required=True, help="Stage 2 flow checkpoint")
+    m.add_argument("--llm", help="Stage 1 LM checkpoint")
+    m.add_argument("--flow", help="Stage 2 flow checkpoint")
+    m.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
+    m.add_argument("--sled_config", help="default: config.yaml beside --sled")
     m.add_argument("--codec", required=True, help="DAC-VAE checkpoint")
     m.add_argument("--llm_config", help="default: config.yaml beside --llm")
     m.add_argument("--flow_config", help="default: config.yaml beside --flow")
@@ -744,6 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.sled and (args.llm or args.flow):
+        parser.error("give either --sled or --llm and --flow, not both")
+    if not args.sled and not (args.llm and args.flow):
+        parser.error("give --llm and --flow (two-stage), or --sled (continuous AR)")
     single = args.text is not None or args.out is not None or args.prompt_wav is not None
     if args.list and single:
         parser.error("give either --list/--out_dir or --text/--prompt_wav/--out, not both")
@@ -785,22 +793,31 @@ def run_cli(args: argparse.Namespace) -> int:
             raise InferenceError("empty text")
         if not Path(args.prompt_wav).is_file():
             raise InferenceError(f"prompt wav {args.prompt_wav}: file not found")
-    synth = Synthesizer.from_checkpoints(
-        args.llm,
-        args.flow,
-        args.codec,
-        llm_config=args.llm_config,
-        flow_config=args.flow_config,
-        codec_config=args.codec_config,
-        text_tokenizer=args.text_tokenizer,
-        speech_tokenizer=args.speech_tokenizer,
-        speech_tokenizer_type=args.speech_tokenizer_type,
-        flow_ema=args.flow_ema,
-        device=device,
-        trust_config=args.trust_config,
-        min_prompt_seconds=args.min_prompt_seconds,
-        max_prompt_seconds=args.max_prompt_seconds,
-    )
+    if args.sled:
+        from speech.sled.inference import SledSynthesizer
+
+        synth = SledSynthesizer.from_checkpoints(
+            args.sled, args.codec, sled_config=args.sled_config, codec_config=args.codec_config,
+            text_tokenizer=args.text_tokenizer, device=device, trust_config=args.trust_config,
+            min_prompt_seconds=args.min_prompt_seconds, max_prompt_seconds=args.max_prompt_seconds,
+        )
+    else:
+        synth = Synthesizer.from_checkpoints(
+            args.llm,
+            args.flow,
+            args.codec,
+            llm_config=args.llm_config,
+            flow_config=args.flow_config,
+            codec_config=args.codec_config,
+            text_tokenizer=args.text_tokenizer,
+            speech_tokenizer=args.speech_tokenizer,
+            speech_tokenizer_type=args.speech_tokenizer_type,
+            flow_ema=args.flow_ema,
+            device=device,
+            trust_config=args.trust_config,
+            min_prompt_seconds=args.min_prompt_seconds,
+            max_prompt_seconds=args.max_prompt_seconds,
+        )
     options = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions)})
 
     if args.stream:

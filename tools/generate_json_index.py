@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent_suffix", default="_latent2x.pt", help="_latent2x.pt or _latent3x.pt")
     parser.add_argument("--latent_key", default="mu", help="tensor of the latent dict to check")
     parser.add_argument("--latent_dim", type=int, help="expected latent dimension D (checked when given)")
-    parser.add_argument("--token_latent_ratio", type=int, default=2, help="latent frames per token")
+    parser.add_argument("--token_latent_ratio", type=float, default=2,
+                        help="latent frames per token: 2, 3, 1 (25 Hz), 0.5 (12.5 Hz latents, SLED path only)")
     parser.add_argument("--tolerance", type=int, default=4, help="largest |T_lat // ratio - n_tokens| accepted")
     parser.add_argument("--vocab_size", type=int, default=SPEECH_VOCAB, help="speech token ids must be below this")
     parser.add_argument(
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=4, help="processes reading feature files (0: inline)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.token_latent_ratio < 1:
-        sys.exit(f"error: --token_latent_ratio must be >= 1, got {args.token_latent_ratio}")
+    if not args.token_latent_ratio > 0:
+        sys.exit(f"error: --token_latent_ratio must be > 0, got {args.token_latent_ratio:g}")
+    if args.token_latent_ratio == int(args.token_latent_ratio):
+        args.token_latent_ratio = int(args.token_latent_ratio)
     missing = [str(p) for p in args.index if not p.is_file()]
     if missing:
         sys.exit(f"error: index not found: {missing[0]}")

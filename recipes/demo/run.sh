@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: the whole system trained and run on the embedded corpus (data/) with tiny configs, on CPU.
 #
-#   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2]
+#   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2] [--flow_objective cfm|meanflow]
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
 #   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
@@ -28,6 +28,8 @@ known_per_speaker=10 # held-out voices also speak this many trained sentences ea
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=360
 flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml: no)
+flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
+sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that long, synthesizes and evaluates it
 . recipes/lib.sh
 parse_options "$@"
 
@@ -110,6 +112,9 @@ fi
 
 if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
   require "$index/train/data.list" "training index"
+  # flow_config (default: the streaming config) trains CFM; meanflow its own config
+  case "$flow_objective" in cfm) ;; meanflow) flow_config=configs/tiny/flow_meanflow.yaml ;;
+    *) echo "$0: --flow_objective must be cfm or meanflow" >&2; exit 2 ;; esac
   train --model flow --config "$flow_config" --model_dir "$flow_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
     latent_stats="$latents/latent2x_stats.json" train_conf.max_steps=$flow_steps train_conf.max_epoch=1000
@@ -170,5 +175,19 @@ fi
 if run_stage 12 "report"; then
   python recipes/demo/report.py --exp "$exp" --out "$exp/report.md"
   echo "report: $exp/report.md"
+  echo "try the models in a browser: speech-serve --llm $llm_dir/final.pt --flow $flow_dir/final.pt --codec $codec_dir/final.pt, then open http://127.0.0.1:8000/"
 fi
-echo "try the models in a browser: speech-serve --llm $llm_dir/final.pt --flow $flow_dir/final.pt --codec $codec_dir/final.pt, then open http://127.0.0.1:8000/"
+
+# The continuous AR path beside the two-stage one, on the same latents, held-out list and judges:
+#   bash recipes/demo/run.sh --stage 13 --stop_stage 13 --sled_steps 510   (after stages 0-12)
+if [ "$sled_steps" -gt 0 ] && run_stage 13 "continuous AR (SLED) path: train ($sled_steps steps), synthesize, evaluate"; then
+  require "$index/train/data.list" "training index"; require "$synth/list.jsonl" "synthesis list"
+  train --model sled --config configs/tiny/sled.yaml --model_dir "$exp/sled" \
+    --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" text_tokenizer_path="$bpe" \
+    latent_stats="$latents/latent2x_stats.json" train_conf.max_steps=$sled_steps train_conf.max_epoch=1000
+  python tools/average_checkpoints.py --model_dir "$exp/sled" --num 2 --out "$exp/sled/final.pt"
+  python inference.py --sled "$exp/sled/final.pt" --codec "$codec_dir/final.pt" \
+    --list "$synth/list.jsonl" --out_dir "$exp/synth_sled" --seed 0
+  python tools/evaluate.py --ref_list "$synth/list.jsonl" --hyp_dir "$exp/synth_sled" --out_dir "$eval_dir/tts_sled" \
+    --metrics wer,sim --asr "$asr" --with_reference --no_progress
+fi

@@ -5,6 +5,17 @@ and return ``[B, D, T]`` (zero on padded frames). Conditions enter as input chan
 ``[x, mu, spk broadcast over time, cond]``; a condition whose channel count is 0 is not used, a
 ``None`` condition with channels > 0 means "absent" and is read as zeros (that is what classifier-free
 guidance feeds the unconditional branch). The YAML picks the class.
+
+Two-time estimators (MeanFlow, :mod:`speech.flow.meanflow`): with ``interval_time=True`` both take a
+second time ``r`` [B] and embed ``t`` as before plus the interval ``h = r - t`` through a second,
+zero-initialised MLP, summed into the same time embedding. At ``h = 0`` (or ``r`` not given) the
+output is the instantaneous velocity at ``t``, so a CFM checkpoint loaded into a two-time estimator
+starts from exactly the CFM field (only the ``interval_mlp.*`` weights are new).
+
+``time_scale`` multiplies the times before the sinusoidal embedding (1000, diffusion-step-like, by
+default; a checkpoint is only valid with the scale it was trained with). MeanFlow trains on ``du/dt``,
+which the top frequencies of a 1000-scaled embedding make ~20x larger than ``u`` at initialisation,
+so MeanFlow from scratch uses a smaller scale (configs/*flow_meanflow.yaml).
 """
 
 from __future__ import annotations
@@ -53,6 +64,30 @@ class Estimator(nn.Module):
         self.spk_channels = spk_channels
         self.cond_channels = in_channels if cond_channels is None else cond_channels
         self.total_in = in_channels + self.mu_channels + spk_channels + self.cond_channels
+        self.interval_mlp: nn.Module | None = None
+
+    def _init_time(self, in_dim: int, out_dim: int, hidden: int, interval_time: bool, time_scale: float) -> None:
+        """Time MLP ``emb(t) -> [B, out_dim]``, plus the zero-initialised interval MLP of two-time estimators."""
+        self.time_in, self.time_scale = in_dim, time_scale
+        self.time_mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+        if interval_time:
+            self.interval_mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+            nn.init.zeros_(self.interval_mlp[2].weight)
+            nn.init.zeros_(self.interval_mlp[2].bias)
+
+    @property
+    def interval_time(self) -> bool:
+        """True if this estimator takes the second time ``r`` (MeanFlow's average velocity over [t, r])."""
+        return self.interval_mlp is not None
+
+    def embed_time(self, t: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+        """Time embedding ``[B, out_dim]`` of ``t``, plus that of ``h = r - t`` for two-time estimators."""
+        emb = self.time_mlp(timestep_embedding(t, self.time_in, self.time_scale))
+        if self.interval_mlp is not None and r is not None:
+            emb = emb + self.interval_mlp(timestep_embedding(r - t, self.time_in, self.time_scale))
+        elif r is not None:
+            raise ValueError("this estimator takes one time; build it with interval_time=True for MeanFlow")
+        return emb
 
     def _stack_inputs(
         self, x: torch.Tensor, mu: torch.Tensor | None, spk: torch.Tensor | None, cond: torch.Tensor | None
@@ -83,8 +118,9 @@ class Estimator(nn.Module):
         spk: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
         streaming: bool = False,
+        r: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity ``[B, D, T]`` at ``x`` and flow time ``t`` ``[B]``."""
+        """Velocity ``[B, D, T]`` at ``x`` and flow time ``t`` ``[B]`` (average velocity over [t, r] if ``r``)."""
         raise NotImplementedError
 
 
@@ -207,6 +243,8 @@ class UNet1D(Estimator):
         dropout: float = 0.0,
         chunk_size: int = 50,
         causal: bool = False,
+        interval_time: bool = False,
+        time_scale: float = 1000.0,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
         channels = list(channels)
@@ -219,8 +257,7 @@ class UNet1D(Estimator):
         self.levels, self.chunk_size, self.causal = len(channels), chunk_size, bool(causal)
         mode = "causal" if causal else "same"
         time_dim = 4 * channels[0]
-        self.time_in = channels[0]
-        self.time_mlp = nn.Sequential(nn.Linear(self.time_in, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self._init_time(channels[0], time_dim, time_dim, interval_time, time_scale)
         stage = lambda cin, cout: UNetStage(cin, cout, time_dim, n_blocks, heads, head_dim, ffn_mult, dropout, mode)  # noqa: E731
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         prev = self.total_in
@@ -257,13 +294,14 @@ class UNet1D(Estimator):
         spk: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
         streaming: bool = False,
+        r: torch.Tensor | None = None,
         cache: ChunkCache | None = None,
     ) -> torch.Tensor:
         """``cache``: ``x`` holds only the new chunk's frames (all valid), earlier ones are in the cache."""
         if cache is not None:
-            return self._forward_cached(x, mu, t, spk, cond, cache)
+            return self._forward_cached(x, mu, t, spk, cond, cache, r)
         h = self._stack_inputs(x, mu, spk, cond)
-        t_emb = self.time_mlp(timestep_embedding(t, self.time_in))
+        t_emb = self.embed_time(t, r)
         skips, masks = [], []
         m = mask
         for level, (stage, down) in enumerate(zip(self.down, self.downsample, strict=True)):
@@ -289,12 +327,12 @@ class UNet1D(Estimator):
         return self.proj(h) * mask[:, None, :].to(h.dtype)
 
     # The same network on one new chunk, reading earlier chunks from the cache (supports_cache only).
-    def _forward_cached(self, x, mu, t, spk, cond, cache: ChunkCache) -> torch.Tensor:
+    def _forward_cached(self, x, mu, t, spk, cond, cache: ChunkCache, r=None) -> torch.Tensor:
         if not self.supports_cache:
             raise ValueError("UNet1D: a chunk cache needs causal: true, one channel level and chunk_size > 0")
         cache.next_eval()
         h = self._stack_inputs(x, mu, spk, cond)
-        t_emb = self.time_mlp(timestep_embedding(t, self.time_in))
+        t_emb = self.embed_time(t, r)
         h = self._stage_cached(self.down[0], h, t_emb, cache)
         skip = h
         h = self._conv_cached(self.downsample[0], h, cache)
@@ -390,6 +428,8 @@ class DiT(Estimator):
         dropout: float = 0.0,
         chunk_size: int = 50,
         causal: bool = False,
+        interval_time: bool = False,
+        time_scale: float = 1000.0,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
         self.head_dim, self.chunk_size, self.causal = head_dim, chunk_size, bool(causal)
@@ -398,7 +438,7 @@ class DiT(Estimator):
         mode, groups = ("causal" if causal else "same"), (16 if dim % 16 == 0 else 1)
         self.pos1 = MaskedConv1d(dim, dim, conv_kernel, mode=mode, groups=groups)
         self.pos2 = MaskedConv1d(dim, dim, conv_kernel, mode=mode, groups=groups)
-        self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self._init_time(dim, dim, dim, interval_time, time_scale)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, head_dim, ffn_mult * dim, dropout) for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.final_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
@@ -417,13 +457,14 @@ class DiT(Estimator):
         spk: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
         streaming: bool = False,
+        r: torch.Tensor | None = None,
     ) -> torch.Tensor:
         T = x.shape[-1]
         fmask = mask[:, None, :].to(x.dtype)
         h = self.inp(self._stack_inputs(x, mu, spk, cond).transpose(1, 2)).transpose(1, 2)  # [B, C, T]
         h = h + self.pos2(F.silu(self.pos1(h, mask)), mask)
         h = (h * fmask).transpose(1, 2)
-        c = self.time_mlp(timestep_embedding(t, self.dim))
+        c = self.embed_time(t, r)
         attn_mask = chunk_attention_mask(mask, self.chunk_size) if streaming and self.chunk_size > 0 else key_mask(mask)
         rope = rotary_tables(T, self.head_dim, x.device)
         for block in self.blocks:

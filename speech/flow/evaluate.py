@@ -21,7 +21,8 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ __all__ = ["MomentAccumulator", "evaluate_batches", "main"]
 log = logging.getLogger(__name__)
 
 TOKEN_RATE = 25  # FSQ tokens per second (S3Tokenizer v2 and ours)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class MomentAccumulator:
@@ -71,22 +77,43 @@ def evaluate_batches(
     solver: str | None = None,
     seed: int = 0,
     max_batches: int | None = None,
+    decode: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
+    with_loss: bool = True,
+    sample_rate: int = 24000,
 ) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
-    """CV loss and real-vs-sampled latent moments over ``batches``; also returns ``(utt, sample [D, T])`` pairs."""
+    """CV loss, sample-vs-real latent moments and distances, flow-stage speed over ``batches``.
+
+    Also returns the ``(utt, sample [D, T])`` pairs. The distances compare each sample with the real
+    latent of the same utterance on its valid frames: ``latent_mse`` in raw DAC-VAE ``mu`` space and
+    ``latent_mse_norm`` in the flow's standardised space. With ``decode`` (latents ``[D, T_i]`` ->
+    waveforms), ``mel_distance`` is the multi-scale log-mel L1 between the decoded sample and the
+    decoded real latent (the codec's own error cancels). ``flow_rtf`` is seconds of flow stage
+    (token encoder + solve) per second of audio; ``nfe`` the network evaluations (of batch B) per solve.
+    """
     model.eval()
     real, fake = MomentAccumulator(), MomentAccumulator()
     losses, weights, samples = [], [], []
+    sq_err = sq_err_norm = flow_s = mel_sum = 0.0
+    mel_n = 0
+    mel_distance = None
+    if decode is not None:
+        from speech.eval.codec import MelDistance
+
+        mel_distance = MelDistance(sample_rate)
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         frames = float(batch["latent_len"].sum())
-        losses.append(float(model(batch)["loss"]) * frames)
+        if with_loss:
+            losses.append(float(model(batch)["loss"]) * frames)
         weights.append(frames)
         extra = (
             {"ref_audio": batch["ref_audio"], "ref_audio_len": batch["ref_audio_len"]}
             if model.speaker is not None
             else {}
         )
+        _sync(batch["latent"].device)
+        start = time.perf_counter()
         latent, lengths = model.sample(
             batch["speech_token"],
             batch["speech_token_len"],
@@ -96,9 +123,23 @@ def evaluate_batches(
             seed=seed,
             **extra,
         )
+        _sync(latent.device)
+        flow_s += time.perf_counter() - start
         target_len = torch.minimum(batch["latent_len"], lengths)
         real.update(batch["latent"], target_len)
-        fake.update(latent[..., : batch["latent"].shape[-1]], target_len)
+        T = min(latent.shape[-1], batch["latent"].shape[-1])
+        fake.update(latent[..., :T], target_len)
+        valid = (torch.arange(T, device=latent.device)[None] < target_len[:, None])[:, None, :]
+        diff = (latent[..., :T].float() - batch["latent"][..., :T].float()) * valid
+        sq_err += float(diff.square().sum())
+        sq_err_norm += float((diff / model.latent_std[:, None]).square().sum())
+        if decode is not None:
+            lens = [int(n) for n in target_len]
+            wav_fake = decode([latent[b, :, :n].float() for b, n in enumerate(lens)])
+            wav_real = decode([batch["latent"][b, :, :n].float() for b, n in enumerate(lens)])
+            for a, b in zip(wav_real, wav_fake, strict=True):
+                mel_sum += float(mel_distance(a.cpu(), b.cpu()))
+                mel_n += 1
         for b, utt in enumerate(batch.get("utt", [str(len(samples) + b) for b in range(latent.shape[0])])):
             samples.append((utt, latent[b, :, : int(lengths[b])].cpu()))
     if not weights:
@@ -107,7 +148,14 @@ def evaluate_batches(
     summary = {
         "utterances": len(samples),
         "frames": int(real.count),
-        "cv_loss": sum(losses) / sum(weights),
+        "cv_loss": sum(losses) / sum(weights) if losses else float("nan"),
+        "n_steps": n_steps if n_steps is not None else model.matching.n_steps,
+        "nfe": model.matching.nfe(n_steps, cfg_w, solver),
+        "flow_seconds": flow_s,
+        "flow_rtf": flow_s / (real.count / (TOKEN_RATE * model.ratio)),
+        "latent_mse": sq_err / (real.count * model.latent_dim),
+        "latent_mse_norm": sq_err_norm / (real.count * model.latent_dim),
+        "mel_distance": mel_sum / mel_n if mel_n else None,
         "real_mean_avg": rm.mean().item(),
         "sample_mean_avg": fm.mean().item(),
         "real_std_avg": rs.mean().item(),
@@ -146,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="data.list of the held-out set (tokens + latents)")
     parser.add_argument("--out_dir", help="write <utt>_latent{r}x.pt samples and summary.json here")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
-    parser.add_argument("--n_steps", type=int)
+    parser.add_argument("--n_steps", type=int, nargs="+",
+                        help="sampling steps; several values evaluate each in turn (samples are written for the first)")
     parser.add_argument("--cfg_w", type=float)
     parser.add_argument("--solver", choices=["euler", "midpoint"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--codec", help="DAC-VAE checkpoint: decode samples and real latents, report their mel distance")
+    parser.add_argument("--codec_config", help="the codec's config (default: config.yaml beside --codec)")
     parser.add_argument("--max_batches", type=int)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust_config", action="store_true",
@@ -192,9 +243,36 @@ def _evaluate(args: argparse.Namespace, config: dict[str, Any]) -> int:
         to_device(b, torch.device(args.device))
         for b in tqdm(Dataset(args.data, pipeline, shuffle=False, partition=False), desc="evaluate", unit="batch")
     )
-    summary, samples = evaluate_batches(
-        model, batches, args.n_steps, args.cfg_w, args.solver, args.seed, args.max_batches
-    )
+    decode = None
+    if args.codec:
+        from dac_vae.checkpoint import load_codec
+        from dac_vae.inference import decode_latents
+
+        codec = load_codec(args.codec_config or Path(args.codec).parent / "config.yaml", args.codec, args.device)
+
+        def decode(latents: list[torch.Tensor]) -> list[torch.Tensor]:
+            lengths = [z.shape[-1] * codec.hop for z in latents]
+            return decode_latents(codec, latents, lengths, torch.device(args.device))
+
+    settings = args.n_steps or [None]
+    if len(settings) > 1:
+        batches = list(batches)
+    runs = []
+    for k, n_steps in enumerate(settings):
+        summary, found = evaluate_batches(
+            model, batches, n_steps, args.cfg_w, args.solver, args.seed, args.max_batches,
+            decode=decode, with_loss=k == 0, sample_rate=int(config.get("sample_rate", 24000)),
+        )
+        if k == 0:
+            first, samples = summary, found
+        runs.append(summary)
+        print(
+            f"{type(model.matching).__name__} {summary['n_steps']} steps, {summary['nfe']} NFE: "
+            f"flow {summary['flow_rtf']:.4f} s per audio s, latent MSE {summary['latent_mse']:.4f} "
+            f"(standardised {summary['latent_mse_norm']:.4f})"
+            + (f", mel distance {summary['mel_distance']:.4f}" if summary["mel_distance"] is not None else "")
+        )
+    summary = dict(first, sweep=runs) if len(runs) > 1 else first
     summary["checkpoint"] = str(args.checkpoint)
     if args.out_dir:
         out = Path(args.out_dir)

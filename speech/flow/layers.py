@@ -62,8 +62,9 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
     """Sinusoidal embedding ``[B, dim]`` of flow times ``t`` in [0, 1] (scaled like diffusion step ids)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
-    args = scale * t.float()[:, None] * freqs[None, :]
+    dtype = torch.promote_types(t.dtype, torch.float32)  # float64 stays float64 (finite-difference tests)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / max(half - 1, 1))
+    args = scale * t.to(dtype)[:, None] * freqs[None, :]
     emb = torch.cat([args.sin(), args.cos()], dim=-1)
     return F.pad(emb, (0, dim - 2 * half))
 

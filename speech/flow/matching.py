@@ -22,7 +22,7 @@ import torch
 
 from speech.config import ConfigError
 from speech.flow.assignment import IndependentNoise, KNearestNoise, LinearSumAssignment, NoiseAssignment
-from speech.flow.solver import SOLVERS, integrate
+from speech.flow.solver import NFE_PER_STEP, SOLVERS, integrate
 from speech.flow.timesteps import SCHEDULES, CosineTime, LogitNormalTime, TimeSampler, UniformTime
 
 __all__ = ["masked_mse", "derangement", "FlowMatching", "TIME_SAMPLERS", "ASSIGNMENTS"]
@@ -93,6 +93,8 @@ class FlowMatching:
     :data:`ASSIGNMENTS` (``lsa``: batch minimum-cost matching, ``knn``: best of ``immiscible_k``
     draws) or a :class:`NoiseAssignment`. Names keep every switch a plain, overridable config value.
     """
+
+    two_times = False  # the estimator is called with one time t (MeanFlow: also r)
 
     def __init__(
         self,
@@ -211,6 +213,12 @@ class FlowMatching:
         if cfg_w == 0:
             return estimator(x, mask, t=t, **conditions, **estimator_kwargs).float()
         return self.guided_velocity(estimator, x, mask, t, conditions, cfg_w, **estimator_kwargs)
+
+    def nfe(self, n_steps: int | None = None, cfg_w: float | None = None, solver: str | None = None) -> int:
+        """Network evaluations (each of batch B; a guided call counts 2) of one :meth:`sample` call."""
+        n_steps = self.n_steps if n_steps is None else n_steps
+        cfg_w = self.cfg_w if cfg_w is None else cfg_w
+        return n_steps * NFE_PER_STEP[solver or self.solver] * (2 if cfg_w else 1)
 
     def sample(
         self,

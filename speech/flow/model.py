@@ -7,8 +7,10 @@ excluded from the loss; conditions are dropped together for classifier-free guid
 :class:`~speech.flow.matching.FlowMatching`.
 
 Inference (``sample``): the same conditions, seeded fixed noise (frame ``j``'s noise depends only on
-the seed and ``j``, so batching, padding and streaming never change it), an ODE solve with guidance,
-then the statistics are undone: the result is in the DAC-VAE's raw ``mu`` space.
+the seed and ``j``, so batching, padding and streaming never change it), an ODE solve with guidance
+(``matching: FlowMatching``) or 1..N average-velocity steps with the guidance trained in
+(``matching: MeanFlow``, whose estimator takes a second time), then the statistics are undone: the
+result is in the DAC-VAE's raw ``mu`` space.
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ class FlowModel(nn.Module):
             raise ConfigError(
                 f"flow: streaming_prob {streaming_prob} needs a causal estimator (causal: true): the "
                 f"convolutions of a non-causal {type(estimator).__name__} leak future frames into each chunk"
+            )
+        if getattr(matching, "two_times", False) != getattr(estimator, "interval_time", False):
+            raise ConfigError(
+                f"flow: {type(matching).__name__} needs an estimator with interval_time="
+                f"{getattr(matching, 'two_times', False)} (MeanFlow takes a second time r; CFM does not)"
             )
         if (speaker is None) != (estimator.spk_channels == 0):
             raise ConfigError("flow: give a speaker module together with estimator spk_channels > 0, or neither")

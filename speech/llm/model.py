@@ -24,7 +24,7 @@ from speech.llm.layout import bistream_allowed, build_layout
 from speech.llm.sampling import RasSampler, RowRandom, Sampler
 from speech.utils.mask import lengths_to_mask
 
-__all__ = ["IGNORE_ID", "SpeechLM", "build_qwen2"]
+__all__ = ["IGNORE_ID", "SpeechLM", "build_qwen2", "decode_positions", "pool_pieces", "prefix_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,75 @@ def build_qwen2(
         raise ConfigError(f"invalid Qwen2 config: {exc}") from None
     qwen_config._attn_implementation = attn_implementation
     return Qwen2ForCausalLM(qwen_config)
+
+
+def pool_pieces(
+    sos_task: torch.Tensor, spk: torch.Tensor, text_emb: torch.Tensor, speech_emb: torch.Tensor
+) -> torch.Tensor:
+    """``[sos, spk, text.., task, speech..]`` ``[B, 3 + L + T, H]`` from ``sos_task [2, H]`` (row 0 sos, 1 task),
+    ``spk [B, H]``, ``text_emb [B, L, H]`` and ``speech_emb [B, T, H]`` (see :mod:`speech.llm.layout`)."""
+    b = spk.shape[0]
+    sos, task = sos_task.to(text_emb.dtype).unsqueeze(1).unbind(0)  # [1, H] each
+    return torch.cat(
+        [
+            sos.expand(b, 1, -1),
+            spk.unsqueeze(1).to(text_emb.dtype),
+            text_emb,
+            task.expand(b, 1, -1),
+            speech_emb.to(text_emb.dtype),
+        ],
+        dim=1,
+    )
+
+
+def prefix_index(
+    pt_len: torch.Tensor, text_len: torch.Tensor, ps_len: torch.Tensor, n_pt: int, n_t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices ``[B, P]`` of the left-padded prefix ``[sos, spk, prompt_text, text, task, prompt_speech]``
+    into the pool ``[sos, spk, prompt_text (n_pt), text (n_t), task, prompt_speech]``, and its valid mask ``[B, P]``."""
+    device = text_len.device
+    lens = 3 + pt_len + text_len + ps_len
+    width = int(lens.max())
+    k = torch.arange(width, device=device).unsqueeze(0) - (width - lens).unsqueeze(1)  # local position, < 0 = pad
+    t_end = 2 + pt_len.unsqueeze(1)  # first position of the text proper
+    task = t_end + text_len.unsqueeze(1)
+    src = torch.where(
+        k < 2, k, torch.where(k < t_end, k, torch.where(k < task, 2 + n_pt + (k - t_end), 2 + n_pt + n_t))
+    )
+    src = torch.where(k > task, 3 + n_pt + n_t + (k - task - 1), src)
+    valid = k >= 0
+    return torch.where(valid, src, 0), valid
+
+
+def decode_positions(
+    decoder: nn.Module,
+    inputs: torch.Tensor,
+    kv_valid: torch.Tensor,
+    positions: torch.Tensor,
+    cache: DynamicCache | None,
+    padded: bool,
+) -> torch.Tensor:
+    """Run a Qwen2 decoder stack on new positions ``inputs [B, Q, H]``; return the last one's hidden state ``[B, H]``.
+
+    ``kv_valid [B, K]`` marks real (non-left-padding) keys of the whole sequence so far. A padded
+    query attends only to itself, so no row of the attention is empty.
+    """
+    mask = None
+    if padded:
+        q = inputs.shape[1]
+        k = kv_valid.shape[1]
+        qi = torch.arange(k - q, k, device=inputs.device).unsqueeze(1)
+        ki = torch.arange(k, device=inputs.device).unsqueeze(0)
+        mask = (ki <= qi) & (kv_valid.unsqueeze(1) | (ki == qi))  # [B, Q, K]
+        mask = mask.unsqueeze(1)
+    out = decoder(
+        inputs_embeds=inputs,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cache is not None,
+    )
+    return out.last_hidden_state[:, -1]
 
 
 class SpeechLM(nn.Module):
@@ -143,18 +212,7 @@ class SpeechLM(nn.Module):
 
     def _pool(self, spk: torch.Tensor, text_emb: torch.Tensor, speech_emb: torch.Tensor) -> torch.Tensor:
         """``[sos, spk, text.., task, speech..]`` as one ``[B, 3 + L + T, H]`` tensor (see :mod:`speech.llm.layout`)."""
-        b = spk.shape[0]
-        sos, task = self.sos_task_embedding.weight.to(text_emb.dtype).unsqueeze(1).unbind(0)  # [1, H] each
-        return torch.cat(
-            [
-                sos.expand(b, 1, -1),
-                spk.unsqueeze(1).to(text_emb.dtype),
-                text_emb,
-                task.expand(b, 1, -1),
-                speech_emb.to(text_emb.dtype),
-            ],
-            dim=1,
-        )
+        return pool_pieces(self.sos_task_embedding.weight, spk, text_emb, speech_emb)
 
     # ------------------------------------------------------------------ training
     def logits_and_targets(
@@ -232,18 +290,7 @@ class SpeechLM(nn.Module):
         )
         ps = ps.masked_fill(~lengths_to_mask(ps_len, n_ps), 0)
         pool = self._pool(spk, self.embed_text(text_all), self.speech_embedding(ps))  # [B, 3 + n_pt + n_t + n_ps, H]
-
-        lens = 3 + pt_len + text_token_len + ps_len
-        width = int(lens.max())
-        k = torch.arange(width, device=device).unsqueeze(0) - (width - lens).unsqueeze(1)  # local position, < 0 = pad
-        t_end = 2 + pt_len.unsqueeze(1)  # first position of the text proper
-        task = t_end + text_token_len.unsqueeze(1)
-        src = torch.where(
-            k < 2, k, torch.where(k < t_end, k, torch.where(k < task, 2 + n_pt + (k - t_end), 2 + n_pt + n_t))
-        )
-        src = torch.where(k > task, 3 + n_pt + n_t + (k - task - 1), src)
-        valid = k >= 0
-        src = torch.where(valid, src, 0)
+        src, valid = prefix_index(pt_len, text_token_len, ps_len, n_pt, n_t)
         return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), valid
 
     def _decode(
@@ -254,27 +301,8 @@ class SpeechLM(nn.Module):
         cache: DynamicCache | None,
         padded: bool,
     ) -> torch.Tensor:
-        """Run the decoder on new positions ``inputs [B, Q, H]``; return the last position's hidden state ``[B, H]``.
-
-        ``kv_valid [B, K]`` marks real (non-left-padding) keys of the whole sequence so far. A padded
-        query attends only to itself, so no row of the attention is empty.
-        """
-        mask = None
-        if padded:
-            q = inputs.shape[1]
-            k = kv_valid.shape[1]
-            qi = torch.arange(k - q, k, device=inputs.device).unsqueeze(1)
-            ki = torch.arange(k, device=inputs.device).unsqueeze(0)
-            mask = (ki <= qi) & (kv_valid.unsqueeze(1) | (ki == qi))  # [B, Q, K]
-            mask = mask.unsqueeze(1)
-        out = self.decoder(
-            inputs_embeds=inputs,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=cache is not None,
-        )
-        return out.last_hidden_state[:, -1]
+        """Run the decoder on new positions (see :func:`decode_positions`)."""
+        return decode_positions(self.decoder, inputs, kv_valid, positions, cache, padded)
 
     def _next_logp(self, hidden: torch.Tensor, step: int, min_len: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the next speech id; fill/reserved never, eos not before ``min_len``."""

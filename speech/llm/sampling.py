@@ -45,12 +45,23 @@ class RowRandom:
         self.key = _hash31((seeds.long() & _M31) ^ 0x2545F491)
         self.count = 0
 
-    def uniform(self) -> torch.Tensor:
-        """One float64 in ``(0, 1)`` per row."""
-        step = (self.count * 0x9E3779B + 0x6A09E66) & _M31  # Weyl sequence over draw counts
-        h = _hash31(_hash31((self.key + step) & _M31) ^ 0x5851F42D)
-        self.count += 1
+    def uniform(self, n: int | None = None) -> torch.Tensor:
+        """One float64 in ``(0, 1)`` per row ``[B]``, or ``n`` of them ``[B, n]`` (draws ``count .. count + n - 1``)."""
+        if n is None:
+            step = (self.count * 0x9E3779B + 0x6A09E66) & _M31  # Weyl sequence over draw counts
+            h = _hash31(_hash31((self.key + step) & _M31) ^ 0x5851F42D)
+            self.count += 1
+        else:
+            counts = torch.arange(self.count, self.count + n, device=self.key.device, dtype=torch.long)
+            step = (counts * 0x9E3779B + 0x6A09E66) & _M31
+            h = _hash31(_hash31((self.key.unsqueeze(1) + step.unsqueeze(0)) & _M31) ^ 0x5851F42D)
+            self.count += n
         return (h.double() + 0.5) / float(1 << 31)
+
+    def normal(self, n: int) -> torch.Tensor:
+        """``n`` standard normal float64 per row ``[B, n]`` (Box-Muller of ``2 n`` uniform draws)."""
+        u1, u2 = self.uniform(n), self.uniform(n)
+        return (-2.0 * u1.log()).sqrt() * torch.cos(2.0 * torch.pi * u2)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | RowRandom | None = None) -> torch.Tensor:

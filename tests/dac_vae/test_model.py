@@ -170,3 +170,15 @@ def test_config_mistakes_fail_fast():
         DACVAE(Encoder([2, 4], 2), Decoder([2, 4], 8, 16), latent_dim=8, token_rate=3000, loss_weights={"mle": 1.0})
     with pytest.raises(ValueError, match="halved"):
         Decoder([2, 3, 4, 4, 5], 8, 100)
+
+
+def test_latent_rates_below_the_token_rate_are_fractions_and_name_their_files():
+    from dac_vae.latents import latent_suffix, stats_filename
+    from dac_vae.model import latent_token_ratio
+
+    assert [latent_token_ratio(r, 25) for r in (50, 75, 25, 12.5, 6.25)] == [2, 3, 1, 0.5, 0.25]
+    assert latent_token_ratio(30, 25) is None and latent_token_ratio(10, 25) is None
+    codec = DACVAE(Encoder([2, 4], 2), Decoder([2, 4], 8, 16), latent_dim=8, sample_rate=100, token_rate=25)
+    assert (codec.latent_rate, codec.latent_ratio) == (12.5, 0.5)
+    assert [latent_suffix(r) for r in (2, 1, 0.5)] == ["_latent2x.pt", "_latent1x.pt", "_latent0.5x.pt"]
+    assert stats_filename(0.5) == "latent0.5x_stats.json"

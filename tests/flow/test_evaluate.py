@@ -48,3 +48,35 @@ def test_evaluate_batches_reports_loss_and_moments():
     assert [u for u, _ in samples] == ["u0_0", "u0_1", "u1_0"]
     assert [s.shape for _, s in samples] == [(4, 12), (4, 8), (4, 10)]
     assert summary["cv_loss"] > 0 and summary["real_std_avg"] > 0 and summary["sample_std_avg"] > 0
+
+
+def test_evaluate_reports_speed_nfe_and_distances_for_both_objectives():
+    batches = []
+    for lengths in ([6, 4], [5]):
+        n = torch.tensor(lengths)
+        batches.append(
+            dict(
+                speech_token=torch.randint(0, 6561, (len(lengths), 6)),
+                speech_token_len=n,
+                latent=torch.randn(len(lengths), 4, 12) * (torch.arange(12)[None] < 2 * n[:, None])[:, None],
+                latent_len=2 * n,
+                ref_audio=torch.randn(len(lengths), 2400),
+                ref_audio_len=torch.full((len(lengths),), 2400),
+            )
+        )
+    # A stand-in codec: each latent frame becomes 480 samples of a sine whose amplitude is the frame's mean.
+    decoded = []
+
+    def decode(latents):
+        decoded.append(len(latents))
+        wave = torch.sin(torch.arange(480) * 0.3)
+        return [(z.mean(0)[:, None] * wave).flatten() for z in latents]
+
+    cfm = load_flow_config("tiny/flow.yaml", {"latent_dim": 4})["flow"]
+    s, _ = evaluate_batches(cfm, batches, n_steps=3, cfg_w=0.7, decode=decode)
+    assert s["nfe"] == 6 and s["n_steps"] == 3 and decoded == [2, 2, 1, 1]
+    assert s["flow_rtf"] > 0 and s["latent_mse"] > 0 and s["latent_mse_norm"] > 0 and s["mel_distance"] > 0
+    mf = load_flow_config("tiny/flow_meanflow.yaml", {"latent_dim": 4})["flow"]
+    s, samples = evaluate_batches(mf, batches, n_steps=1, with_loss=False)
+    assert s["nfe"] == 1 and s["mel_distance"] is None and s["latent_mse"] > 0 and len(samples) == 3
+    assert s["cv_loss"] != s["cv_loss"]  # NaN: not computed

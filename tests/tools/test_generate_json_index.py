@@ -87,3 +87,16 @@ def test_works_before_latents_exist_and_require_drops_what_is_missing(tmp_path, 
     main(common + ["--out", str(tmp_path / "req"), "--require", "tokens"])
     assert "no token file: 1" in capsys.readouterr().out
     assert [r["utt"] for r in _rows(tmp_path / "req" / "data.list")] == [f["utt"] for f in feats[1:]]
+
+
+def test_latents_below_the_token_rate_join_at_a_fractional_ratio(tmp_path, capsys):
+    entries, feats, index = _setup(tmp_path)
+    for f in feats:  # 12.5 Hz latents: one frame per two tokens
+        n_lat = (f["n_tokens"] + 1) // 2
+        torch.save({"mu": torch.zeros(8, n_lat), "logs": torch.zeros(8, n_lat), "sample_rate": 24000, "hop": 1920,
+                    "n_samples": 0, "checkpoint": "t"}, f["latent_path"].replace("_latent2x.pt", "_latent0.5x.pt"))
+    args = ["--index", str(index), "--out", str(tmp_path / "out"), "--token_dir", str(tmp_path / "feat"),
+            "--latent_dir", str(tmp_path / "feat"), "--latent_suffix", "_latent0.5x.pt", "--token_latent_ratio", "0.5",
+            "--num_workers", "0"]
+    assert main(args) == 0
+    assert "8 items (8 with tokens, 8 with latents)" in capsys.readouterr().out
