@@ -81,19 +81,20 @@ class ISTFTHead(nn.Module):
         self.log_max_magnitude = math.log(max_magnitude)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32)."""
-        return self.render(x, mask)[0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, frame_offset: int = 0) -> torch.Tensor:
+        """``x`` ``[B, C, T]``, ``mask`` ``[B, 1, T]`` → audio ``[B, T * hop]`` (fp32); ``x``'s first frame
+        is frame ``frame_offset`` of its utterance (a chunk decoded on its own)."""
+        return self.render(x, mask, frame_offset)[0]
 
     def render(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, frame_offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Audio ``[B, T * hop]`` and the frames it was made of: log-magnitude and phase ``[B, T, F]``
         (the phase as predicted, before any wrap: what spectral losses compare)."""
         log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
         log_mag = log_mag.clamp(max=self.log_max_magnitude)
         if self.phase_advance:
-            phase = phase + self.advance(x.shape[-1], x.device)
+            phase = phase + self.advance(x.shape[-1], x.device, offset=frame_offset)
         audio = self.istft(torch.polar(torch.exp(log_mag), phase), None if mask is None else mask[:, 0])
         return audio, log_mag, phase
 
@@ -266,18 +267,22 @@ class FrameDecoder(nn.Module):
         spill = math.ceil((self.head.n_fft - self.hop) / 2 / self.hop)
         return half * (self.num_layers + 1) + spill
 
-    def forward(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
-        """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``)."""
-        audio = self.render(z, latent_len)[0]
+    def forward(
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
+    ) -> torch.Tensor:
+        """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``).
+
+        ``frame_offset``: index of ``z``'s first frame in the utterance (the phase advance needs it)."""
+        audio = self.render(z, latent_len, frame_offset)[0]
         # Clamped to the waveform range at inference only: a clamp would zero training gradients.
         return (audio if self.training else audio.clamp(-1.0, 1.0)).to(z.dtype)
 
     def render(
-        self, z: torch.Tensor, latent_len: torch.Tensor | None = None
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unclamped audio plus the predicted log-magnitude and phase frames (see :class:`ISTFTHead`)."""
         mask = None if latent_len is None else lengths_to_mask(latent_len, z.shape[-1])
-        return self.head.render(self.stack(z, mask), mask)
+        return self.head.render(self.stack(z, mask), mask, frame_offset)
 
     def spectral_target(self, audio: torch.Tensor) -> torch.Tensor:
         """Complex frames of real audio with the decoder's own framing (targets of spectral losses)."""

@@ -150,8 +150,34 @@ class Decoder(nn.Module):
         self.act_out = Snake1d(ch)
         self.conv_out = WNConv1d(ch, 1, 7, padding=3)
 
-    def forward(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
-        """``z`` ``[B, D, T]`` with padded frames zeroed -> ``[B, T * hop]`` (zero past ``latent_len * hop``)."""
+    def context_frames(self) -> int:
+        """Latent frames on each side that can change one frame's samples (an upper bound of the
+        receptive field), so a chunk decoded with this much context on both sides is exact.
+
+        Summed over the layers in output samples: a conv of kernel ``k`` and dilation ``d`` reaches
+        ``d (k - 1) / 2`` samples of its own rate each side; a transposed conv up by ``s`` (kernel
+        ``2 s``) reaches at most 2 input samples each side (3 counted, for its padding offset).
+        The sum is rounded up to whole latent frames (18 for the 2x strides).
+        """
+        out = 0  # reach in output samples
+        rate = 1  # samples per latent frame at the current stage
+        out += (self.conv_in.kernel_size[0] // 2) * self.hop
+        for block in self.blocks:
+            out += 3 * (self.hop // rate)  # transposed conv, counted at its input rate
+            rate *= block.stride
+            for unit in block.res:
+                conv = unit.conv1
+                out += conv.dilation[0] * (conv.kernel_size[0] - 1) // 2 * (self.hop // rate)
+        out += self.conv_out.kernel_size[0] // 2
+        return math.ceil(out / self.hop)
+
+    def forward(
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
+    ) -> torch.Tensor:
+        """``z`` ``[B, D, T]`` with padded frames zeroed -> ``[B, T * hop]`` (zero past ``latent_len * hop``).
+
+        ``frame_offset`` is accepted for the chunked-decode interface and ignored: every layer is
+        translation-invariant."""
         factors = [1]
         for stride in self.strides:
             factors.append(factors[-1] * stride)
@@ -303,13 +329,17 @@ class DACVAE(nn.Module):
         return mu, logs, latent_len
 
     def decode(
-        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, length: int | None = None
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, length: int | None = None, frame_offset: int = 0
     ) -> torch.Tensor:
         """``z`` ``[B, D, T]`` -> audio ``[B, T * hop]`` (or the first ``length`` samples).
 
-        Frames past ``latent_len`` are ignored (decoded as if absent) and give zeros.
+        Frames past ``latent_len`` are ignored (decoded as if absent) and give zeros. ``frame_offset``:
+        the index of ``z``'s first frame in its utterance, for a chunk decoded on its own
+        (:mod:`dac_vae.streaming`); only a decoder whose output depends on absolute frame indices
+        (the iSTFT head's phase advance) uses it.
         """
-        audio = self.decoder(self._decoder_input(z, latent_len), latent_len)
+        z = self._decoder_input(z, latent_len)
+        audio = self.decoder(z, latent_len, frame_offset=frame_offset) if frame_offset else self.decoder(z, latent_len)
         return audio if length is None else audio[..., :length]
 
     def _decoder_input(self, z: torch.Tensor, latent_len: torch.Tensor | None) -> torch.Tensor:

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -226,6 +226,7 @@ class SynthesisOptions:
     n_steps: int | None = None
     cfg_w: float | None = None
     solver: str | None = None
+    flow_streaming: bool = False  # offline: the flow's chunk attention, as streamed (equals stream())
 
     def sampler(self, default: Any) -> Any:
         from speech.llm.sampling import GreedySampler, RasSampler, TopKTopPSampler
@@ -365,13 +366,28 @@ class Synthesizer:
         than ``max_prompt_seconds`` are cut to their first ``max_prompt_seconds`` (a warning), unless
         a transcript is given: it would no longer match, so that request is refused.
         """
-        from speech.audio import AudioError, load_audio
-
         if not isinstance(text, str) or not text.strip():
             raise InferenceError("empty text")
         text_token = self.text_tokenizer.encode(text.strip())
         if not text_token:
             raise InferenceError(f"text {text!r} gives no tokens")
+        wav, prompt_text, prompt_ids = self._prompt(utt, prompt_wav, prompt_text)
+        return Utterance(
+            utt=utt,
+            text=text.strip(),
+            text_token=torch.tensor(text_token, dtype=torch.long),
+            prompt=wav,
+            prompt_path=str(prompt_wav),
+            prompt_text=prompt_text,
+            prompt_text_token=prompt_ids,
+        )
+
+    def _prompt(
+        self, utt: str, prompt_wav: str | os.PathLike, prompt_text: str | None
+    ) -> tuple[torch.Tensor, str | None, torch.Tensor | None]:
+        """The prompt clip at the model rate, its transcript and the transcript's ids (see :meth:`prepare`)."""
+        from speech.audio import AudioError, load_audio
+
         if prompt_wav is None or str(prompt_wav) == "":
             raise InferenceError("no prompt wav given")
         try:
@@ -399,15 +415,7 @@ class Synthesizer:
             if self.speech_tokenizer is None and self.one_shot_needs_speech_tokenizer:
                 raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
             prompt_ids = torch.tensor(self.text_tokenizer.encode(prompt_text), dtype=torch.long)
-        return Utterance(
-            utt=utt,
-            text=text.strip(),
-            text_token=torch.tensor(text_token, dtype=torch.long),
-            prompt=wav,
-            prompt_path=str(prompt_wav),
-            prompt_text=prompt_text,
-            prompt_text_token=prompt_ids,
-        )
+        return wav, prompt_text, prompt_ids
 
     # --------------------------------------------------------------------------- synthesis
 
@@ -482,12 +490,137 @@ class Synthesizer:
                 cfg_w=opt.cfg_w,
                 solver=opt.solver,
                 seed=opt.seed,
+                streaming=opt.flow_streaming,
             )
         with timer("codec", dev):
             audio = self.codec.decode(latent.to(dev), latent_len).float().cpu()
         n_tok = n_tok.cpu().tolist()
         spt = self.samples_per_token
         return [Synthesis(u.utt, audio[i, : n * spt].clone(), n) for i, (u, n) in enumerate(zip(batch, n_tok))]
+
+    def stream(
+        self,
+        text: str | Iterable[str | Sequence[int] | torch.Tensor],
+        prompt_wav: str | os.PathLike,
+        prompt_text: str | None = None,
+        options: SynthesisOptions | None = None,
+        chunk_tokens: int | None = None,
+        utt: str = "stream",
+    ) -> Iterator[torch.Tensor]:
+        """Synthesize one request as a stream: float32 audio chunks ``[n]`` at ``sample_rate``.
+
+        ``text`` whole (a string: uni-stream LM decoding, the tokens :meth:`synthesize` gets) or an
+        iterable of pieces as they arrive (strings, or lists/tensors of text ids: bi-stream decoding,
+        speech starts after the first 5 text tokens). Every ``chunk_tokens`` speech tokens (default:
+        the flow's chunk, 25) plus the flow's look-ahead, the flow solves that chunk (chunk-causal,
+        per-frame seeded noise) and the codec decodes what its receptive field allows; so the audio,
+        concatenated, equals ``synthesize`` with ``flow_streaming=True`` for the same tokens (float
+        tolerance). The flow must be causal (configs/flow_stream.yaml). The request is checked now
+        (prompt, models: :class:`InferenceError`); everything else is local to the returned
+        generator, so requests can be interleaved.
+        """
+        from dac_vae.streaming import ChunkedDecoder
+
+        from speech.flow.streaming import StreamingError, check_streamable
+
+        try:
+            check_streamable(self.flow, chunk_tokens)
+            ChunkedDecoder(self.codec)
+        except (StreamingError, TypeError) as exc:
+            raise InferenceError(f"cannot stream: {exc}") from None
+        opt = options or SynthesisOptions()
+        sampler = opt.sampler(self.llm.sampler)
+        if isinstance(text, str):
+            request = self.prepare(utt, text, prompt_wav, prompt_text)
+            pieces = None
+        else:
+            wav, p_text, p_ids = self._prompt(utt, prompt_wav, prompt_text)
+            request = Utterance(utt, "", torch.zeros(0, dtype=torch.long), wav, str(prompt_wav), p_text, p_ids)
+            pieces = iter(text)
+        if request.prompt_text_token is not None and self.speech_tokenizer is None:
+            raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
+        return self._stream(request, pieces, opt, sampler, chunk_tokens)
+
+    @torch.inference_mode()
+    def _stream(
+        self, request: Utterance, pieces: Iterator | None, opt: SynthesisOptions, sampler: Any, chunk_tokens: int | None
+    ) -> Iterator[torch.Tensor]:
+        from dac_vae.streaming import ChunkedDecoder
+
+        from speech.flow.streaming import stream_latents
+        from speech.llm.sampling import RowRandom
+
+        dev = self.device
+        ref, ref_len = _pad([request.prompt], dev)
+        prompt = self._one_shot_prompt([request]) if request.prompt_text_token is not None else None
+        p_text = prompt["pt"][0] if prompt else None
+        p_speech = prompt["ps"][0, : int(prompt["ps_len"][0])] if prompt else None
+        lm_kw = dict(
+            prompt_text_token=p_text,
+            prompt_speech_token=p_speech,
+            sampler=sampler,
+            min_len_ratio=opt.min_len_ratio,
+            max_len_ratio=opt.max_len_ratio,
+            generator=RowRandom(torch.full((1,), opt.seed, dtype=torch.long, device=dev)),
+        )
+        spk = self.llm.speaker(ref, ref_len)
+        n_text = [0]
+        if pieces is None:
+            tokens = self.llm.generate_stream(request.text_token.to(dev), spk, **lm_kw)
+        else:
+            tokens = self.llm.generate_bistream(self._text_ids(pieces, n_text), spk, **lm_kw)
+        latents = stream_latents(
+            self.flow,
+            tokens,
+            ref_audio=ref,
+            ref_audio_len=ref_len,
+            prompt_token=p_speech,
+            prompt_latent=prompt["latent"] if prompt else None,
+            n_steps=opt.n_steps,
+            cfg_w=opt.cfg_w,
+            solver=opt.solver,
+            seed=opt.seed,
+            chunk_tokens=chunk_tokens,
+        )
+        decoder, n_out = ChunkedDecoder(self.codec), 0
+        for latent in latents:
+            audio = decoder.push(latent.to(dev))
+            if audio.shape[-1]:
+                n_out += audio.shape[-1]
+                yield audio[0].float().cpu()
+        audio = decoder.flush()
+        if audio.shape[-1]:
+            n_out += audio.shape[-1]
+            yield audio[0].float().cpu()
+        if pieces is not None and n_text[0] == 0:
+            raise InferenceError("empty text")
+        if n_out == 0:
+            raise InferenceError("the LM produced no speech tokens (min_len_ratio 0 and an immediate eos)")
+
+    def _text_ids(self, pieces: Iterator, count: list[int]) -> Iterator[list[int]]:
+        """Text pieces -> text ids as soon as they are final. Id pieces pass through; string pieces are
+        tokenized up to the last whitespace seen (a word may continue in the next piece), so the ids
+        equal the tokenization of the whole text for a tokenizer that splits words at spaces."""
+        text, released = "", 0
+        for piece in pieces:
+            if not isinstance(piece, str):
+                ids = piece.reshape(-1).tolist() if isinstance(piece, torch.Tensor) else [int(i) for i in piece]
+                count[0] += len(ids)
+                yield ids
+                continue
+            text += piece
+            body = text.lstrip()
+            cut = max(body.rfind(" "), body.rfind("\n"), body.rfind("\t"))
+            if cut > 0:
+                ids = self.text_tokenizer.encode(body[:cut])
+                count[0] += len(ids) - released
+                yield ids[released:]
+                released = len(ids)
+        body = text.strip()
+        if body:
+            ids = self.text_tokenizer.encode(body)
+            count[0] += len(ids) - released
+            yield ids[released:]
 
     def run(
         self, utterances: list[Utterance], options: SynthesisOptions | None = None, batch_size: int = 8
@@ -594,6 +727,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
     s.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
     s.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+    s.add_argument("--flow_streaming", action="store_true",
+                   help="offline synthesis with the flow's chunk attention: what --stream gives (a causal flow)")
+    t = parser.add_argument_group("streaming (one utterance; a causal flow, e.g. configs/flow_stream.yaml)")
+    t.add_argument("--stream", action="store_true",
+                   help="write the wav as audio chunks arrive; prints first-chunk latency and RTF, "
+                   "writes <out>.rtf.json")
+    t.add_argument("--text_pieces", type=int, metavar="N",
+                   help="simulate text arriving N BPE tokens at a time (bi-stream LM decoding)")
+    t.add_argument("--chunk_tokens", type=int, help="speech tokens per flow chunk (default: the flow's, 25)")
+    t.add_argument("--compare_offline", action="store_true",
+                   help="also synthesize offline (--flow_streaming) and record the largest difference")
     r = parser.add_argument_group("running")
     r.add_argument("--batch_size", type=int, default=8, help="utterances per forward pass with --list (default: 8)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
@@ -619,6 +763,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         missing = [f"--{k}" for k in ("text", "prompt_wav", "out") if getattr(args, k) is None]
         if missing:
             parser.error(f"missing {', '.join(missing)} (or give --list and --out_dir)")
+    if args.list and args.stream:
+        parser.error("--stream synthesizes one utterance (--text/--prompt_wav/--out), not a --list")
+    if not args.stream and (args.text_pieces is not None or args.chunk_tokens is not None or args.compare_offline):
+        parser.error("--text_pieces, --chunk_tokens and --compare_offline need --stream")
+    if args.text_pieces is not None and args.text_pieces < 1:
+        parser.error("--text_pieces must be >= 1")
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
     if args.n_steps is not None and args.n_steps < 1:
@@ -671,6 +821,8 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     options = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions)})
 
+    if args.stream:
+        return _run_stream(args, synth, options, device)
     if not args.list:  # one utterance: any problem is the run's error
         out = Path(args.out)
         utt = synth.prepare(out.stem, args.text, args.prompt_wav, args.prompt_text)
@@ -740,6 +892,68 @@ def run_cli(args: argparse.Namespace) -> int:
     )
     for reason, count in skipped.most_common():
         print(f"  skipped {count}: {reason}")
+    return 0
+
+
+def _run_stream(args: argparse.Namespace, synth: Synthesizer, options: SynthesisOptions, device: torch.device) -> int:
+    """``--stream``: write the wav chunk by chunk; report first-chunk latency and RTF in ``<out>.rtf.json``."""
+    import numpy as np
+    import soundfile as sf
+
+    from speech.trainer.checkpoint import atomic_write_text
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text: Any = args.text
+    if args.text_pieces:
+        ids = synth.text_tokenizer.encode(args.text.strip())
+        text = (ids[i : i + args.text_pieces] for i in range(0, len(ids), args.text_pieces))
+    start = time.perf_counter()
+    chunks = synth.stream(text, args.prompt_wav, args.prompt_text, options, args.chunk_tokens, utt=out.stem)
+    first, times, audio = None, [], []
+    with sf.SoundFile(str(out), "w", samplerate=synth.sample_rate, channels=1, subtype="PCM_16") as wav:
+        for chunk in chunks:
+            now = time.perf_counter()
+            first = now - start if first is None else first
+            times.append(now)
+            wav.write(np.clip(chunk.numpy(), -1.0, 1.0))
+            wav.flush()
+            audio.append(chunk)
+    wall = time.perf_counter() - start
+    streamed = torch.cat(audio)
+    seconds = streamed.numel() / synth.sample_rate
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    rtf = {
+        "utterances": 1,
+        "stream": True,
+        "text_pieces": args.text_pieces,
+        "chunk_tokens": args.chunk_tokens or int(synth.flow.encoder.chunk_size),
+        "chunks": len(audio),
+        "audio_seconds": round(seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "rtf": round(wall / max(seconds, 1e-9), 4),
+        "first_chunk_seconds": round(first, 3),
+        "max_chunk_gap_seconds": round(max(gaps), 3) if gaps else None,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if args.compare_offline:
+        offline_opt = SynthesisOptions(**{**options.__dict__, "flow_streaming": True})
+        if args.text_pieces:  # bi-stream tokens differ from uni-stream ones: compare the same LM path
+            rtf["offline_compare"] = "skipped: bi-stream (text in pieces) decodes other tokens than offline"
+        else:
+            (result,) = synth.synthesize([synth.prepare(out.stem, args.text, args.prompt_wav, args.prompt_text)],
+                                         offline_opt)
+            same = result.audio.shape == streamed.shape
+            rtf["offline_samples_equal"] = same
+            rtf["max_abs_diff_vs_offline"] = float((result.audio - streamed).abs().max()) if same else None
+    atomic_write_text(out.with_suffix(".rtf.json"), json.dumps(rtf, indent=2) + "\n")
+    print(
+        f"wrote {out}: {seconds:.2f} s in {len(audio)} chunks, first after {first:.3f} s, "
+        f"total {wall:.2f} s, RTF {rtf['rtf']:.3f}"
+        + (f", max |streamed - offline| {rtf['max_abs_diff_vs_offline']:.2e}" if "max_abs_diff_vs_offline" in rtf
+           and rtf["max_abs_diff_vs_offline"] is not None else "")
+    )
     return 0
 
 

@@ -59,3 +59,13 @@ def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voic
         "b": {"utterances": 2, "closest_own": 1, "sim": {"a": 0.6, "b": 0.7}}}}}))
     lines = "\n".join(report.voice_match_section(match))
     assert "| a | 2 | 2 | **0.800** | 0.500 |" in lines and "| b | 2 | 1 | 0.600 | **0.700** |" in lines
+
+
+def test_stream_section_shows_first_chunk_latency_and_the_offline_difference(tmp_path) -> None:
+    report = _report_module()
+    path = tmp_path / "stream.rtf.json"
+    assert "(missing" in "\n".join(report.stream_section(path))
+    path.write_text('{"first_chunk_seconds": 0.41, "chunks": 4, "audio_seconds": 3.2, "wall_seconds": 1.9, '
+                    '"rtf": 0.59, "max_abs_diff_vs_offline": 2e-7, "chunk_tokens": 25, "threads": 2}')
+    text = "\n".join(report.stream_section(path))
+    assert "0.410 s" in text and "2.0e-07" in text and "(missing" not in text

@@ -262,6 +262,26 @@ def rtf_section(synth: Path) -> list[str]:
     return ["## Real-time factor (synthesis on this machine)", "", "| | |", "|---|---|", *rows, ""]
 
 
+def stream_section(path: Path) -> list[str]:
+    """One held-out sentence synthesized with ``inference.py --stream`` (stage 10): latency, RTF, exactness."""
+    title = "## Streaming synthesis (one held-out sentence, `inference.py --stream`)"
+    if not path.is_file():
+        return [title, "", f"(missing: `{path}`: stage 10 streams only with a causal flow, `flow_config`)", ""]
+    r = json.loads(path.read_text(encoding="utf-8"))
+    diff = r.get("max_abs_diff_vs_offline")
+    return [
+        title, "",
+        "| first audio chunk after | chunks | audio | wall | RTF | max \\|streamed - offline\\| |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {r['first_chunk_seconds']:.3f} s | {r['chunks']} | {r['audio_seconds']:.2f} s | {r['wall_seconds']:.2f} s "
+        f"| {r['rtf']:.3f} | {'n/a' if diff is None else f'{diff:.1e}'} |",
+        "",
+        f"Flow chunks of {r['chunk_tokens']} tokens (+ 3 look-ahead), {r['threads']} thread(s); offline = the same",
+        "models with the flow's chunk attention, whole utterance at once.",
+        "",
+    ]
+
+
 def mel_figure(synth: Path, out_png: Path) -> str | None:
     """Reference vs synthesis log-mels of the first synthesized utterance; returns the utt or None."""
     lst = synth / "list.jsonl"
@@ -316,6 +336,7 @@ def main() -> None:
     utt = mel_figure(args.exp / "synth", out.parent / "mel.png")
     lines += ["## Reference vs synthesis", ""]
     lines += [f"![log-mel of {utt}: reference above, synthesis below](mel.png)", ""] if utt else ["(no synthesis found)", ""]
+    lines += stream_section(args.exp / "stream" / "stream.rtf.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {out}")

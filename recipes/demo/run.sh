@@ -29,6 +29,7 @@ codec_config=        # default: configs/tiny/dac_vae_frame.yaml (frame-rate DAC-
 known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=360
+flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml: no)
 flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
 sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that long, synthesizes and evaluates it
 codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the flow-matching autoencoder)
@@ -121,7 +122,8 @@ fi
 
 if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
   require "$index/train/data.list" "training index"
-  case "$flow_objective" in cfm) flow_config=configs/tiny/flow.yaml ;; meanflow) flow_config=configs/tiny/flow_meanflow.yaml ;;
+  # flow_config (default: the streaming config) trains CFM; meanflow its own config
+  case "$flow_objective" in cfm) ;; meanflow) flow_config=configs/tiny/flow_meanflow.yaml ;;
     *) echo "$0: --flow_objective must be cfm or meanflow" >&2; exit 2 ;; esac
   train --model flow --config "$flow_config" --model_dir "$flow_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
@@ -135,6 +137,15 @@ fi
 
 if run_stage 10 "synthesize the held-out speakers: their unseen sentences, and trained sentences"; then
   require "$llm_dir/final.pt" "LM"; require "$flow_dir/final.pt" "flow"
+  # one held-out sentence streamed, if the flow is causal: first-chunk latency, RTF and the largest
+  # difference to the offline synthesis, in $exp/stream/stream.rtf.json for report.md
+  if grep -qi '^causal: *true' "$flow_dir/config.yaml"; then
+    python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --out "$exp/stream/list.jsonl"
+    { read -r text; read -r prompt; } < <(python -c 'import sys; from speech.inference import read_list
+r = read_list(sys.argv[1])[0]; print(r["text"]); print(r["prompt_wav"])' "$exp/stream/list.jsonl")
+    python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
+      --text "$text" --prompt_wav "$prompt" --out "$exp/stream/stream.wav" --seed 0 --stream --compare_offline
+  fi
   # each held-out utterance is spoken in its speaker's voice, prompted by another clip of that speaker
   python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --out "$synth/list.jsonl"
   # the same voices on sentences the LM trained on (zero-shot voice, known text)

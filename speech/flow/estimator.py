@@ -20,6 +20,8 @@ so MeanFlow from scratch uses a smaller scale (configs/*flow_meanflow.yaml).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,11 +37,17 @@ from speech.flow.layers import (
     timestep_embedding,
 )
 
-__all__ = ["Estimator", "UNet1D", "DiT"]
+__all__ = ["Estimator", "UNet1D", "DiT", "ChunkCache"]
 
 
 class Estimator(nn.Module):
-    """Plug point for flow estimators: records the channel layout of the inputs it concatenates."""
+    """Plug point for flow estimators: records the channel layout of the inputs it concatenates.
+
+    ``causal`` (False here) is True for an estimator whose frames, with ``streaming`` chunk
+    attention, never depend on a later chunk: only such a model can be trained for or run streaming.
+    """
+
+    causal: bool = False
 
     def __init__(
         self,
@@ -114,6 +122,34 @@ class Estimator(nn.Module):
     ) -> torch.Tensor:
         """Velocity ``[B, D, T]`` at ``x`` and flow time ``t`` ``[B]`` (average velocity over [t, r] if ``r``)."""
         raise NotImplementedError
+
+
+class ChunkCache:
+    """What earlier chunks of one streamed solve leave for the next (per request, never on a model).
+
+    For every estimator evaluation of the ODE solve (the same sequence for each chunk) and every layer
+    that looks back in time: the last ``k - 1`` input frames of a causal conv of kernel ``k``, and
+    the keys/values of an attention. With chunk-causal attention and causal convs, a chunk's frames
+    computed from these equal the ones a full recomputation over all earlier frames gives.
+    """
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[int, int], Any] = {}
+        self.start = 0  # first frame of the chunk being solved
+        self._eval = -1
+        self._layer = 0
+
+    def begin_chunk(self, start: int) -> None:
+        """A new chunk starting at frame ``start``: its solve repeats the evaluation sequence."""
+        self.start, self._eval = int(start), -1
+
+    def next_eval(self) -> None:
+        self._eval += 1
+        self._layer = 0
+
+    def slot(self) -> tuple[int, int]:
+        self._layer += 1
+        return (self._eval, self._layer)
 
 
 # --------------------------------------------------------------------------------------------- U-Net
@@ -218,7 +254,7 @@ class UNet1D(Estimator):
             raise ValueError(
                 f"UNet1D: chunk_size {chunk_size} must be a multiple of 2^(levels-1) = {1 << (len(channels) - 1)}"
             )
-        self.levels, self.chunk_size = len(channels), chunk_size
+        self.levels, self.chunk_size, self.causal = len(channels), chunk_size, bool(causal)
         mode = "causal" if causal else "same"
         time_dim = 4 * channels[0]
         self._init_time(channels[0], time_dim, time_dim, interval_time, time_scale)
@@ -244,6 +280,11 @@ class UNet1D(Estimator):
             return chunk_attention_mask(mask, max(self.chunk_size >> level, 1))
         return key_mask(mask)
 
+    @property
+    def supports_cache(self) -> bool:
+        """A :class:`ChunkCache` streams this estimator: causal, one level (no stride-2 convs)."""
+        return self.causal and self.levels == 1 and self.chunk_size > 0
+
     def forward(
         self,
         x: torch.Tensor,
@@ -254,7 +295,11 @@ class UNet1D(Estimator):
         cond: torch.Tensor | None = None,
         streaming: bool = False,
         r: torch.Tensor | None = None,
+        cache: ChunkCache | None = None,
     ) -> torch.Tensor:
+        """``cache``: ``x`` holds only the new chunk's frames (all valid), earlier ones are in the cache."""
+        if cache is not None:
+            return self._forward_cached(x, mu, t, spk, cond, cache, r)
         h = self._stack_inputs(x, mu, spk, cond)
         t_emb = self.embed_time(t, r)
         skips, masks = [], []
@@ -280,6 +325,61 @@ class UNet1D(Estimator):
                 h = up(h, m)
         h = self.final(h, mask)
         return self.proj(h) * mask[:, None, :].to(h.dtype)
+
+    # The same network on one new chunk, reading earlier chunks from the cache (supports_cache only).
+    def _forward_cached(self, x, mu, t, spk, cond, cache: ChunkCache, r=None) -> torch.Tensor:
+        if not self.supports_cache:
+            raise ValueError("UNet1D: a chunk cache needs causal: true, one channel level and chunk_size > 0")
+        cache.next_eval()
+        h = self._stack_inputs(x, mu, spk, cond)
+        t_emb = self.embed_time(t, r)
+        h = self._stage_cached(self.down[0], h, t_emb, cache)
+        skip = h
+        h = self._conv_cached(self.downsample[0], h, cache)
+        for stage in self.mid:
+            h = self._stage_cached(stage, h, t_emb, cache)
+        h = self._stage_cached(self.up[0], torch.cat([h, skip], dim=1), t_emb, cache)
+        h = self._conv_cached(self.upsample[0], h, cache)
+        return self.proj(self._cna_cached(self.final, h, cache))
+
+    @staticmethod
+    def _conv_cached(conv: MaskedConv1d, h: torch.Tensor, cache: ChunkCache) -> torch.Tensor:
+        k = conv.kernel_size[0] - 1
+        key = cache.slot()
+        past = cache.store.get(key)
+        if past is None:  # the first chunk: the causal zero padding
+            past = h.new_zeros(h.shape[0], h.shape[1], k)
+        full = torch.cat([past, h], dim=-1)
+        cache.store[key] = full[..., full.shape[-1] - k :]
+        return F.conv1d(full, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    def _cna_cached(self, cna: ConvNormAct, h: torch.Tensor, cache: ChunkCache) -> torch.Tensor:
+        h = self._conv_cached(cna.conv, h, cache)
+        return F.silu(cna.norm(h.transpose(1, 2)).transpose(1, 2))
+
+    def _stage_cached(self, stage: UNetStage, h: torch.Tensor, t_emb: torch.Tensor, cache: ChunkCache) -> torch.Tensor:
+        rb = stage.resnet
+        y = self._cna_cached(rb.block1, h, cache) + rb.time(t_emb)[:, :, None]
+        h = (self._cna_cached(rb.block2, y, cache) + rb.skip(h)).transpose(1, 2)
+        for block in stage.blocks:
+            h = self._attend_cached(block, h, cache)
+        return h.transpose(1, 2)
+
+    def _attend_cached(self, block: TransformerBlock, h: torch.Tensor, cache: ChunkCache) -> torch.Tensor:
+        attn, (B, T, _) = block.attn, h.shape
+        q, k, v = attn.qkv(block.norm1(h)).view(B, T, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        key = cache.slot()
+        if key in cache.store:
+            pk, pv = cache.store[key]
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        cache.store[key] = (k, v)
+        # chunk attention: query frame p sees key frame j iff j // chunk <= p // chunk (keys start at frame 0)
+        q_chunk = (torch.arange(cache.start, cache.start + T, device=h.device) // self.chunk_size)[:, None]
+        k_chunk = (torch.arange(k.shape[2], device=h.device) // self.chunk_size)[None, :]
+        allowed = k_chunk <= q_chunk
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bool(allowed.all()) else allowed)
+        h = h + block.drop(attn.out(o.transpose(1, 2).reshape(B, T, attn.heads * attn.head_dim)))
+        return h + block.drop(block.ffn(block.norm2(h)))
 
 
 # ------------------------------------------------------------------------------------------------ DiT
@@ -332,7 +432,7 @@ class DiT(Estimator):
         time_scale: float = 1000.0,
     ):
         super().__init__(in_channels, out_channels, mu_channels, spk_channels, cond_channels)
-        self.head_dim, self.chunk_size = head_dim, chunk_size
+        self.head_dim, self.chunk_size, self.causal = head_dim, chunk_size, bool(causal)
         self.inp = nn.Linear(self.total_in, dim)
         # Two grouped convs give relative position cues before attention (as in F5-TTS's input block).
         mode, groups = ("causal" if causal else "same"), (16 if dim % 16 == 0 else 1)

@@ -150,6 +150,11 @@ class FlowModel(nn.Module):
                 f"flow: estimator chunk_size {est_chunk} != encoder chunk_size {encoder.chunk_size} "
                 f"x ratio {encoder.ratio}"
             )
+        if streaming_prob > 0 and not getattr(estimator, "causal", False):
+            raise ConfigError(
+                f"flow: streaming_prob {streaming_prob} needs a causal estimator (causal: true): the "
+                f"convolutions of a non-causal {type(estimator).__name__} leak future frames into each chunk"
+            )
         if getattr(matching, "two_times", False) != getattr(estimator, "interval_time", False):
             raise ConfigError(
                 f"flow: {type(matching).__name__} needs an estimator with interval_time="

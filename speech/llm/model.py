@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -311,6 +312,49 @@ class SpeechLM(nn.Module):
         logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(step < min_len, float("-inf"))
         return logits.log_softmax(-1)
 
+    def _decode_steps(
+        self,
+        prefix: torch.Tensor,
+        valid: torch.Tensor,
+        min_len: torch.Tensor,
+        max_len: torch.Tensor,
+        sampler: Sampler,
+        generator: torch.Generator | RowRandom | None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """The ids ``[B]`` of each decoding step after the left-padded ``prefix``; ``eos`` for items that
+        have finished (their eos, or ``max_len`` tokens). Stops when every item has finished."""
+        b = prefix.shape[0]
+        padded = not bool(valid.all())
+        positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+        next_pos = positions[:, -1:] + 1
+        n_steps = int(max_len.max())
+        history = torch.full((b, sampler.window), -1, dtype=torch.long, device=prefix.device)
+        lengths = torch.zeros(b, dtype=torch.long, device=prefix.device)
+        finished = max_len == 0
+        cache = DynamicCache(config=self.backbone.config) if use_cache else None
+        hidden = self._decode(prefix, valid, positions, cache, padded)
+        seq_inputs, seq_valid, seq_pos = prefix, valid, positions
+        for step in range(n_steps):
+            ids = sampler(self._next_logp(hidden, step, min_len), history, generator)
+            ids = ids.masked_fill(finished, self.eos_id)
+            yield ids
+            lengths += ~finished & (ids != self.eos_id)
+            finished = finished | (ids == self.eos_id) | (lengths >= max_len)
+            if history.shape[1]:
+                history = torch.cat([history[:, 1:], ids.unsqueeze(1)], dim=1)
+            if step + 1 == n_steps or bool(finished.all()):
+                break
+            new = self.speech_embedding(ids).unsqueeze(1)
+            seq_valid = torch.cat([seq_valid, seq_valid.new_ones(b, 1)], dim=1)
+            if use_cache:
+                hidden = self._decode(new, seq_valid, next_pos, cache, padded)
+            else:  # full recomputation: the slow reference the cache is tested against
+                seq_inputs = torch.cat([seq_inputs, new], dim=1)
+                seq_pos = torch.cat([seq_pos, next_pos], dim=1)
+                hidden = self._decode(seq_inputs, seq_valid, seq_pos, None, padded)
+            next_pos = next_pos + 1
+
     @torch.inference_mode()
     def generate(
         self,
@@ -363,39 +407,147 @@ class SpeechLM(nn.Module):
             prompt_speech_token,
             prompt_speech_token_len,
         )
-        padded = not bool(valid.all())
-        positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
-        next_pos = positions[:, -1:] + 1
-        n_steps = int(max_len.max())
-
-        tokens = torch.zeros(b, n_steps, dtype=torch.long, device=device)
-        history = torch.full((b, sampler.window), -1, dtype=torch.long, device=device)
+        tokens = torch.zeros(b, int(max_len.max()), dtype=torch.long, device=device)
         lengths = torch.zeros(b, dtype=torch.long, device=device)
-        finished = max_len == 0
-        cache = DynamicCache(config=self.backbone.config) if use_cache else None
-        hidden = self._decode(prefix, valid, positions, cache, padded)
-        seq_inputs, seq_valid, seq_pos = prefix, valid, positions
-        for step in range(n_steps):
-            ids = sampler(self._next_logp(hidden, step, min_len), history, generator)
-            ids = ids.masked_fill(finished, self.eos_id)
+        for step, ids in enumerate(self._decode_steps(prefix, valid, min_len, max_len, sampler, generator, use_cache)):
             tokens[:, step] = ids.masked_fill(ids == self.eos_id, 0)
-            lengths += ~finished & (ids != self.eos_id)
-            finished = finished | (ids == self.eos_id) | (lengths >= max_len)
-            if history.shape[1]:
-                history = torch.cat([history[:, 1:], ids.unsqueeze(1)], dim=1)
-            if step + 1 == n_steps or bool(finished.all()):
-                break
-            new = self.speech_embedding(ids).unsqueeze(1)
-            seq_valid = torch.cat([seq_valid, seq_valid.new_ones(b, 1)], dim=1)
-            if use_cache:
-                hidden = self._decode(new, seq_valid, next_pos, cache, padded)
-            else:  # full recomputation: the slow reference the cache is tested against
-                seq_inputs = torch.cat([seq_inputs, new], dim=1)
-                seq_pos = torch.cat([seq_pos, next_pos], dim=1)
-                hidden = self._decode(seq_inputs, seq_valid, seq_pos, None, padded)
-            next_pos = next_pos + 1
+            lengths += ids != self.eos_id
         width = int(lengths.max()) if b else 0
         return tokens[:, :width], lengths
+
+    # ------------------------------------------------------------------ streaming (one request)
+    def _ratios(self, min_len_ratio: float | None, max_len_ratio: float | None) -> tuple[float, float]:
+        return (
+            self.min_len_ratio if min_len_ratio is None else min_len_ratio,
+            self.max_len_ratio if max_len_ratio is None else max_len_ratio,
+        )
+
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        text_token: torch.Tensor,
+        spk_vector: torch.Tensor,
+        *,
+        prompt_text_token: torch.Tensor | None = None,
+        prompt_speech_token: torch.Tensor | None = None,
+        sampler: Sampler | None = None,
+        min_len_ratio: float | None = None,
+        max_len_ratio: float | None = None,
+        generator: torch.Generator | RowRandom | None = None,
+    ) -> Iterator[int]:
+        """Uni-stream decoding of one whole text ``[L]``, token by token: the ids :meth:`generate` returns
+        for it (same sampler, ratios and generator), each yielded as soon as it is sampled; never eos/fill."""
+        min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)
+        sampler = sampler if sampler is not None else self.sampler
+        one = lambda x: None if x is None else x.reshape(1, -1)  # noqa: E731
+        size = lambda x: None if x is None else torch.tensor([x.numel()], device=x.device)  # noqa: E731
+        text = text_token.reshape(1, -1)
+        n_text = torch.tensor([text.shape[1]], device=text.device)
+        spk = self.spk_proj(spk_vector.reshape(1, -1).to(self.spk_proj.weight.dtype))
+        prefix, valid = self._inference_prefix(
+            spk, text, n_text, one(prompt_text_token), size(prompt_text_token),
+            one(prompt_speech_token), size(prompt_speech_token),
+        )
+        min_len = (n_text.double() * min_ratio).floor().long()
+        max_len = (n_text.double() * max_ratio).floor().long().clamp_min(min_len)
+        for ids in self._decode_steps(prefix, valid, min_len, max_len, sampler, generator):
+            if int(ids[0]) == self.eos_id:
+                return
+            yield int(ids[0])
+
+    @torch.inference_mode()
+    def generate_bistream(
+        self,
+        text_pieces: Iterable[torch.Tensor | list[int]],
+        spk_vector: torch.Tensor,
+        *,
+        prompt_text_token: torch.Tensor | None = None,
+        prompt_speech_token: torch.Tensor | None = None,
+        sampler: Sampler | None = None,
+        min_len_ratio: float | None = None,
+        max_len_ratio: float | None = None,
+        generator: torch.Generator | RowRandom | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[int]:
+        """Bi-stream decoding of one request whose text ids arrive in pieces (e.g. from a chat LLM).
+
+        The trained bistream layout (:mod:`speech.llm.layout`), built as text arrives: whenever
+        ``a`` text ids are waiting, they are fed and ``b`` speech ids follow (prompt speech ids first,
+        teacher-forced, then sampled with eos and fill forbidden); the last of them predicts ``fill`` in
+        training, so fill is never sampled nor fed: the next text chunk follows it. When the pieces end,
+        the remaining text, ``task`` and any remaining prompt speech are fed and decoding continues to
+        eos, within ``min_len_ratio``/``max_len_ratio`` times the text length (prompt excluded). One KV
+        cache serves the whole request (``use_cache=False`` recomputes: the test reference). Yields
+        speech ids only, each as soon as it is sampled.
+        """
+        min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)
+        sampler = sampler if sampler is not None else self.sampler
+        a, b = self.mix_ratio
+        device = self.speech_embedding.weight.device
+        sos, task = self.sos_task_embedding.weight.unsqueeze(1).unbind(0)  # [1, H] each
+        spk = self.spk_proj(spk_vector.reshape(1, -1).to(self.spk_proj.weight.dtype))
+        text: list[int] = [] if prompt_text_token is None else prompt_text_token.reshape(-1).tolist()
+        forced: list[int] = [] if prompt_speech_token is None else prompt_speech_token.reshape(-1).tolist()
+        history = torch.full((1, sampler.window), -1, dtype=torch.long, device=device)
+        cache = DynamicCache(config=self.backbone.config) if use_cache else None
+        state = {"pos": 0, "seq": []}
+        pending: list[torch.Tensor] = [sos.unsqueeze(0), spk.unsqueeze(1)]  # [1, n, H] pieces not yet fed
+
+        def embed_text(ids: list[int]) -> torch.Tensor:
+            return self.embed_text(torch.tensor([ids], dtype=torch.long, device=device))
+
+        def embed_speech(i: int) -> torch.Tensor:
+            return self.speech_embedding(torch.tensor([[i]], device=device))
+
+        def feed() -> torch.Tensor:
+            x = torch.cat(pending, dim=1)
+            pending.clear()
+            if cache is None:
+                state["seq"].append(x)
+                x = torch.cat(state["seq"], dim=1)
+                pos = torch.arange(x.shape[1], device=device)[None]
+            else:
+                pos = torch.arange(state["pos"], state["pos"] + x.shape[1], device=device)[None]
+                state["pos"] += x.shape[1]
+            return self._decode(x, None, pos, cache, padded=False)
+
+        def sample(hidden: torch.Tensor, step: int, min_len: int) -> int:
+            nonlocal history
+            logp = self._next_logp(hidden, step, torch.tensor([min_len], device=device))
+            ids = sampler(logp, history, generator)
+            if history.shape[1]:
+                history = torch.cat([history[:, 1:], ids.unsqueeze(1)], dim=1)
+            return int(ids[0])
+
+        n_text, n_out = 0, 0
+        for piece in text_pieces:
+            piece = piece.reshape(-1).tolist() if isinstance(piece, torch.Tensor) else [int(i) for i in piece]
+            text += piece
+            n_text += len(piece)
+            while len(text) >= a:
+                pending.append(embed_text(text[:a]))
+                text = text[a:]
+                for _ in range(b):
+                    if forced:
+                        pending.append(embed_speech(forced.pop(0)))
+                        continue
+                    i = sample(feed(), 0, 1)  # eos is not allowed inside a chunk
+                    yield i
+                    n_out += 1
+                    pending.append(embed_speech(i))
+        min_len = int(n_text * min_ratio)
+        max_len = max(int(n_text * max_ratio), min_len)
+        if text:
+            pending.append(embed_text(text))
+        pending.append(task.unsqueeze(0))
+        pending.extend(embed_speech(i) for i in forced)
+        while n_out < max_len:
+            i = sample(feed(), n_out, min_len)
+            if i == self.eos_id:
+                return
+            yield i
+            n_out += 1
+            pending.append(embed_speech(i))
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
