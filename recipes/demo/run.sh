@@ -22,13 +22,13 @@ exp=exp/demo
 corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
-fsq_steps=500        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
+fsq_steps=700        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
 codec_steps=600       # frame-rate DAC-VAE (configs/tiny/dac_vae_frame.yaml): ~7 minutes
 codec_config=        # default: configs/tiny/dac_vae_frame.yaml (frame-rate DAC-VAE; configs/tiny/dac_vae.yaml is
                      # the DAC decoder, far slower to learn) or, with --codec flowae, configs/tiny/flowae.yaml
 known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
-flow_steps=360
+flow_steps=600
 flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml: no)
 flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
 sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that long, synthesizes and evaluates it
