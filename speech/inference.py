@@ -157,6 +157,50 @@ def load_model(
     return model.eval(), built
 
 
+def _tokenizer_overrides(text_tokenizer: str | os.PathLike | None) -> dict[str, Any]:
+    """Config overrides that point the text tokenizer at ``text_tokenizer`` (none without one). The saved
+    config has its references resolved: the tokenizer's own ``path`` is overridden too."""
+    if not text_tokenizer:
+        return {}
+    return {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}}
+
+
+def _text_tokenizer(text_tokenizer: str | os.PathLike | None, built: dict[str, Any], what: str) -> Any:
+    """The text tokenizer at ``text_tokenizer``, else the one the ``what`` model's built config names."""
+    from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
+
+    if text_tokenizer:
+        try:
+            return load_text_tokenizer(text_tokenizer)
+        except TextTokenizerError as exc:
+            raise InferenceError(str(exc)) from None
+    tokenizer = built.get("text_tokenizer")
+    if tokenizer is None:
+        raise InferenceError(f"the {what} config names no text_tokenizer: give --text_tokenizer")
+    return tokenizer
+
+
+def _load_codec(
+    codec: str | os.PathLike, codec_config: str | os.PathLike | None, trust_config: bool, loader: Any = None
+) -> nn.Module:
+    """The codec checkpoint ``codec`` with its config (given, beside it, or stored inside it).
+
+    ``loader(config, checkpoint, trust_config=...)`` builds it; by default
+    :func:`flowae.checkpoint.load_any_codec` (DAC-VAE or flowae, by the config's model key)."""
+    from dac_vae.checkpoint import CodecLoadError
+
+    if loader is None:
+        from flowae.checkpoint import load_any_codec as loader
+    codec_path = Path(codec)
+    if not codec_path.is_file():
+        raise InferenceError(f"codec checkpoint not found: {codec_path}")
+    with _config_file(codec_path, codec_config, "codec") as path:
+        try:
+            return loader(path, codec_path, trust_config=trust_config)
+        except CodecLoadError as exc:
+            raise InferenceError(f"codec: {exc}") from None
+
+
 def check_compatible(llm: nn.Module, flow: nn.Module, codec: nn.Module, text_tokenizer: Any = None) -> None:
     """Raise :class:`InferenceError` (one line) when the three models cannot work together."""
     if flow.latent_dim != codec.latent_dim or flow.ratio != codec.latent_ratio:
@@ -314,37 +358,14 @@ class Synthesizer:
 
         Configs are built with an allow-list of classes (:mod:`dac_vae.safe_config`); ``trust_config``
         lifts it, for configs the user trusts."""
-        from dac_vae.checkpoint import CodecLoadError
-        from flowae.checkpoint import load_any_codec  # DAC-VAE or flowae, by the config's model key
-
-        from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
-
-        # The saved config has its references resolved: the tokenizer's own `path` is overridden too.
-        over = {}
-        if text_tokenizer:
-            over = {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}}
+        over = _tokenizer_overrides(text_tokenizer)
         llm_model, llm_built = load_model(llm, "llm", llm_config, over, trust_config=trust_config)
-        if text_tokenizer:
-            try:
-                tokenizer = load_text_tokenizer(text_tokenizer)
-            except TextTokenizerError as exc:
-                raise InferenceError(str(exc)) from None
-        else:
-            tokenizer = llm_built.get("text_tokenizer")
-            if tokenizer is None:
-                raise InferenceError("the LM config names no text_tokenizer: give --text_tokenizer")
+        tokenizer = _text_tokenizer(text_tokenizer, llm_built, "LM")
         # The flow's statistics and speaker weights are in its checkpoint: the training-time files are not needed.
         # (the saved config has its references resolved, so the flow's own arguments are overridden too).
         unused = {"latent_stats": None, "speaker_checkpoint": None}
         flow_model, _ = load_model(flow, "flow", flow_config, {**unused, "flow": unused}, flow_ema, trust_config)
-        codec_path = Path(codec)
-        if not codec_path.is_file():
-            raise InferenceError(f"codec checkpoint not found: {codec_path}")
-        with _config_file(codec_path, codec_config, "codec") as path:
-            try:
-                codec_model = load_any_codec(path, codec_path, trust_config=trust_config)
-            except CodecLoadError as exc:
-                raise InferenceError(f"codec: {exc}") from None
+        codec_model = _load_codec(codec, codec_config, trust_config)  # DAC-VAE or flowae
         speech_tok = None
         if speech_tokenizer:
             from speech.tokenizer import SpeechTokenizerError, tokenizer_class
