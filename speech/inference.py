@@ -43,6 +43,9 @@ __all__ = [
     "Synthesizer",
     "check_compatible",
     "read_list",
+    "add_model_arguments",
+    "add_sampling_arguments",
+    "resolve_device",
     "main",
 ]
 
@@ -701,6 +704,41 @@ def _safe_name(utt: str) -> bool:
 # ------------------------------------------------------------------------------------------ CLI
 
 
+def add_model_arguments(group: Any, *, sled: bool = True, required: bool = False) -> None:
+    """The model flags (checkpoints, configs, tokenizers, ``--trust_config``), in ``group``: the "models" group
+    of this script and of ``speech-serve``. ``sled``: also ``--sled``/``--sled_config``; ``required``:
+    ``--llm`` and ``--flow`` must be given (for a command without the SLED alternative)."""
+    group.add_argument("--llm", required=required, help="Stage 1 LM checkpoint")
+    group.add_argument("--flow", required=required, help="Stage 2 flow checkpoint")
+    if sled:
+        group.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
+        group.add_argument("--sled_config", help="default: config.yaml beside --sled")
+    group.add_argument("--codec", required=True, help="codec checkpoint: DAC-VAE or flowae")
+    group.add_argument("--llm_config", help="default: config.yaml beside --llm")
+    group.add_argument("--flow_config", help="default: config.yaml beside --flow")
+    group.add_argument("--codec_config", help="default: config.yaml beside --codec")
+    group.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
+    group.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
+    group.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for prompt texts (one-shot)")
+    group.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
+    group.add_argument("--trust_config", action="store_true",
+                       help="build the models' configs even if they name code outside the allow-list "
+                       "(only for configs you trust)")
+
+
+def add_sampling_arguments(group: Any) -> None:
+    """The sampling flags that fill :class:`SynthesisOptions` (all but ``--seed`` and ``--flow_streaming``)."""
+    group.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"],
+                       help="LM token sampling (default: the LM config's sampler)")
+    group.add_argument("--top_k", type=int, default=25, help="for --sampling ras|topk (default: 25)")
+    group.add_argument("--top_p", type=float, default=0.8, help="for --sampling ras|topk (default: 0.8)")
+    group.add_argument("--min_len_ratio", type=float, help="fewest speech tokens per text token (default: LM config)")
+    group.add_argument("--max_len_ratio", type=float, help="most speech tokens per text token (default: LM config)")
+    group.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
+    group.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
+    group.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inference.py",
@@ -714,22 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m = parser.add_argument_group("models")
-    m.add_argument("--llm", help="Stage 1 LM checkpoint")
-    m.add_argument("--flow", help="Stage 2 flow checkpoint")
-    m.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
-    m.add_argument("--sled_config", help="default: config.yaml beside --sled")
-    m.add_argument("--codec", required=True, help="codec checkpoint: DAC-VAE or flowae")
-    m.add_argument("--llm_config", help="default: config.yaml beside --llm")
-    m.add_argument("--flow_config", help="default: config.yaml beside --flow")
-    m.add_argument("--codec_config", help="default: config.yaml beside --codec")
-    m.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
-    m.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
-    m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for --prompt_text (one-shot)")
-    m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
-    m.add_argument("--trust_config", action="store_true",
-                   help="build the models' configs even if they name code outside the allow-list "
-                   "(only for configs you trust)")
+    add_model_arguments(parser.add_argument_group("models"))
     i = parser.add_argument_group("input / output (one utterance, or a list)")
     i.add_argument("--text", help="text to speak")
     i.add_argument("--prompt_wav", help="reference clip of the voice to clone")
@@ -739,15 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out_dir", help="folder for <utt>.wav, synthesis.jsonl and rtf.json (with --list)")
     s = parser.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="same seed, same output (default: 0)")
-    s.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"],
-                   help="LM token sampling (default: the LM config's sampler)")
-    s.add_argument("--top_k", type=int, default=25, help="for --sampling ras|topk (default: 25)")
-    s.add_argument("--top_p", type=float, default=0.8, help="for --sampling ras|topk (default: 0.8)")
-    s.add_argument("--min_len_ratio", type=float, help="fewest speech tokens per text token (default: LM config)")
-    s.add_argument("--max_len_ratio", type=float, help="most speech tokens per text token (default: LM config)")
-    s.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
-    s.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
-    s.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+    add_sampling_arguments(s)
     s.add_argument("--flow_streaming", action="store_true",
                    help="offline synthesis with the flow's chunk attention: what --stream gives (a causal flow)")
     t = parser.add_argument_group("streaming (one utterance; a causal flow, e.g. configs/flow_stream.yaml)")
@@ -796,7 +811,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--n_steps must be >= 1")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; any other name as torch reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -809,7 +825,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from speech.audio import save_audio
     from speech.trainer.checkpoint import atomic_write_text
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if not args.list:  # what can be checked without the models fails before they load
         if not args.text.strip():
             raise InferenceError("empty text")
