@@ -53,7 +53,16 @@ from dac_vae.losses import (
     generator_adversarial_loss,
 )
 
-__all__ = ["Encoder", "Decoder", "GaussianPosterior", "DACVAE", "Reconstruction", "latent_token_ratio"]
+__all__ = [
+    "Encoder",
+    "Decoder",
+    "GaussianPosterior",
+    "DACVAE",
+    "Reconstruction",
+    "latent_token_ratio",
+    "mel_figure",
+    "reconstruction_media",
+]
 
 DEFAULT_LOSS_WEIGHTS = {
     "mel": 15.0, "adversarial": 1.0, "feature": 2.0, "kl": 0.1, "dispersive": 0.0,
@@ -482,19 +491,7 @@ class DACVAE(nn.Module):
     @torch.no_grad()
     def media(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """First item of ``batch``: input and reconstruction (posterior mean) audio, mel images."""
-        audio = batch["audio"][:1]
-        audio_len = batch.get("audio_len")
-        n = int(audio_len[0]) if audio_len is not None else audio.shape[-1]
-        audio = audio[:, :n]
-        mu, _, latent_len = self.encode(audio)
-        recon = self.decode(mu, latent_len, length=n)
-        mel_in = self.mel_loss.log_mel(audio, len(self.mel_loss.window_lengths) - 2)[0]
-        mel_out = self.mel_loss.log_mel(recon, len(self.mel_loss.window_lengths) - 2)[0]
-        return {
-            "audio/input": (audio[0].float().cpu(), self.sample_rate),
-            "audio/reconstruction": (recon[0].float().cpu(), self.sample_rate),
-            "image/mel": _mel_figure(mel_in.float().cpu(), mel_out.float().cpu()),
-        }
+        return reconstruction_media(self, batch, self.mel_loss)
 
     def remove_weight_norm(self) -> "DACVAE":
         """Fold weight norm into plain weights (inference speed); do it after loading a checkpoint."""
@@ -504,7 +501,26 @@ class DACVAE(nn.Module):
         return self
 
 
-def _mel_figure(mel_in: torch.Tensor, mel_out: torch.Tensor):
+def reconstruction_media(codec: nn.Module, batch: Mapping[str, Any], mel: MultiScaleMelLoss) -> dict[str, Any]:
+    """A codec's logging media for the first item of ``batch`` (``audio [B, S]``, optional ``audio_len``):
+    the input and its reconstruction (``codec.encode`` -> ``mu``, ``codec.decode``) as audio, and their
+    log-mels (``mel``'s second-largest scale) as one figure (:func:`mel_figure`)."""
+    audio = batch["audio"][:1]
+    audio_len = batch.get("audio_len")
+    n = int(audio_len[0]) if audio_len is not None else audio.shape[-1]
+    audio = audio[:, :n]
+    mu, _, latent_len = codec.encode(audio)
+    recon = codec.decode(mu, latent_len, length=n)
+    scale = len(mel.window_lengths) - 2
+    mel_in, mel_out = mel.log_mel(audio, scale)[0], mel.log_mel(recon, scale)[0]
+    return {
+        "audio/input": (audio[0].float().cpu(), codec.sample_rate),
+        "audio/reconstruction": (recon[0].float().cpu(), codec.sample_rate),
+        "image/mel": mel_figure(mel_in.float().cpu(), mel_out.float().cpu()),
+    }
+
+
+def mel_figure(mel_in: torch.Tensor, mel_out: torch.Tensor):
     """A matplotlib figure with the input mel above the reconstruction's (no pyplot state)."""
     from matplotlib.figure import Figure
 

@@ -53,7 +53,7 @@ from torch.nn.utils import parametrize
 
 from dac_vae.layers import WNConv1d, apply_mask, lengths_to_mask
 from dac_vae.losses import MultiScaleMelLoss
-from dac_vae.model import Encoder
+from dac_vae.model import Encoder, reconstruction_media
 from flowae.spectral import CompressedSTFT
 
 __all__ = ["FlowAE"]
@@ -228,21 +228,7 @@ class FlowAE(nn.Module):
     @torch.no_grad()
     def media(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """First item of ``batch``: input and rendered reconstruction audio, mel images."""
-        from dac_vae.model import _mel_figure
-
-        audio = batch["audio"][:1]
-        audio_len = batch.get("audio_len")
-        n = int(audio_len[0]) if audio_len is not None else audio.shape[-1]
-        audio = audio[:, :n]
-        mu, _, latent_len = self.encode(audio)
-        recon = self.decode(mu, latent_len, length=n)
-        scale = len(self._mel.window_lengths) - 2
-        mel_in, mel_out = self._mel.log_mel(audio, scale)[0], self._mel.log_mel(recon, scale)[0]
-        return {
-            "audio/input": (audio[0].float().cpu(), self.sample_rate),
-            "audio/reconstruction": (recon[0].float().cpu(), self.sample_rate),
-            "image/mel": _mel_figure(mel_in.float().cpu(), mel_out.float().cpu()),
-        }
+        return reconstruction_media(self, batch, self._mel)
 
     def remove_weight_norm(self) -> "FlowAE":
         """Fold weight norm into plain weights (inference speed); do it after loading a checkpoint."""

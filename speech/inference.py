@@ -43,6 +43,9 @@ __all__ = [
     "Synthesizer",
     "check_compatible",
     "read_list",
+    "add_model_arguments",
+    "add_sampling_arguments",
+    "resolve_device",
     "main",
 ]
 
@@ -155,6 +158,50 @@ def load_model(
     model = built[key]
     _load_state(model, checkpoint, key, ema=ema)
     return model.eval(), built
+
+
+def _tokenizer_overrides(text_tokenizer: str | os.PathLike | None) -> dict[str, Any]:
+    """Config overrides that point the text tokenizer at ``text_tokenizer`` (none without one). The saved
+    config has its references resolved: the tokenizer's own ``path`` is overridden too."""
+    if not text_tokenizer:
+        return {}
+    return {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}}
+
+
+def _text_tokenizer(text_tokenizer: str | os.PathLike | None, built: dict[str, Any], what: str) -> Any:
+    """The text tokenizer at ``text_tokenizer``, else the one the ``what`` model's built config names."""
+    from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
+
+    if text_tokenizer:
+        try:
+            return load_text_tokenizer(text_tokenizer)
+        except TextTokenizerError as exc:
+            raise InferenceError(str(exc)) from None
+    tokenizer = built.get("text_tokenizer")
+    if tokenizer is None:
+        raise InferenceError(f"the {what} config names no text_tokenizer: give --text_tokenizer")
+    return tokenizer
+
+
+def _load_codec(
+    codec: str | os.PathLike, codec_config: str | os.PathLike | None, trust_config: bool, loader: Any = None
+) -> nn.Module:
+    """The codec checkpoint ``codec`` with its config (given, beside it, or stored inside it).
+
+    ``loader(config, checkpoint, trust_config=...)`` builds it; by default
+    :func:`flowae.checkpoint.load_any_codec` (DAC-VAE or flowae, by the config's model key)."""
+    from dac_vae.checkpoint import CodecLoadError
+
+    if loader is None:
+        from flowae.checkpoint import load_any_codec as loader
+    codec_path = Path(codec)
+    if not codec_path.is_file():
+        raise InferenceError(f"codec checkpoint not found: {codec_path}")
+    with _config_file(codec_path, codec_config, "codec") as path:
+        try:
+            return loader(path, codec_path, trust_config=trust_config)
+        except CodecLoadError as exc:
+            raise InferenceError(f"codec: {exc}") from None
 
 
 def check_compatible(llm: nn.Module, flow: nn.Module, codec: nn.Module, text_tokenizer: Any = None) -> None:
@@ -314,37 +361,14 @@ class Synthesizer:
 
         Configs are built with an allow-list of classes (:mod:`dac_vae.safe_config`); ``trust_config``
         lifts it, for configs the user trusts."""
-        from dac_vae.checkpoint import CodecLoadError
-        from flowae.checkpoint import load_any_codec  # DAC-VAE or flowae, by the config's model key
-
-        from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
-
-        # The saved config has its references resolved: the tokenizer's own `path` is overridden too.
-        over = {}
-        if text_tokenizer:
-            over = {"text_tokenizer_path": str(text_tokenizer), "text_tokenizer": {"path": str(text_tokenizer)}}
+        over = _tokenizer_overrides(text_tokenizer)
         llm_model, llm_built = load_model(llm, "llm", llm_config, over, trust_config=trust_config)
-        if text_tokenizer:
-            try:
-                tokenizer = load_text_tokenizer(text_tokenizer)
-            except TextTokenizerError as exc:
-                raise InferenceError(str(exc)) from None
-        else:
-            tokenizer = llm_built.get("text_tokenizer")
-            if tokenizer is None:
-                raise InferenceError("the LM config names no text_tokenizer: give --text_tokenizer")
+        tokenizer = _text_tokenizer(text_tokenizer, llm_built, "LM")
         # The flow's statistics and speaker weights are in its checkpoint: the training-time files are not needed.
         # (the saved config has its references resolved, so the flow's own arguments are overridden too).
         unused = {"latent_stats": None, "speaker_checkpoint": None}
         flow_model, _ = load_model(flow, "flow", flow_config, {**unused, "flow": unused}, flow_ema, trust_config)
-        codec_path = Path(codec)
-        if not codec_path.is_file():
-            raise InferenceError(f"codec checkpoint not found: {codec_path}")
-        with _config_file(codec_path, codec_config, "codec") as path:
-            try:
-                codec_model = load_any_codec(path, codec_path, trust_config=trust_config)
-            except CodecLoadError as exc:
-                raise InferenceError(f"codec: {exc}") from None
+        codec_model = _load_codec(codec, codec_config, trust_config)  # DAC-VAE or flowae
         speech_tok = None
         if speech_tokenizer:
             from speech.tokenizer import SpeechTokenizerError, tokenizer_class
@@ -680,6 +704,41 @@ def _safe_name(utt: str) -> bool:
 # ------------------------------------------------------------------------------------------ CLI
 
 
+def add_model_arguments(group: Any, *, sled: bool = True, required: bool = False) -> None:
+    """The model flags (checkpoints, configs, tokenizers, ``--trust_config``), in ``group``: the "models" group
+    of this script and of ``speech-serve``. ``sled``: also ``--sled``/``--sled_config``; ``required``:
+    ``--llm`` and ``--flow`` must be given (for a command without the SLED alternative)."""
+    group.add_argument("--llm", required=required, help="Stage 1 LM checkpoint")
+    group.add_argument("--flow", required=required, help="Stage 2 flow checkpoint")
+    if sled:
+        group.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
+        group.add_argument("--sled_config", help="default: config.yaml beside --sled")
+    group.add_argument("--codec", required=True, help="codec checkpoint: DAC-VAE or flowae")
+    group.add_argument("--llm_config", help="default: config.yaml beside --llm")
+    group.add_argument("--flow_config", help="default: config.yaml beside --flow")
+    group.add_argument("--codec_config", help="default: config.yaml beside --codec")
+    group.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
+    group.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
+    group.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for prompt texts (one-shot)")
+    group.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
+    group.add_argument("--trust_config", action="store_true",
+                       help="build the models' configs even if they name code outside the allow-list "
+                       "(only for configs you trust)")
+
+
+def add_sampling_arguments(group: Any) -> None:
+    """The sampling flags that fill :class:`SynthesisOptions` (all but ``--seed`` and ``--flow_streaming``)."""
+    group.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"],
+                       help="LM token sampling (default: the LM config's sampler)")
+    group.add_argument("--top_k", type=int, default=25, help="for --sampling ras|topk (default: 25)")
+    group.add_argument("--top_p", type=float, default=0.8, help="for --sampling ras|topk (default: 0.8)")
+    group.add_argument("--min_len_ratio", type=float, help="fewest speech tokens per text token (default: LM config)")
+    group.add_argument("--max_len_ratio", type=float, help="most speech tokens per text token (default: LM config)")
+    group.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
+    group.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
+    group.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inference.py",
@@ -693,22 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m = parser.add_argument_group("models")
-    m.add_argument("--llm", help="Stage 1 LM checkpoint")
-    m.add_argument("--flow", help="Stage 2 flow checkpoint")
-    m.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
-    m.add_argument("--sled_config", help="default: config.yaml beside --sled")
-    m.add_argument("--codec", required=True, help="codec checkpoint: DAC-VAE or flowae")
-    m.add_argument("--llm_config", help="default: config.yaml beside --llm")
-    m.add_argument("--flow_config", help="default: config.yaml beside --flow")
-    m.add_argument("--codec_config", help="default: config.yaml beside --codec")
-    m.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
-    m.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
-    m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for --prompt_text (one-shot)")
-    m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
-    m.add_argument("--trust_config", action="store_true",
-                   help="build the models' configs even if they name code outside the allow-list "
-                   "(only for configs you trust)")
+    add_model_arguments(parser.add_argument_group("models"))
     i = parser.add_argument_group("input / output (one utterance, or a list)")
     i.add_argument("--text", help="text to speak")
     i.add_argument("--prompt_wav", help="reference clip of the voice to clone")
@@ -718,15 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out_dir", help="folder for <utt>.wav, synthesis.jsonl and rtf.json (with --list)")
     s = parser.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="same seed, same output (default: 0)")
-    s.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"],
-                   help="LM token sampling (default: the LM config's sampler)")
-    s.add_argument("--top_k", type=int, default=25, help="for --sampling ras|topk (default: 25)")
-    s.add_argument("--top_p", type=float, default=0.8, help="for --sampling ras|topk (default: 0.8)")
-    s.add_argument("--min_len_ratio", type=float, help="fewest speech tokens per text token (default: LM config)")
-    s.add_argument("--max_len_ratio", type=float, help="most speech tokens per text token (default: LM config)")
-    s.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
-    s.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
-    s.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+    add_sampling_arguments(s)
     s.add_argument("--flow_streaming", action="store_true",
                    help="offline synthesis with the flow's chunk attention: what --stream gives (a causal flow)")
     t = parser.add_argument_group("streaming (one utterance; a causal flow, e.g. configs/flow_stream.yaml)")
@@ -775,7 +811,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--n_steps must be >= 1")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; any other name as torch reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -788,7 +825,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from speech.audio import save_audio
     from speech.trainer.checkpoint import atomic_write_text
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if not args.list:  # what can be checked without the models fails before they load
         if not args.text.strip():
             raise InferenceError("empty text")

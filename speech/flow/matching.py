@@ -25,7 +25,7 @@ from speech.flow.assignment import IndependentNoise, KNearestNoise, LinearSumAss
 from speech.flow.solver import NFE_PER_STEP, SOLVERS, integrate
 from speech.flow.timesteps import SCHEDULES, CosineTime, LogitNormalTime, TimeSampler, UniformTime
 
-__all__ = ["masked_mse", "derangement", "FlowMatching", "TIME_SAMPLERS", "ASSIGNMENTS"]
+__all__ = ["masked_mse", "derangement", "conditional_pair", "FlowMatching", "TIME_SAMPLERS", "ASSIGNMENTS"]
 
 Conditions = dict[str, "torch.Tensor | None"]
 
@@ -85,6 +85,25 @@ def _drop(conditions: Conditions, keep: torch.Tensor) -> Conditions:
     return out
 
 
+def conditional_pair(
+    estimator: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    conditions: Conditions,
+    r: torch.Tensor | None = None,
+    **estimator_kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The estimator's output with the ``conditions`` and with all of them zeroed (``v(x | c)``, ``v(x | ∅)``,
+    float32), in one call on a batch of 2B. ``r`` ``[B]`` (MeanFlow's second time) is passed too when given."""
+    doubled = {name: None if c is None else torch.cat([c, torch.zeros_like(c)]) for name, c in conditions.items()}
+    times = {"t": torch.cat([t, t])}
+    if r is not None:
+        times["r"] = torch.cat([r, r])
+    v = estimator(torch.cat([x, x]), torch.cat([mask, mask]), **times, **doubled, **estimator_kwargs).float()
+    return v.chunk(2)
+
+
 class FlowMatching:
     """OT-CFM loss and ODE sampling with classifier-free guidance, estimator- and data-agnostic.
 
@@ -139,6 +158,33 @@ class FlowMatching:
         tt = t.view(-1, *([1] * (x1.dim() - 1)))
         return (1.0 - s * tt) * x0 + tt * x1, x1 - s * x0
 
+    def endpoints(
+        self, x1: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data ``x1`` (float32) and its assigned noise ``x0``, both ``[B, D, T]`` and 0 on padded frames."""
+        fmask = mask[:, None, :].to(torch.float32)
+        x1 = x1.float() * fmask
+        return x1, self.assignment(x1, mask, generator) * fmask
+
+    def drop_conditions(
+        self,
+        conditions: Conditions,
+        mask: torch.Tensor,
+        loss_mask: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, Conditions, torch.Tensor]:
+        """Guidance dropout: which items keep their conditions ``[B]`` (all without dropout), the conditions
+        (zero for the others) and the scored frames ``[B, T]`` (``loss_mask & mask`` for kept items,
+        ``mask`` for the others: the prompt they would have seen is gone too)."""
+        B = mask.shape[0]
+        loss_mask = mask if loss_mask is None else loss_mask & mask
+        keep = torch.ones(B, dtype=torch.bool, device=mask.device)
+        if self.cfg_dropout > 0:
+            keep = torch.rand(B, device=mask.device, generator=generator) >= self.cfg_dropout
+            conditions = _drop(conditions, keep)
+            loss_mask = torch.where(keep[:, None], loss_mask, mask)
+        return keep, conditions, loss_mask
+
     def loss(
         self,
         estimator: Callable[..., torch.Tensor],
@@ -160,17 +206,11 @@ class FlowMatching:
         prompt they would have seen is gone too.
         """
         B = x1.shape[0]
-        fmask = mask[:, None, :].to(torch.float32)
-        x1 = x1.float() * fmask
-        x0 = self.assignment(x1, mask, generator) * fmask
+        x1, x0 = self.endpoints(x1, mask, generator)
         if t is None:
             t = self.time_sampler(B, x1.device, generator)
         x_t, u = self.path(x0, x1, t)
-        loss_mask = mask if loss_mask is None else loss_mask & mask
-        if self.cfg_dropout > 0:
-            keep = torch.rand(B, device=x1.device, generator=generator) >= self.cfg_dropout
-            conditions = _drop(conditions, keep)
-            loss_mask = torch.where(keep[:, None], loss_mask, mask)
+        _, conditions, loss_mask = self.drop_conditions(conditions, mask, loss_mask, generator)
         v = estimator(x_t, mask, t=t, **conditions, **estimator_kwargs).float()
         mse = masked_mse(v, u, loss_mask)
         out = {"flow_mse": mse}
@@ -197,11 +237,7 @@ class FlowMatching:
         **estimator_kwargs: Any,
     ) -> torch.Tensor:
         """``(1 + w)·v(x | c) - w·v(x | ∅)``, both halves in one estimator call on a batch of 2B."""
-        doubled = {name: None if c is None else torch.cat([c, torch.zeros_like(c)]) for name, c in conditions.items()}
-        v = estimator(
-            torch.cat([x, x]), torch.cat([mask, mask]), t=torch.cat([t, t]), **doubled, **estimator_kwargs
-        ).float()
-        v_cond, v_uncond = v.chunk(2)
+        v_cond, v_uncond = conditional_pair(estimator, x, mask, t, conditions, **estimator_kwargs)
         return (1.0 + cfg_w) * v_cond - cfg_w * v_uncond
 
     def velocity(

@@ -42,7 +42,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from speech.config import ConfigError
-from speech.flow.matching import Conditions, FlowMatching, _drop
+from speech.flow.matching import Conditions, FlowMatching, conditional_pair
 from speech.flow.timesteps import time_grid
 
 __all__ = ["MeanFlow", "mean_flow_target"]
@@ -155,7 +155,7 @@ class MeanFlow(FlowMatching):
         if self.train_cfg_w == 0 and self.cfg_kappa == 0:
             return v
         with torch.no_grad():
-            u_c, u_u = self._both(estimator, z, mask, t, t, conditions, **estimator_kwargs)
+            u_c, u_u = conditional_pair(estimator, z, mask, t, conditions, r=t, **estimator_kwargs)
         guided = self.omega * v + self.cfg_kappa * u_c + (1.0 - self.omega - self.cfg_kappa) * u_u
         return torch.where(keep[:, None, None], guided, v) * mask[:, None, :].to(v.dtype)
 
@@ -172,17 +172,11 @@ class MeanFlow(FlowMatching):
         """Named losses: ``loss`` (adaptively weighted), ``flow_mse`` (unweighted, comparable to CFM's)."""
         B = x1.shape[0]
         fmask = mask[:, None, :].to(torch.float32)
-        x1 = x1.float() * fmask
-        x0 = self.assignment(x1, mask, generator) * fmask
+        x1, x0 = self.endpoints(x1, mask, generator)
         t, r = self.sample_times(B, x1.device, generator)
         z, v = self.path(x0, x1, t)
         v = v * fmask
-        loss_mask = mask if loss_mask is None else loss_mask & mask
-        keep = torch.ones(B, dtype=torch.bool, device=x1.device)
-        if self.cfg_dropout > 0:
-            keep = torch.rand(B, device=x1.device, generator=generator) >= self.cfg_dropout
-            conditions = _drop(conditions, keep)
-            loss_mask = torch.where(keep[:, None], loss_mask, mask)
+        keep, conditions, loss_mask = self.drop_conditions(conditions, mask, loss_mask, generator)
         v = self.guided_target_velocity(estimator, z, mask, t, v, conditions, keep, **estimator_kwargs)
         target = v.clone()
         # Items with r = t need no JVP (their target is v); the estimator treats items independently,
@@ -204,24 +198,6 @@ class MeanFlow(FlowMatching):
 
     # ----------------------------------------------------------------------------------- sampling
 
-    @staticmethod
-    def _both(
-        estimator: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        t: torch.Tensor,
-        r: torch.Tensor,
-        conditions: Conditions,
-        **estimator_kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``u(x, r, t | c)`` and ``u(x, r, t | ∅)`` in one estimator call on a batch of 2B."""
-        doubled = {k: None if c is None else torch.cat([c, torch.zeros_like(c)]) for k, c in conditions.items()}
-        both = estimator(
-            torch.cat([x, x]), torch.cat([mask, mask]), t=torch.cat([t, t]), r=torch.cat([r, r]),
-            **doubled, **estimator_kwargs,
-        ).float()
-        return both.chunk(2)
-
     def average_velocity(
         self,
         estimator: Callable[..., torch.Tensor],
@@ -236,7 +212,7 @@ class MeanFlow(FlowMatching):
         """``u(x, r, t | c)``, with ordinary CFG on top if ``cfg_w > 0`` (then two evaluations)."""
         if cfg_w == 0:
             return estimator(x, mask, t=t, r=r, **conditions, **estimator_kwargs).float()
-        u_c, u_u = self._both(estimator, x, mask, t, r, conditions, **estimator_kwargs)
+        u_c, u_u = conditional_pair(estimator, x, mask, t, conditions, r=r, **estimator_kwargs)
         return (1.0 + cfg_w) * u_c - cfg_w * u_u
 
     def sample(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -24,7 +24,18 @@ from speech.llm.layout import bistream_allowed, build_layout
 from speech.llm.sampling import RasSampler, RowRandom, Sampler
 from speech.utils.mask import lengths_to_mask
 
-__all__ = ["IGNORE_ID", "SpeechLM", "build_qwen2", "decode_positions", "pool_pieces", "prefix_index"]
+__all__ = [
+    "IGNORE_ID",
+    "PrefixDecoder",
+    "SpeechLM",
+    "build_qwen2",
+    "decode_positions",
+    "inference_prefix",
+    "length_bounds",
+    "pool_pieces",
+    "prefix_index",
+    "speaker_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +155,94 @@ def decode_positions(
         use_cache=cache is not None,
     )
     return out.last_hidden_state[:, -1]
+
+
+def speaker_input(
+    speaker: nn.Module,
+    spk_proj: nn.Linear,
+    ref_audio: torch.Tensor | None,
+    ref_audio_len: torch.Tensor | None,
+    spk_vector: torch.Tensor | None,
+) -> torch.Tensor:
+    """The speaker's LM input slot ``[B, H]``: ``spk_proj`` of ``spk_vector [B, speaker.dim]``, or of the
+    vector ``speaker`` extracts from ``ref_audio`` when no vector is given."""
+    if spk_vector is None:
+        if ref_audio is None:
+            raise ValueError("generate needs ref_audio (with ref_audio_len) or spk_vector")
+        spk_vector = speaker(ref_audio, ref_audio_len)
+    return spk_proj(spk_vector.to(spk_proj.weight.dtype))
+
+
+def length_bounds(text_len: torch.Tensor, min_ratio: float, max_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(floor(text_len·min_ratio), floor(text_len·max_ratio))`` ``[B]``, computed in float64; the maximum is
+    raised to the minimum where it is below."""
+    min_len = (text_len.double() * min_ratio).floor().long()
+    max_len = (text_len.double() * max_ratio).floor().long().clamp_min(min_len)
+    return min_len, max_len
+
+
+def inference_prefix(
+    sos_task: torch.Tensor,
+    spk: torch.Tensor,
+    embed_text: Callable[[torch.Tensor], torch.Tensor],
+    text_token: torch.Tensor,
+    text_token_len: torch.Tensor,
+    prompt_text_token: torch.Tensor | None,
+    prompt_text_token_len: torch.Tensor | None,
+    speech_emb: torch.Tensor,
+    speech_len: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``[sos, spk, prompt_text, text, task, prompt_speech]`` ``[B, P, H]`` and its valid mask ``[B, P]``.
+
+    ``embed_text`` maps the ids ``[prompt_text | text]`` ``[B, n_pt + n_t]`` (padding set to 0) to
+    ``[B, n_pt + n_t, H]``; ``speech_emb [B, n_ps, H]`` embeds the prompt speech, ``speech_len [B]`` long.
+    No prompt text (``None``): an empty one.
+    """
+    b, device = text_token.shape[0], text_token.device
+    if prompt_text_token is None:
+        prompt_text_token = torch.zeros(b, 0, dtype=torch.long, device=device)
+        prompt_text_token_len = torch.zeros(b, dtype=torch.long, device=device)
+    # Text pool [prompt_text | text] (padded each), then a pool of every piece.
+    n_pt, n_t = prompt_text_token.shape[1], text_token.shape[1]
+    text_all = torch.cat([prompt_text_token, text_token], dim=1)
+    text_all = text_all.masked_fill(
+        ~torch.cat([lengths_to_mask(prompt_text_token_len, n_pt), lengths_to_mask(text_token_len, n_t)], 1), 0
+    )
+    pool = pool_pieces(sos_task, spk, embed_text(text_all), speech_emb)  # [B, 3 + n_pt + n_t + n_ps, H]
+    src, valid = prefix_index(prompt_text_token_len, text_token_len, speech_len, n_pt, n_t)
+    return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), valid
+
+
+class PrefixDecoder:
+    """Step-by-step decoding after a left-padded prefix ``[B, P, H]`` (valid mask ``[B, P]``).
+
+    ``hidden`` is the decoder's state ``[B, H]`` at the last position so far; :meth:`feed` appends one
+    position. With ``use_cache`` a KV cache holds the past; without, every step recomputes the whole
+    sequence (the slow reference the cache is tested against).
+    """
+
+    def __init__(
+        self, decoder: nn.Module, config: Any, prefix: torch.Tensor, valid: torch.Tensor, use_cache: bool = True
+    ):
+        self.decoder = decoder
+        self.padded = not bool(valid.all())
+        self.positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+        self.next_pos = self.positions[:, -1:] + 1
+        self.cache = DynamicCache(config=config) if use_cache else None
+        self.inputs, self.valid = prefix, valid
+        self.hidden = decode_positions(decoder, prefix, valid, self.positions, self.cache, self.padded)
+
+    def feed(self, new: torch.Tensor) -> torch.Tensor:
+        """Append ``new [B, 1, H]``; return (and keep as ``hidden``) the new last position's state ``[B, H]``."""
+        self.valid = torch.cat([self.valid, self.valid.new_ones(new.shape[0], 1)], dim=1)
+        if self.cache is not None:
+            self.hidden = decode_positions(self.decoder, new, self.valid, self.next_pos, self.cache, self.padded)
+        else:
+            self.inputs = torch.cat([self.inputs, new], dim=1)
+            self.positions = torch.cat([self.positions, self.next_pos], dim=1)
+            self.hidden = decode_positions(self.decoder, self.inputs, self.valid, self.positions, None, self.padded)
+        self.next_pos = self.next_pos + 1
+        return self.hidden
 
 
 class SpeechLM(nn.Module):
@@ -281,17 +380,11 @@ class SpeechLM(nn.Module):
         ps, ps_len = (empty, zero) if prompt_speech_token is None else (prompt_speech_token, prompt_speech_token_len)
         if pt_len is None or ps_len is None:
             raise ValueError("prompt tokens need their lengths")
-
-        # Text pool [prompt_text | text] (padded each), then a pool of every piece.
-        n_pt, n_t, n_ps = pt.shape[1], text_token.shape[1], ps.shape[1]
-        text_all = torch.cat([pt, text_token], dim=1)
-        text_all = text_all.masked_fill(
-            ~torch.cat([lengths_to_mask(pt_len, n_pt), lengths_to_mask(text_token_len, n_t)], 1), 0
+        ps = ps.masked_fill(~lengths_to_mask(ps_len, ps.shape[1]), 0)
+        return inference_prefix(
+            self.sos_task_embedding.weight, spk, self.embed_text, text_token, text_token_len, pt, pt_len,
+            self.speech_embedding(ps), ps_len,
         )
-        ps = ps.masked_fill(~lengths_to_mask(ps_len, n_ps), 0)
-        pool = self._pool(spk, self.embed_text(text_all), self.speech_embedding(ps))  # [B, 3 + n_pt + n_t + n_ps, H]
-        src, valid = prefix_index(pt_len, text_token_len, ps_len, n_pt, n_t)
-        return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), valid
 
     def _decode(
         self,
@@ -325,16 +418,12 @@ class SpeechLM(nn.Module):
         """The ids ``[B]`` of each decoding step after the left-padded ``prefix``; ``eos`` for items that
         have finished (their eos, or ``max_len`` tokens). Stops when every item has finished."""
         b = prefix.shape[0]
-        padded = not bool(valid.all())
-        positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
-        next_pos = positions[:, -1:] + 1
         n_steps = int(max_len.max())
         history = torch.full((b, sampler.window), -1, dtype=torch.long, device=prefix.device)
         lengths = torch.zeros(b, dtype=torch.long, device=prefix.device)
         finished = max_len == 0
-        cache = DynamicCache(config=self.backbone.config) if use_cache else None
-        hidden = self._decode(prefix, valid, positions, cache, padded)
-        seq_inputs, seq_valid, seq_pos = prefix, valid, positions
+        decoder = PrefixDecoder(self.decoder, self.backbone.config, prefix, valid, use_cache)
+        hidden = decoder.hidden
         for step in range(n_steps):
             ids = sampler(self._next_logp(hidden, step, min_len), history, generator)
             ids = ids.masked_fill(finished, self.eos_id)
@@ -345,15 +434,7 @@ class SpeechLM(nn.Module):
                 history = torch.cat([history[:, 1:], ids.unsqueeze(1)], dim=1)
             if step + 1 == n_steps or bool(finished.all()):
                 break
-            new = self.speech_embedding(ids).unsqueeze(1)
-            seq_valid = torch.cat([seq_valid, seq_valid.new_ones(b, 1)], dim=1)
-            if use_cache:
-                hidden = self._decode(new, seq_valid, next_pos, cache, padded)
-            else:  # full recomputation: the slow reference the cache is tested against
-                seq_inputs = torch.cat([seq_inputs, new], dim=1)
-                seq_pos = torch.cat([seq_pos, next_pos], dim=1)
-                hidden = self._decode(seq_inputs, seq_valid, seq_pos, None, padded)
-            next_pos = next_pos + 1
+            hidden = decoder.feed(self.speech_embedding(ids).unsqueeze(1))
 
     @torch.inference_mode()
     def generate(
@@ -386,17 +467,11 @@ class SpeechLM(nn.Module):
         do not depend on the batch either.
         """
         sampler = sampler if sampler is not None else self.sampler
-        min_ratio = self.min_len_ratio if min_len_ratio is None else min_len_ratio
-        max_ratio = self.max_len_ratio if max_len_ratio is None else max_len_ratio
-        if spk_vector is None:
-            if ref_audio is None:
-                raise ValueError("generate needs ref_audio (with ref_audio_len) or spk_vector")
-            spk_vector = self.speaker(ref_audio, ref_audio_len)
-        spk = self.spk_proj(spk_vector.to(self.spk_proj.weight.dtype))
+        min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)
+        spk = speaker_input(self.speaker, self.spk_proj, ref_audio, ref_audio_len, spk_vector)
         b, device = text_token.shape[0], text_token.device
         text_token_len = text_token_len.to(device)
-        min_len = (text_token_len.double() * min_ratio).floor().long()
-        max_len = (text_token_len.double() * max_ratio).floor().long().clamp_min(min_len)
+        min_len, max_len = length_bounds(text_token_len, min_ratio, max_ratio)
 
         prefix, valid = self._inference_prefix(
             spk,
@@ -422,6 +497,19 @@ class SpeechLM(nn.Module):
             self.max_len_ratio if max_len_ratio is None else max_len_ratio,
         )
 
+    def _request(
+        self,
+        spk_vector: torch.Tensor,
+        sampler: Sampler | None,
+        min_len_ratio: float | None,
+        max_len_ratio: float | None,
+    ) -> tuple[torch.Tensor, Sampler, float, float]:
+        """One streamed request's speaker slot ``[1, H]``, sampler and length ratios (``None``: the model's)."""
+        min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)
+        sampler = sampler if sampler is not None else self.sampler
+        spk = self.spk_proj(spk_vector.reshape(1, -1).to(self.spk_proj.weight.dtype))
+        return spk, sampler, min_ratio, max_ratio
+
     @torch.inference_mode()
     def generate_stream(
         self,
@@ -437,19 +525,16 @@ class SpeechLM(nn.Module):
     ) -> Iterator[int]:
         """Uni-stream decoding of one whole text ``[L]``, token by token: the ids :meth:`generate` returns
         for it (same sampler, ratios and generator), each yielded as soon as it is sampled; never eos/fill."""
-        min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)
-        sampler = sampler if sampler is not None else self.sampler
+        spk, sampler, min_ratio, max_ratio = self._request(spk_vector, sampler, min_len_ratio, max_len_ratio)
         one = lambda x: None if x is None else x.reshape(1, -1)  # noqa: E731
         size = lambda x: None if x is None else torch.tensor([x.numel()], device=x.device)  # noqa: E731
         text = text_token.reshape(1, -1)
         n_text = torch.tensor([text.shape[1]], device=text.device)
-        spk = self.spk_proj(spk_vector.reshape(1, -1).to(self.spk_proj.weight.dtype))
         prefix, valid = self._inference_prefix(
             spk, text, n_text, one(prompt_text_token), size(prompt_text_token),
             one(prompt_speech_token), size(prompt_speech_token),
         )
-        min_len = (n_text.double() * min_ratio).floor().long()
-        max_len = (n_text.double() * max_ratio).floor().long().clamp_min(min_len)
+        min_len, max_len = length_bounds(n_text, min_ratio, max_ratio)
         for ids in self._decode_steps(prefix, valid, min_len, max_len, sampler, generator):
             if int(ids[0]) == self.eos_id:
                 return
@@ -480,12 +565,10 @@ class SpeechLM(nn.Module):
         cache serves the whole request (``use_cache=False`` recomputes: the test reference). Yields
         speech ids only, each as soon as it is sampled.
         """
-        min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)
-        sampler = sampler if sampler is not None else self.sampler
+        spk, sampler, min_ratio, max_ratio = self._request(spk_vector, sampler, min_len_ratio, max_len_ratio)
         a, b = self.mix_ratio
         device = self.speech_embedding.weight.device
         sos, task = self.sos_task_embedding.weight.unsqueeze(1).unbind(0)  # [1, H] each
-        spk = self.spk_proj(spk_vector.reshape(1, -1).to(self.spk_proj.weight.dtype))
         text: list[int] = [] if prompt_text_token is None else prompt_text_token.reshape(-1).tolist()
         forced: list[int] = [] if prompt_speech_token is None else prompt_speech_token.reshape(-1).tolist()
         history = torch.full((1, sampler.window), -1, dtype=torch.long, device=device)

@@ -7,9 +7,14 @@ import sys
 from dataclasses import fields
 from typing import Sequence
 
-import torch
-
-from speech.inference import InferenceError, SynthesisOptions, Synthesizer
+from speech.inference import (
+    InferenceError,
+    SynthesisOptions,
+    Synthesizer,
+    add_model_arguments,
+    add_sampling_arguments,
+    resolve_device,
+)
 
 __all__ = ["build_parser", "main", "MODEL_FLAGS"]
 
@@ -31,19 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m = parser.add_argument_group("models (as inference.py)")
-    m.add_argument("--llm", required=True, help="Stage 1 LM checkpoint")
-    m.add_argument("--flow", required=True, help="Stage 2 flow checkpoint")
-    m.add_argument("--codec", required=True, help="DAC-VAE checkpoint")
-    m.add_argument("--llm_config", help="default: config.yaml beside --llm")
-    m.add_argument("--flow_config", help="default: config.yaml beside --flow")
-    m.add_argument("--codec_config", help="default: config.yaml beside --codec")
-    m.add_argument("--flow_ema", action="store_true", help="use the EMA weights of a trainer flow checkpoint")
-    m.add_argument("--text_tokenizer", help="BPE tokenizer.json or tokenizer directory (default: the LM config's)")
-    m.add_argument("--speech_tokenizer", help="FSQ tokenizer checkpoint, needed for prompt texts (one-shot)")
-    m.add_argument("--speech_tokenizer_type", default="own", help="own (trained here) or s3 (default: own)")
-    m.add_argument("--trust_config", action="store_true",
-                   help="build the models' configs even if they name code outside the allow-list "
-                   "(only for configs you trust)")
+    add_model_arguments(m, sled=False, required=True)
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -60,19 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max_voices", type=int, default=100, help="registered voices kept in memory (default: 100)")
     s.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     d = parser.add_argument_group("request defaults (each request may override them)")
-    d.add_argument("--sampling", default="config", choices=["config", "ras", "topk", "greedy"])
-    d.add_argument("--top_k", type=int, default=25)
-    d.add_argument("--top_p", type=float, default=0.8)
-    d.add_argument("--min_len_ratio", type=float, help="default: the LM config's")
-    d.add_argument("--max_len_ratio", type=float, help="default: the LM config's")
-    d.add_argument("--n_steps", type=int, help="flow ODE steps (default: the flow config's)")
-    d.add_argument("--cfg_w", type=float, help="default: the flow config's")
-    d.add_argument("--solver", choices=["euler", "midpoint"], help="default: the flow config's")
+    add_sampling_arguments(d)
     return parser
-
-
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         synth = Synthesizer.from_checkpoints(
-            **{k: getattr(args, k) for k in MODEL_FLAGS}, device=_device(args.device),
+            **{k: getattr(args, k) for k in MODEL_FLAGS}, device=resolve_device(args.device),
             min_prompt_seconds=args.min_prompt_seconds, max_prompt_seconds=args.max_prompt_seconds,
         )
     except InferenceError as exc:

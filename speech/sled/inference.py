@@ -10,7 +10,6 @@ counts latent frames on this path.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +22,10 @@ from speech.inference import (
     SynthesisOptions,
     Timer,
     Utterance,
-    _config_file,
+    _load_codec,
     _pad,
+    _text_tokenizer,
+    _tokenizer_overrides,
     load_model,
 )
 
@@ -88,32 +89,14 @@ class SledSynthesizer(Synthesizer):
         **kwargs: Any,
     ) -> "SledSynthesizer":
         """Build both parts from trained checkpoints (configs default to the ones saved with them)."""
-        from dac_vae.checkpoint import CodecLoadError, load_codec
+        from dac_vae.checkpoint import load_codec
 
-        from speech.text.tokenizer import TextTokenizerError, load_text_tokenizer
-
-        over: dict[str, Any] = {"latent_stats": None}  # the statistics are in the checkpoint
-        if text_tokenizer:
-            over.update(text_tokenizer_path=str(text_tokenizer), text_tokenizer={"path": str(text_tokenizer)})
+        # The statistics are in the checkpoint.
+        over: dict[str, Any] = {"latent_stats": None, **_tokenizer_overrides(text_tokenizer)}
         model, built = load_model(sled, "sled", sled_config, {**over, "sled": {"latent_stats": None}},
                                   trust_config=trust_config)
-        if text_tokenizer:
-            try:
-                tokenizer = load_text_tokenizer(text_tokenizer)
-            except TextTokenizerError as exc:
-                raise InferenceError(str(exc)) from None
-        else:
-            tokenizer = built.get("text_tokenizer")
-            if tokenizer is None:
-                raise InferenceError("the SLED config names no text_tokenizer: give --text_tokenizer")
-        codec_path = Path(codec)
-        if not codec_path.is_file():
-            raise InferenceError(f"codec checkpoint not found: {codec_path}")
-        with _config_file(codec_path, codec_config, "codec") as path:
-            try:
-                codec_model = load_codec(path, codec_path, trust_config=trust_config)
-            except CodecLoadError as exc:
-                raise InferenceError(f"codec: {exc}") from None
+        tokenizer = _text_tokenizer(text_tokenizer, built, "SLED")
+        codec_model = _load_codec(codec, codec_config, trust_config, load_codec)  # a DAC-VAE
         return cls(model, codec_model, tokenizer, device=device, **kwargs)
 
     @torch.inference_mode()

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from speech.config import ConfigError
 from speech.flow.model import load_latent_stats
 from speech.llm.layout import bistream_allowed, build_layout
-from speech.llm.model import decode_positions, pool_pieces, prefix_index
+from speech.llm.model import PrefixDecoder, inference_prefix, length_bounds, pool_pieces, speaker_input
 from speech.llm.sampling import RowRandom
 from speech.sled.head import GenerativeHead
 from speech.sled.loss import energy_distance
@@ -198,22 +198,15 @@ class SledLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``[sos, spk, prompt_text, text, task, prompt_steps]`` ``[B, P, H]`` (``spk None``: the
         unconditional path, text and speaker slots null) and its valid mask ``[B, P]``."""
-        b, device = text_token.shape[0], text_token.device
-        if prompt_text_token is None:
-            prompt_text_token = torch.zeros(b, 0, dtype=torch.long, device=device)
-            prompt_text_token_len = torch.zeros(b, dtype=torch.long, device=device)
-        n_pt, n_t = prompt_text_token.shape[1], text_token.shape[1]
-        text_all = torch.cat([prompt_text_token, text_token], dim=1)
-        text_all = text_all.masked_fill(
-            ~torch.cat([lengths_to_mask(prompt_text_token_len, n_pt), lengths_to_mask(text_token_len, n_t)], 1), 0
-        )
+        b = text_token.shape[0]
+        embed_text = self.embed_text
         if spk is None:
-            text_emb, spk = self._null(b, n_pt + n_t), self.null_embedding.expand(b, -1)
-        else:
-            text_emb = self.embed_text(text_all)
-        pool = pool_pieces(self.sos_task_embedding.weight, spk, text_emb, self.latent_in(prompt_steps))
-        src, valid = prefix_index(prompt_text_token_len, text_token_len, prompt_step_len, n_pt, n_t)
-        return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), valid
+            spk = self.null_embedding.expand(b, -1)
+            embed_text = lambda ids: self._null(b, ids.shape[1])  # noqa: E731
+        return inference_prefix(
+            self.sos_task_embedding.weight, spk, embed_text, text_token, text_token_len, prompt_text_token,
+            prompt_text_token_len, self.latent_in(prompt_steps), prompt_step_len,
+        )
 
     def _noise(self, b: int, generator: torch.Generator | RowRandom | None, like: torch.Tensor) -> torch.Tensor:
         if isinstance(generator, RowRandom):
@@ -256,15 +249,12 @@ class SledLM(nn.Module):
         threshold = self.stop_threshold if stop_threshold is None else stop_threshold
         min_ratio = self.min_len_ratio if min_len_ratio is None else min_len_ratio
         max_ratio = self.max_len_ratio if max_len_ratio is None else max_len_ratio
-        if spk_vector is None:
-            if ref_audio is None:
-                raise ValueError("generate needs ref_audio (with ref_audio_len) or spk_vector")
-            spk_vector = self.speaker(ref_audio, ref_audio_len)
-        spk = self.spk_proj(spk_vector.to(self.spk_proj.weight.dtype))
+        spk = speaker_input(self.speaker, self.spk_proj, ref_audio, ref_audio_len, spk_vector)
         b, device = text_token.shape[0], text_token.device
         text_token_len = text_token_len.to(device)
-        min_steps = step_lengths((text_token_len.double() * min_ratio).floor().long(), k)
-        max_steps = step_lengths((text_token_len.double() * max_ratio).floor().long(), k).clamp_min(min_steps)
+        min_frames, max_frames = length_bounds(text_token_len, min_ratio, max_ratio)
+        min_steps = step_lengths(min_frames, k)
+        max_steps = step_lengths(max_frames, k).clamp_min(min_steps)
 
         if prompt_latent is not None:
             if prompt_latent_len is None or prompt_text_token is None:
@@ -282,17 +272,13 @@ class SledLM(nn.Module):
             prefix_u, _ = self._prefix(None, *pieces)
             prefix, valid = torch.cat([prefix, prefix_u]), torch.cat([valid, valid])
         rows = prefix.shape[0]
-        padded = not bool(valid.all())
-        positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
-        next_pos = positions[:, -1:] + 1
         n_max = int(max_steps.max()) if b else 0
 
         out = prefix.new_zeros(b, n_max, k * self.latent_dim)
         lengths = torch.zeros(b, dtype=torch.long, device=device)
         finished = max_steps == 0
-        cache = DynamicCache(config=self.backbone.config) if use_cache else None
-        hidden = decode_positions(self.decoder, prefix, valid, positions, cache, padded)
-        seq_inputs, seq_valid, seq_pos = prefix, valid, positions
+        decoder = PrefixDecoder(self.decoder, self.backbone.config, prefix, valid, use_cache)
+        hidden = decoder.hidden
         for step in range(n_max):
             h_c = hidden[:b]
             h = h_c + w * (h_c - hidden[b:]) if guided else h_c
@@ -305,16 +291,7 @@ class SledLM(nn.Module):
             finished = finished | stop | (lengths >= max_steps)
             if step + 1 == n_max or bool(finished.all()):
                 break
-            new = self.latent_in(patch).unsqueeze(1)
-            new = new.repeat(rows // b, 1, 1)
-            seq_valid = torch.cat([seq_valid, seq_valid.new_ones(rows, 1)], dim=1)
-            if use_cache:
-                hidden = decode_positions(self.decoder, new, seq_valid, next_pos, cache, padded)
-            else:  # full recomputation: the slow reference the cache is tested against
-                seq_inputs = torch.cat([seq_inputs, new], dim=1)
-                seq_pos = torch.cat([seq_pos, next_pos], dim=1)
-                hidden = decode_positions(self.decoder, seq_inputs, seq_valid, seq_pos, None, padded)
-            next_pos = next_pos + 1
+            hidden = decoder.feed(self.latent_in(patch).unsqueeze(1).repeat(rows // b, 1, 1))
         width = int(lengths.max()) if b else 0
         latent = self.denormalise(unpatchify(out[:, :width], k))
         latent_len = lengths * k
