@@ -78,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    defaults = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions) if f.name != "seed"})
+    # per-request: the seed; not a server setting: the streamed-equivalent offline flow (--flow_streaming)
+    defaults = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions)
+                                   if f.name not in ("seed", "flow_streaming")})
     batcher = DynamicBatcher(synth, args.max_batch, args.batch_window_ms / 1000, args.max_queue)
     config = ServeConfig(args.max_text_chars, int(args.max_body_mb * 2**20), args.max_voices, defaults)
     app = create_app(synth, batcher, config)
