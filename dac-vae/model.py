@@ -253,6 +253,12 @@ class DACVAE(nn.Module):
     ``σ ~ U(0, sigma_max)`` per item to the training latent; ``latent_norm`` applies a parameter-free
     LayerNorm over the latent dimension before the decoder (in training *and* in :meth:`decode`);
     ``loss_weights["dispersive"] > 0`` enables the dispersive loss on ``mu``.
+
+    For short (CPU) runs: ``kl_warmup_steps`` ramps the KL weight from 0 so latents carry information
+    before the prior pulls them in; without a ``discriminator`` training is GAN-free (one
+    ``generator`` group); with a frame decoder (:mod:`dac_vae.frame_rate`) ``loss_weights["magnitude"]``
+    and ``["phase"]`` add direct losses on its STFT frames (:func:`dac_vae.losses.frame_spectral_losses`).
+    Encoder and decoder are either the DAC ones below or the frame-rate ones: same interfaces.
     """
 
     def __init__(
