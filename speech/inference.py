@@ -543,6 +543,26 @@ class Synthesizer:
         (prompt, models: :class:`InferenceError`); everything else is local to the returned
         generator, so requests can be interleaved.
         """
+        self._check_streamable(chunk_tokens)
+        opt = options or SynthesisOptions()
+        if isinstance(text, str):
+            request = self.prepare(utt, text, prompt_wav, prompt_text)
+            pieces = None
+        else:
+            wav, p_text, p_ids = self._prompt(utt, prompt_wav, prompt_text)
+            request = Utterance(utt, "", torch.zeros(0, dtype=torch.long), wav, str(prompt_wav), p_text, p_ids)
+            pieces = iter(text)
+        return self._start_stream(request, pieces, opt, chunk_tokens)
+
+    def stream_utterance(
+        self, request: Utterance, options: SynthesisOptions | None = None, chunk_tokens: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`stream` for an already prepared request (:meth:`prepare`; the server's uploads and
+        registered voices): the same chunks as ``stream(request.text, <its clip>, ...)``."""
+        self._check_streamable(chunk_tokens)
+        return self._start_stream(request, None, options or SynthesisOptions(), chunk_tokens)
+
+    def _check_streamable(self, chunk_tokens: int | None) -> None:
         from dac_vae.streaming import ChunkedDecoder
 
         from speech.flow.streaming import StreamingError, check_streamable
@@ -552,18 +572,13 @@ class Synthesizer:
             ChunkedDecoder(self.codec)
         except (StreamingError, TypeError) as exc:
             raise InferenceError(f"cannot stream: {exc}") from None
-        opt = options or SynthesisOptions()
-        sampler = opt.sampler(self.llm.sampler)
-        if isinstance(text, str):
-            request = self.prepare(utt, text, prompt_wav, prompt_text)
-            pieces = None
-        else:
-            wav, p_text, p_ids = self._prompt(utt, prompt_wav, prompt_text)
-            request = Utterance(utt, "", torch.zeros(0, dtype=torch.long), wav, str(prompt_wav), p_text, p_ids)
-            pieces = iter(text)
+
+    def _start_stream(
+        self, request: Utterance, pieces: Iterator | None, opt: SynthesisOptions, chunk_tokens: int | None
+    ) -> Iterator[torch.Tensor]:
         if request.prompt_text_token is not None and self.speech_tokenizer is None:
             raise InferenceError("a prompt text needs a speech tokenizer for the prompt (--speech_tokenizer)")
-        return self._stream(request, pieces, opt, sampler, chunk_tokens)
+        return self._stream(request, pieces, opt, opt.sampler(self.llm.sampler), chunk_tokens)
 
     @torch.inference_mode()
     def _stream(

@@ -3,7 +3,7 @@
     POST /v1/tts          text + a reference clip (upload) or a registered voice id -> audio/wav
     POST /v1/voices       register a reference clip once (speaker vectors computed once)
     GET  /v1/voices       the registered voices;  DELETE /v1/voices/{id}
-    POST /v1/tts/stream   501: streaming synthesis does not exist yet
+    POST /v1/tts/stream   the same form -> a chunked audio/wav stream (sizes 0xFFFFFFFF), audio as it is generated
     GET  /health          liveness, queue and batching counters
     GET  /                the demo page;  GET /docs, /redoc  the OpenAPI docs (no CDN needed)
 
@@ -17,6 +17,7 @@ import dataclasses
 import io
 import logging
 import os
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import torch
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
@@ -51,6 +52,18 @@ class ServeConfig:
     max_body_bytes: int = 20 * 2**20
     max_voices: int = 100
     defaults: SynthesisOptions = dataclasses.field(default_factory=SynthesisOptions)
+
+
+def _wav_stream_header(sample_rate: int) -> bytes:
+    """A 16-bit mono PCM wav header for a stream of unknown length: RIFF and data sizes 0xFFFFFFFF."""
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", 0xFFFFFFFF))
+
+
+def _pcm16(audio: torch.Tensor) -> bytes:
+    """Float samples in [-1, 1] -> little-endian 16-bit PCM, rounded as soundfile writes PCM_16."""
+    return (audio.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().astype("<i2").tobytes()
 
 
 def _one_line(message: Any) -> str:
@@ -174,6 +187,27 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         except QueueFull as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 
+    async def build_request(text: str, reference: UploadFile | None, voice_id: str | None, prompt_text: str | None,
+                            given: dict[str, Any]) -> tuple[Utterance, SynthesisOptions]:
+        """The checked request of /v1/tts and /v1/tts/stream: its utterance and its sampling options."""
+        text = check_text(text)
+        voice_id = (voice_id or "").strip() or None
+        if (reference is None) == (voice_id is None):
+            raise HTTPException(422, "give either a reference clip (field 'reference') or a voice_id, not both" if voice_id
+                                else "give a reference clip (field 'reference') or a voice_id")
+        if voice_id is not None:
+            voice = voices.get(voice_id)
+            if voice is None:
+                raise HTTPException(404, f"unknown voice id {voice_id!r} (GET /v1/voices lists them)")
+            ids = synth.text_tokenizer.encode(text)
+            if not ids:
+                raise HTTPException(422, f"text {text!r} gives no tokens")
+            utterance = dataclasses.replace(voice.utterance, text=text, text_token=torch.tensor(ids, dtype=torch.long))
+        else:
+            utterance = await upload(reference, text, prompt_text)
+        given = {k: v for k, v in given.items() if v is not None}
+        return utterance, dataclasses.replace(config.defaults, **given)
+
     # ---------------------------------------------------------------------------- routes
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -257,24 +291,9 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         solver: Annotated[Literal["euler", "midpoint"] | None, Form()] = None,
     ) -> Response:
         start = time.monotonic()
-        text = check_text(text)
-        voice_id = (voice_id or "").strip() or None
-        if (reference is None) == (voice_id is None):
-            raise HTTPException(422, "give either a reference clip (field 'reference') or a voice_id, not both" if voice_id
-                                else "give a reference clip (field 'reference') or a voice_id")
-        if voice_id is not None:
-            voice = voices.get(voice_id)
-            if voice is None:
-                raise HTTPException(404, f"unknown voice id {voice_id!r} (GET /v1/voices lists them)")
-            ids = synth.text_tokenizer.encode(text)
-            if not ids:
-                raise HTTPException(422, f"text {text!r} gives no tokens")
-            utterance = dataclasses.replace(voice.utterance, text=text, text_token=torch.tensor(ids, dtype=torch.long))
-        else:
-            utterance = await upload(reference, text, prompt_text)
         given = {"seed": seed, "sampling": sampling, "top_k": top_k, "top_p": top_p, "min_len_ratio": min_len_ratio,
                  "max_len_ratio": max_len_ratio, "n_steps": n_steps, "cfg_w": cfg_w, "solver": solver}
-        options = dataclasses.replace(config.defaults, **{k: v for k, v in given.items() if v is not None})
+        utterance, options = await build_request(text, reference, voice_id, prompt_text, given)
         result = await wait(submit(batcher.submit, utterance, options))
         audio = result.synthesis.audio
         buffer = io.BytesIO()
@@ -293,9 +312,79 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         }
         return Response(buffer.getvalue(), media_type="audio/wav", headers=headers)
 
-    @app.post("/v1/tts/stream", status_code=501, summary="Not implemented: streaming synthesis does not exist yet")
-    async def tts_stream() -> JSONResponse:
-        return JSONResponse({"error": "streaming synthesis does not exist yet in this project: use POST /v1/tts"},
-                            status_code=501)
+    @app.post(
+        "/v1/tts/stream",
+        summary="Text + a reference clip or a voice id -> 24 kHz wav, streamed as it is generated",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM wav with a streaming header"},
+                   409: {"description": "the loaded flow cannot stream (not causal)"}},
+    )
+    async def tts_stream(
+        text: Annotated[str, Form(description="what to say")] = "",
+        reference: Annotated[UploadFile | None, File(description="reference clip (or give voice_id)")] = None,
+        voice_id: Annotated[str | None, Form(description="a registered voice (POST /v1/voices)")] = None,
+        prompt_text: Annotated[str | None, Form(description="transcript of the uploaded clip (one-shot)")] = None,
+        seed: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
+        sampling: Annotated[Literal["config", "ras", "topk", "greedy"] | None, Form()] = None,
+        top_k: Annotated[int | None, Form(ge=1, le=1000)] = None,
+        top_p: Annotated[float | None, Form(gt=0, le=1)] = None,
+        min_len_ratio: Annotated[float | None, Form(ge=0, le=50)] = None,
+        max_len_ratio: Annotated[float | None, Form(gt=0, le=50)] = None,
+        n_steps: Annotated[int | None, Form(ge=1, le=100)] = None,
+        cfg_w: Annotated[float | None, Form(ge=0, le=10)] = None,
+        solver: Annotated[Literal["euler", "midpoint"] | None, Form()] = None,
+    ) -> StreamingResponse:
+        """The fields and refusals of /v1/tts; the answer is chunked ``audio/wav``: a 44-byte 16-bit mono
+        PCM header whose RIFF and data sizes are 0xFFFFFFFF (length unknown: read to the end of the
+        stream), then the samples of each chunk as :meth:`Synthesizer.stream` yields them. Each chunk
+        is computed by the model worker thread (one job per chunk), so streams and batches interleave.
+        A flow that is not causal cannot stream: 409 (so is a prompt text without a speech tokenizer). An error after the first chunk ends the stream
+        early (logged). The uploaded clip or the voice's clip is the prompt (its speaker vectors are
+        recomputed: the stream takes a clip)."""
+        given = {"seed": seed, "sampling": sampling, "top_k": top_k, "top_p": top_p, "min_len_ratio": min_len_ratio,
+                 "max_len_ratio": max_len_ratio, "n_steps": n_steps, "cfg_w": cfg_w, "solver": solver}
+        utterance, options = await build_request(text, reference, voice_id, prompt_text, given)
+        try:
+            chunks = synth.stream_utterance(utterance, options)
+        except InferenceError as exc:
+            raise HTTPException(409, _one_line(exc)) from None
+        done = object()
+
+        def step() -> Any:
+            return next(chunks, done)
+
+        async def next_chunk() -> Any:
+            while True:
+                try:
+                    return await asyncio.wrap_future(batcher.call(step))
+                except QueueFull:  # mid-stream: wait for room rather than cut the audio
+                    await asyncio.sleep(0.05)
+
+        def close() -> None:  # on the worker thread: the generator's frames hold model state
+            try:
+                batcher.call(chunks.close)
+            except QueueFull:
+                pass
+
+        try:
+            first = await wait(submit(batcher.call, step))
+        except BaseException:
+            close()
+            raise
+
+        async def body() -> Any:
+            yield _wav_stream_header(synth.sample_rate)
+            chunk = first
+            try:
+                while chunk is not done:
+                    yield _pcm16(chunk)
+                    chunk = await next_chunk()
+            except Exception:
+                log.exception("streaming synthesis failed after the first chunk: the stream ends early")
+            finally:
+                close()
+
+        return StreamingResponse(body(), media_type="audio/wav",
+                                 headers={"Content-Disposition": 'inline; filename="speech.wav"'})
 
     return app

@@ -149,7 +149,13 @@ def test_every_bad_input_is_a_4xx_with_one_line_and_the_server_keeps_serving(ser
         assert httpx.get(server.url + "/health").json()["status"] == "ok", name
     check_error(httpx.post(server.url + "/v1/voices", files={"reference": ("a.wav", b"junk" * 50)}), 415, "not audio")
     check_error(httpx.post(server.url + "/v1/voices", data={"name": "x"}), 422, "no reference clip")
-    check_error(httpx.post(server.url + "/v1/tts/stream", data={"text": "Hi."}), 501, "streaming synthesis does not exist")
+    # This server's flow is not causal: a good stream request is a 409 saying so, a bad one the /v1/tts refusal.
+    check_error(httpx.post(server.url + "/v1/tts/stream", data={"text": "Hi."}), 422, "give a reference clip")
+    check_error(httpx.post(server.url + "/v1/tts/stream", data={"text": " "}, files={"reference": ("a.wav", clip)}),
+                422, "empty text")
+    check_error(httpx.post(server.url + "/v1/tts/stream", data={"text": "Hi.", "voice_id": "nope"}), 404, "unknown voice")
+    check_error(httpx.post(server.url + "/v1/tts/stream", data={"text": "Hi."}, files={"reference": ("a.wav", clip)},
+                           timeout=60), 409, "cannot stream")
     assert "Traceback" not in json.dumps(httpx.get(server.url + "/health").json())
     r = tts(server, text=TEXTS[3], reference=("slt.wav", clip))  # still serving
     assert r.status_code == 200 and read_wav(r.content)[1] == 24000
@@ -190,3 +196,69 @@ def test_one_shot_prompt_text_by_upload_and_by_voice(server, tiny_system, clip):
     assert by_voice.status_code == by_clip.status_code == 200
     assert by_voice.headers["X-Tokens"] == by_clip.headers["X-Tokens"]
     assert np.abs(read_wav(by_voice.content)[0] - read_wav(by_clip.content)[0]).max() <= 1e-4 + 2 / 32768
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+@pytest.fixture(scope="module")
+def stream_system(tiny_system, tmp_path_factory):
+    """A causal streaming flow (chunks of 5 tokens) and the frame-rate codec, as tests/inference/test_stream.py."""
+    from tests.inference.conftest import REPO, save_like_trainer
+
+    root = tmp_path_factory.mktemp("serve_stream")
+    flow = save_like_trainer(root / "flow", REPO / "configs/tiny/flow_stream.yaml", "flow", {"chunk_tokens": 5})
+    codec = save_like_trainer(root / "codec", REPO / "configs/tiny/dac_vae_frame.yaml", "dac_vae", {})
+    return {**tiny_system, "flow": flow, "codec": codec}
+
+
+@pytest.fixture(scope="module")
+def stream_server(stream_system, tmp_path_factory):
+    from tests.serve.conftest import Server
+
+    s = Server(stream_system, tmp_path_factory.mktemp("serve_stream_log") / "server.log", "--max_text_chars", "200")
+    yield s
+    s.stop()
+
+
+def read_stream(r: httpx.Response) -> tuple[np.ndarray, int]:
+    """A streamed wav: 44-byte header with sizes 0xFFFFFFFF, then 16-bit mono PCM to the end."""
+    body = r.content
+    assert body[:4] == b"RIFF" and body[8:16] == b"WAVEfmt " and body[36:40] == b"data"
+    assert body[4:8] == body[40:44] == b"\xff\xff\xff\xff"
+    channels, sr, bits = np.frombuffer(body[22:24], "<u2")[0], np.frombuffer(body[24:28], "<u4")[0], body[34]
+    assert (channels, bits) == (1, 16) and (len(body) - 44) % 2 == 0
+    return np.frombuffer(body[44:], "<i2").astype(np.float32) / 32767, int(sr)
+
+
+def test_stream_equals_synthesizer_stream_and_a_voice_streams_like_its_clip(stream_server, stream_system):
+    import torch
+
+    from speech.inference import SynthesisOptions, Synthesizer
+
+    clip = stream_system["prompt"].read_bytes()
+    text = "The quick brown fox jumps over the lazy dog."
+    with httpx.stream("POST", stream_server.url + "/v1/tts/stream", data={"text": text, "seed": "3"},
+                      files={"reference": ("slt.wav", clip)}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+        assert r.headers.get("transfer-encoding") == "chunked"
+        r.read()
+    streamed, sr = read_stream(r)
+    s = stream_system
+    synth = Synthesizer.from_checkpoints(s["llm"], s["flow"], s["codec"], speech_tokenizer=s["fsq"], device="cpu")
+    opt = SynthesisOptions(seed=3, max_len_ratio=4.0, n_steps=4)
+    expected = torch.cat(list(synth.stream(text, s["prompt"], options=opt))).clamp(-1, 1).numpy()
+    assert sr == 24000 and streamed.shape == expected.shape and expected.size > 0
+    np.testing.assert_allclose(streamed, expected, atol=1 / 32767 + 1e-4, rtol=0)
+
+    vid = httpx.post(stream_server.url + "/v1/voices", files={"reference": ("slt.wav", clip)}, timeout=60).json()["id"]
+    r = httpx.post(stream_server.url + "/v1/tts/stream", data={"text": text, "seed": "3", "voice_id": vid}, timeout=120)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(read_stream(r)[0], streamed)
+    # bad input: a one-line 4xx, and the server keeps serving (offline synthesis too)
+    check_error(httpx.post(stream_server.url + "/v1/tts/stream", data={"text": "x" * 300, "voice_id": vid}), 422,
+                "more than 200")
+    check_error(httpx.post(stream_server.url + "/v1/tts/stream", data={"text": "Hi.", "voice_id": vid, "n_steps": "0"}),
+                422, "n_steps")
+    r = tts(stream_server, text="A short one.", voice_id=vid)
+    assert r.status_code == 200 and read_wav(r.content)[1] == 24000
