@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from speech.inference import InferenceError, SynthesisOptions, Synthesizer, Utterance
@@ -52,6 +53,37 @@ class ServeConfig:
     max_body_bytes: int = 20 * 2**20
     max_voices: int = 100
     defaults: SynthesisOptions = dataclasses.field(default_factory=SynthesisOptions)
+
+
+class SynthesisForm(BaseModel):
+    """The form fields of POST /v1/tts and POST /v1/tts/stream (one definition for both), besides the
+    uploaded clip (``ReferenceClip``). An option left out keeps the server's default
+    (``ServeConfig.defaults``); its name is the :class:`SynthesisOptions` field it sets."""
+
+    text: str = Field("", description="what to say")
+    voice_id: str | None = Field(None, description="a registered voice (POST /v1/voices)")
+    prompt_text: str | None = Field(None, description="transcript of the uploaded clip (one-shot)")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    sampling: Literal["config", "ras", "topk", "greedy"] | None = None
+    top_k: int | None = Field(None, ge=1, le=1000)
+    top_p: float | None = Field(None, gt=0, le=1)
+    min_len_ratio: float | None = Field(None, ge=0, le=50)
+    max_len_ratio: float | None = Field(None, gt=0, le=50)
+    n_steps: int | None = Field(None, ge=1, le=100)
+    cfg_w: float | None = Field(None, ge=0, le=10)
+    solver: Literal["euler", "midpoint"] | None = None
+
+    def options(self, defaults: SynthesisOptions) -> SynthesisOptions:
+        """``defaults`` with the sampling options this form gives."""
+        names = {f.name for f in dataclasses.fields(SynthesisOptions)}
+        given = {k: v for k, v in self.model_dump(include=names).items() if v is not None}
+        return dataclasses.replace(defaults, **given)
+
+
+# The parameters of /v1/tts and /v1/tts/stream: the form fields (every one optional, so the request body is
+# optional in the OpenAPI schema too) and the uploaded reference clip, a file part beside them.
+SynthesisFields = Annotated[SynthesisForm, Form(default_factory=SynthesisForm)]
+ReferenceClip = Annotated[UploadFile | None, File(description="reference clip (or give voice_id)")]
 
 
 def _wav_stream_header(sample_rate: int) -> bytes:
@@ -187,11 +219,10 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         except QueueFull as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
 
-    async def build_request(text: str, reference: UploadFile | None, voice_id: str | None, prompt_text: str | None,
-                            given: dict[str, Any]) -> tuple[Utterance, SynthesisOptions]:
+    async def build_request(form: SynthesisForm, reference: UploadFile | None) -> tuple[Utterance, SynthesisOptions]:
         """The checked request of /v1/tts and /v1/tts/stream: its utterance and its sampling options."""
-        text = check_text(text)
-        voice_id = (voice_id or "").strip() or None
+        text = check_text(form.text)
+        voice_id = (form.voice_id or "").strip() or None
         if (reference is None) == (voice_id is None):
             raise HTTPException(422, "give either a reference clip (field 'reference') or a voice_id, not both" if voice_id
                                 else "give a reference clip (field 'reference') or a voice_id")
@@ -204,9 +235,8 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
                 raise HTTPException(422, f"text {text!r} gives no tokens")
             utterance = dataclasses.replace(voice.utterance, text=text, text_token=torch.tensor(ids, dtype=torch.long))
         else:
-            utterance = await upload(reference, text, prompt_text)
-        given = {k: v for k, v in given.items() if v is not None}
-        return utterance, dataclasses.replace(config.defaults, **given)
+            utterance = await upload(reference, text, form.prompt_text)
+        return utterance, form.options(config.defaults)
 
     # ---------------------------------------------------------------------------- routes
 
@@ -276,24 +306,11 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM wav; X-* headers give timings"}},
     )
     async def tts(
-        text: Annotated[str, Form(description="what to say")] = "",
-        reference: Annotated[UploadFile | None, File(description="reference clip (or give voice_id)")] = None,
-        voice_id: Annotated[str | None, Form(description="a registered voice (POST /v1/voices)")] = None,
-        prompt_text: Annotated[str | None, Form(description="transcript of the uploaded clip (one-shot)")] = None,
-        seed: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
-        sampling: Annotated[Literal["config", "ras", "topk", "greedy"] | None, Form()] = None,
-        top_k: Annotated[int | None, Form(ge=1, le=1000)] = None,
-        top_p: Annotated[float | None, Form(gt=0, le=1)] = None,
-        min_len_ratio: Annotated[float | None, Form(ge=0, le=50)] = None,
-        max_len_ratio: Annotated[float | None, Form(gt=0, le=50)] = None,
-        n_steps: Annotated[int | None, Form(ge=1, le=100)] = None,
-        cfg_w: Annotated[float | None, Form(ge=0, le=10)] = None,
-        solver: Annotated[Literal["euler", "midpoint"] | None, Form()] = None,
+        form: SynthesisFields,
+        reference: ReferenceClip = None,
     ) -> Response:
         start = time.monotonic()
-        given = {"seed": seed, "sampling": sampling, "top_k": top_k, "top_p": top_p, "min_len_ratio": min_len_ratio,
-                 "max_len_ratio": max_len_ratio, "n_steps": n_steps, "cfg_w": cfg_w, "solver": solver}
-        utterance, options = await build_request(text, reference, voice_id, prompt_text, given)
+        utterance, options = await build_request(form, reference)
         result = await wait(submit(batcher.submit, utterance, options))
         audio = result.synthesis.audio
         buffer = io.BytesIO()
@@ -320,19 +337,8 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
                    409: {"description": "the loaded flow cannot stream (not causal)"}},
     )
     async def tts_stream(
-        text: Annotated[str, Form(description="what to say")] = "",
-        reference: Annotated[UploadFile | None, File(description="reference clip (or give voice_id)")] = None,
-        voice_id: Annotated[str | None, Form(description="a registered voice (POST /v1/voices)")] = None,
-        prompt_text: Annotated[str | None, Form(description="transcript of the uploaded clip (one-shot)")] = None,
-        seed: Annotated[int | None, Form(ge=0, le=2**31 - 1)] = None,
-        sampling: Annotated[Literal["config", "ras", "topk", "greedy"] | None, Form()] = None,
-        top_k: Annotated[int | None, Form(ge=1, le=1000)] = None,
-        top_p: Annotated[float | None, Form(gt=0, le=1)] = None,
-        min_len_ratio: Annotated[float | None, Form(ge=0, le=50)] = None,
-        max_len_ratio: Annotated[float | None, Form(gt=0, le=50)] = None,
-        n_steps: Annotated[int | None, Form(ge=1, le=100)] = None,
-        cfg_w: Annotated[float | None, Form(ge=0, le=10)] = None,
-        solver: Annotated[Literal["euler", "midpoint"] | None, Form()] = None,
+        form: SynthesisFields,
+        reference: ReferenceClip = None,
     ) -> StreamingResponse:
         """The fields and refusals of /v1/tts; the answer is chunked ``audio/wav``: a 44-byte 16-bit mono
         PCM header whose RIFF and data sizes are 0xFFFFFFFF (length unknown: read to the end of the
@@ -341,9 +347,7 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         A flow that is not causal cannot stream: 409 (so is a prompt text without a speech tokenizer). An error after the first chunk ends the stream
         early (logged). The uploaded clip or the voice's clip is the prompt (its speaker vectors are
         recomputed: the stream takes a clip)."""
-        given = {"seed": seed, "sampling": sampling, "top_k": top_k, "top_p": top_p, "min_len_ratio": min_len_ratio,
-                 "max_len_ratio": max_len_ratio, "n_steps": n_steps, "cfg_w": cfg_w, "solver": solver}
-        utterance, options = await build_request(text, reference, voice_id, prompt_text, given)
+        utterance, options = await build_request(form, reference)
         try:
             chunks = synth.stream_utterance(utterance, options)
         except InferenceError as exc:
