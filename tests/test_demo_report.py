@@ -69,3 +69,34 @@ def test_stream_section_shows_first_chunk_latency_and_the_offline_difference(tmp
                     '"rtf": 0.59, "max_abs_diff_vs_offline": 2e-7, "chunk_tokens": 25, "threads": 2}')
     text = "\n".join(report.stream_section(path))
     assert "0.410 s" in text and "2.0e-07" in text and "(missing" not in text
+
+
+def _fake_model_dir(path: Path, config: str, train_key: str) -> None:
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(config)
+    (path / "train.log").write_text(f"epoch 0 step 5 | {train_key} 2.0000 | lr 1.000e-03 | grad_norm 1.000\n"
+                                    f"epoch 0 step 10 | {train_key} 1.5000 | lr 1.000e-03 | grad_norm 1.000\n"
+                                    "cv step 10 | loss 1.2500 | 0.1 s\n")
+
+
+def test_the_codec_section_follows_the_codec_dir_run_sh_passes(tmp_path) -> None:
+    """run.sh --codec flowae trains the codec in EXP/flowae: the report shows that codec, named by its config."""
+    import subprocess
+    import sys
+
+    exp = tmp_path / "exp"
+    _fake_model_dir(exp / "flowae", "sample_rate: 24000\nflowae: !new:flowae.model.FlowAE\n  hop: 480\n", "loss")
+    _fake_model_dir(exp / "dac_vae", "dac_vae: !new:dac_vae.model.DACVAE\n  hop: 480\n", "generator/loss")
+    for codec, flag, title, key in (("flowae", ["--codec_dir", str(exp / "flowae")], "flowae codec", "loss"),
+                                    ("dac_vae", [], "DAC-VAE codec", "generator/loss")):  # run.sh's default
+        out = tmp_path / codec / "report.md"
+        run = subprocess.run([sys.executable, str(REPO / "recipes/demo/report.py"), "--exp", str(exp), *flag,
+                              "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        text = out.read_text()
+        assert f"**{title}** (`{exp / codec}`)" in text
+        assert f"| train {key} | 2 (step 5) | 1.5 (step 10) |" in text and "| cv loss | 1.25 (step 10) |" in text
+        assert f"## Codec round trip ({title}), corpus test split" in text
+        assert "no training log" in text and "codec: no training log" not in text  # only the other models
+    report = _report_module()
+    assert report.codec_title(tmp_path / "flowae") == "flowae codec"  # no config (yet): by the dir's name

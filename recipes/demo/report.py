@@ -5,7 +5,7 @@ the flow's samples against real latents, WER/SIM and RTF of the held-out voices 
 and, apart, sentences the LM trained on), how well each cloned voice matches its speaker, stage times,
 and a mel-spectrogram figure of a reference next to its synthesis.
 
-    python recipes/demo/report.py --exp exp/demo --out exp/demo/report.md
+    python recipes/demo/report.py --exp exp/demo --codec_dir exp/demo/flowae --out exp/demo/report.md
 
 Reads only what the recipe's stages wrote (missing parts are reported as missing, not invented).
 """
@@ -28,7 +28,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from speech.audio import load_audio, log_mel  # noqa: E402
 
-MODELS = [("fsq", "FSQ speech tokenizer"), ("dac_vae", "DAC-VAE codec"), ("llm", "Stage 1 LM"), ("flow", "Stage 2 flow")]
+CODEC_TITLES = {"dac_vae": "DAC-VAE codec", "flowae": "flowae codec"}  # by the config's model key
+
+
+def codec_title(codec_dir: Path) -> str:
+    """What the codec trained in ``codec_dir`` is, by its config's model key (as inference.py loads it)."""
+    from dac_vae.checkpoint import CodecLoadError
+    from flowae.checkpoint import codec_key
+
+    try:
+        return CODEC_TITLES[codec_key(codec_dir / "config.yaml")]
+    except CodecLoadError:
+        return CODEC_TITLES.get(codec_dir.name, "codec")
 
 
 _LINE = re.compile(r"(?:epoch \d+ step (?P<train>\d+)|cv step (?P<cv>\d+)) \| (?P<pairs>[^|]*)")
@@ -55,16 +66,16 @@ def read_log(train_log: Path) -> dict[str, list[tuple[int, dict[str, float]]]]:
     return curves
 
 
-def losses_section(exp: Path, out_png: Path) -> list[str]:
-    """First and last logged train and CV metrics of every model, and their loss curves as a figure."""
+def losses_section(model_dirs: list[tuple[Path, str]], out_png: Path) -> list[str]:
+    """First and last logged train and CV metrics of every model (``(dir, title)``), and their loss curves
+    as a figure."""
     lines = ["## Training (first and last logged metrics, from each model's train.log)", ""]
-    logs = {name: read_log(exp / name / "train.log") for name, _ in MODELS}
-    for name, title in MODELS:
-        curves = logs[name]
+    logs = [read_log(model_dir / "train.log") for model_dir, _ in model_dirs]
+    for (model_dir, title), curves in zip(model_dirs, logs):
         if not curves["train"] and not curves["cv"]:
-            lines += [f"- {title}: no training log in `{exp / name}`", ""]
+            lines += [f"- {title}: no training log in `{model_dir}`", ""]
             continue
-        lines += [f"**{title}** (`{exp / name}`)", "", "| metric | first | last |", "|---|---:|---:|"]
+        lines += [f"**{title}** (`{model_dir}`)", "", "| metric | first | last |", "|---|---:|---:|"]
         for kind in ("train", "cv"):
             if not curves[kind]:
                 continue
@@ -73,11 +84,13 @@ def losses_section(exp: Path, out_png: Path) -> list[str]:
                 before = f"{first[key]:.4g}" if key in first else "—"
                 lines.append(f"| {kind} {key} | {before} (step {s0}) | {last[key]:.4g} (step {s1}) |")
         lines.append("")
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3), constrained_layout=True)
-    for ax, (name, title) in zip(axes, MODELS):
+    fig, axes = plt.subplots(1, len(model_dirs), figsize=(4 * len(model_dirs), 3), constrained_layout=True)
+    for ax, (_, title), curves in zip(axes, model_dirs, logs):
+        # a GAN-style model (DAC-VAE) logs its generator's loss in training, not a plain "loss"
+        gan = any("generator/loss" in m for _, m in curves["train"])
+        key = "generator/loss" if gan else "loss"
         for kind, style in (("train", "-"), ("cv", "o-")):
-            key = "generator/loss" if name == "dac_vae" else "loss"
-            points = [(step, m[key]) for step, m in logs[name][kind] if key in m]
+            points = [(step, m[key]) for step, m in curves[kind] if key in m]
             if points:
                 ax.plot(*zip(*points), style, label=f"{kind} {key}", markersize=3)
         ax.set_title(title, fontsize=9)
@@ -115,7 +128,7 @@ def unigram_section(exp: Path) -> list[str]:
     ]
 
 
-def flow_section(eval_dir: Path) -> list[str]:
+def flow_section(eval_dir: Path, codec: str) -> list[str]:
     summary = eval_dir / "summary.json"
     lines = ["## Stage 2 flow alone: latents sampled from the dev split's true tokens", ""]
     if not summary.is_file():
@@ -131,7 +144,7 @@ def flow_section(eval_dir: Path) -> list[str]:
         f"| std (avg over dims) | {s['real_std_avg']:.3f} | {s['sample_std_avg']:.3f} | "
         f"{s['std_abs_diff']:.3f} | {s['std_corr']:.3f} |",
         "",
-        "Decoded by the DAC-VAE and scored against the ground-truth recordings:",
+        f"Decoded by the {codec} and scored against the ground-truth recordings:",
         "",
     ]
     results = eval_dir / "results.md"
@@ -308,9 +321,13 @@ def mel_figure(synth: Path, out_png: Path) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp", type=Path, default=Path("exp/demo"))
+    parser.add_argument("--codec_dir", type=Path, default=None,
+                        help="the codec's model dir, as run.sh's --codec picks it (EXP/dac_vae or EXP/flowae); "
+                        "default: EXP/dac_vae")
     parser.add_argument("--out", type=Path, default=None, help="default: EXP/report.md")
     args = parser.parse_args()
     out = args.out or args.exp / "report.md"
+    codec_dir = args.codec_dir or args.exp / "dac_vae"
     lines = [
         "# Demo report",
         "",
@@ -322,10 +339,14 @@ def main() -> None:
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     lines += intelligibility_section(args.exp / "eval")
-    lines += losses_section(args.exp, out.parent / "losses.png")
+    codec = codec_title(codec_dir)
+    model_dirs = [(args.exp / "fsq", "FSQ speech tokenizer"), (codec_dir, codec), (args.exp / "llm", "Stage 1 LM"),
+                  (args.exp / "flow", "Stage 2 flow")]
+    lines += losses_section(model_dirs, out.parent / "losses.png")
     lines += unigram_section(args.exp)
-    lines += results_section("Codec round trip, corpus test split", args.exp / "eval" / "codec" / "results.md")
-    lines += flow_section(args.exp / "eval" / "flow")
+    lines += results_section(f"Codec round trip ({codec}), corpus test split",
+                             args.exp / "eval" / "codec" / "results.md")
+    lines += flow_section(args.exp / "eval" / "flow", codec)
     lines += voice_match_section(args.exp / "eval" / "voice_match.json")
     lines += results_section("Synthesis: held-out voices, their unseen sentences (zero-shot)",
                              args.exp / "eval" / "tts" / "results.md")

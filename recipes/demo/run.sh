@@ -183,7 +183,7 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
 fi
 
 if run_stage 12 "report"; then
-  python recipes/demo/report.py --exp "$exp" --out "$exp/report.md"
+  python recipes/demo/report.py --exp "$exp" --codec_dir "$codec_dir" --out "$exp/report.md"
   echo "report: $exp/report.md"
   echo "try the models in a browser: speech-serve --llm $llm_dir/final.pt --flow $flow_dir/final.pt --codec $codec_dir/final.pt, then open http://127.0.0.1:8000/"
 fi
