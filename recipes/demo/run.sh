@@ -130,7 +130,7 @@ if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
     latent_stats="$latents/latent${tag}_stats.json" train_conf.max_steps=$flow_steps train_conf.max_epoch=1000
 fi
 
-if run_stage 9 "final checkpoints (average of the best 2 by CV loss; EMA for the flow)"; then
+if run_stage 9 "final checkpoints (average of the best 2 by CV best_metric; EMA for the flow)"; then
   python tools/average_checkpoints.py --model_dir "$llm_dir" --num 2 --out "$llm_dir/final.pt"
   python tools/average_checkpoints.py --model_dir "$flow_dir" --num 2 --ema --out "$flow_dir/final.pt"
 fi

@@ -20,8 +20,9 @@ and then deletes it, so a kill mid-delete never leaves a half-deleted folder und
 Everything this module reads goes through ``torch.load(weights_only=True)``.
 
 Pruning keeps the newest ``keep_last`` checkpoints plus the ``keep_best`` with the lowest CV
-loss in their YAML, so ``tools/average_checkpoints.py --num N`` (N <= keep_best) finds the best
-N even after a long run.
+``best_metric`` (``train_conf``; ``loss`` by default) in their YAML, so
+``tools/average_checkpoints.py --num N`` (N <= keep_best), which ranks by the same metric,
+finds the best N even after a long run.
 """
 from __future__ import annotations
 

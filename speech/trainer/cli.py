@@ -26,7 +26,7 @@ import yaml
 from speech.config import ConfigError, parse_overrides, resolve_config_text, unresolved_config_text
 from speech.dataset import DataListError, read_data_list
 
-from .options import TrainConf
+from .options import TrainConf, loose_yaml_loader, read_train_conf
 
 __all__ = ["build_parser", "main", "run", "SetupError"]
 
@@ -125,7 +125,7 @@ def check_setup(args: argparse.Namespace) -> Setup:
     for key in ("data_pipeline", "optim"):
         if key not in sections:
             raise SetupError(f"{config} has no '{key}' entry (see docs/contracts.md)")
-    train_conf = TrainConf.from_dict(yaml.load(text, Loader=_loose_loader()).get("train_conf"))
+    train_conf = read_train_conf(text)
     read_data_list(args.train_data)
     if args.cv_data:
         read_data_list(args.cv_data)
@@ -151,7 +151,7 @@ def _split_train_conf_overrides(config: Path, overrides: dict[str, Any]) -> tupl
     wanted = overrides.get("train_conf")
     if not isinstance(wanted, dict):
         return overrides, {}
-    tree = yaml.load(config.read_text(encoding="utf-8"), Loader=_loose_loader()) or {}
+    tree = yaml.load(config.read_text(encoding="utf-8"), Loader=loose_yaml_loader()) or {}
     present = tree.get("train_conf") or {}
     known = [f.name for f in dataclasses.fields(TrainConf)]
     extra = {k: v for k, v in wanted.items() if k not in present}
@@ -191,14 +191,6 @@ def _build_config(text: str, path: str) -> dict[str, Any]:
         return load_hyperpyyaml(io.StringIO(text))
     except Exception as exc:
         raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
-
-
-def _loose_loader() -> type:
-    class Loose(yaml.SafeLoader):
-        pass
-
-    Loose.add_multi_constructor("!", lambda loader, suffix, node: None)
-    return Loose
 
 
 def _setup_logging(model_dir: Path, is_main: bool) -> logging.Handler | None:

@@ -172,7 +172,8 @@ class Trainer:
                 write_metrics(path, {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                                      "cv": cv, "train": None})
                 log.info("wrote the missing CV metrics of %s", path)
-            removed = prune_checkpoints(self.model_dir, self.conf.keep_last, self.conf.keep_best)
+            removed = prune_checkpoints(self.model_dir, self.conf.keep_last, self.conf.keep_best,
+                                        self.conf.best_metric)
             if removed:
                 log.info("removed %d old checkpoint(s) a killed run had not pruned yet", len(removed))
         barrier(self.info)
@@ -352,6 +353,9 @@ class Trainer:
             self.logger.scalars({f"cv/{k}": v for k, v in metrics.items()}, self.step)
             log.info("cv step %d | %s | %.1f s", self.step, " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                      time.perf_counter() - t0)
+            if metrics and self.conf.best_metric not in metrics and self.conf.keep_best and self._cv_step is None:
+                log.warning("train_conf.best_metric %r is not a CV metric (%s): keep_best keeps no checkpoint for its "
+                            "score", self.conf.best_metric, ", ".join(metrics))
             self._log_media(module, first)
         module.train(was_training)
         self.last_cv, self._cv_step = metrics, self.step
@@ -390,7 +394,8 @@ class Trainer:
             write_metrics(path, {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                                  "cv": cv, "train": self.last_train or None})
             faults.point("save:metrics")
-            removed = prune_checkpoints(self.model_dir, self.conf.keep_last, self.conf.keep_best)
+            removed = prune_checkpoints(self.model_dir, self.conf.keep_last, self.conf.keep_best,
+                                        self.conf.best_metric)
             faults.point("save:pruned")
             log.info("saved %s%s", path, f" (removed {len(removed)} old)" if removed else "")
         barrier(self.info)

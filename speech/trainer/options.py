@@ -16,9 +16,13 @@ key                         default   meaning
 ``cv_per_step``             0         also run CV every N steps (0 = only at checkpoints)
 ``keep_last``               0         keep only the newest K checkpoints (0 = keep all)
 ``keep_best``               0         with ``keep_last`` > 0, also keep the N checkpoints with the
-                                      lowest CV loss (``cv.loss`` in ``step_S.yaml``), so
+                                      lowest CV ``best_metric`` (in ``step_S.yaml``), so
                                       ``tools/average_checkpoints.py --num N`` still finds the
                                       best N after a long run (0 = only the newest K)
+``best_metric``             loss      the CV metric (lower is better; dotted for nested keys) that
+                                      ranks checkpoints for ``keep_best`` and, by default, for
+                                      ``tools/average_checkpoints.py``; e.g. ``flow_mse`` for
+                                      MeanFlow, whose adaptively weighted loss stays near 1
 ``ema_decay``               0         EMA of the weights with this decay (0 = off), saved in
                                       every checkpoint
 ``seed``                    0         model init, data order and every RNG stream derive from it;
@@ -37,9 +41,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import yaml
+
 from speech.config import ConfigError
 
-__all__ = ["TrainConf"]
+__all__ = ["TrainConf", "loose_yaml_loader", "read_train_conf"]
 
 
 @dataclass
@@ -55,6 +61,7 @@ class TrainConf:
     cv_per_step: int = 0
     keep_last: int = 0
     keep_best: int = 0
+    best_metric: str = "loss"
     ema_decay: float = 0.0
     seed: int = 0
     find_unused_parameters: bool = False
@@ -84,6 +91,8 @@ class TrainConf:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"train_conf.{name} must be a number, got {value!r}")
                 value = float(value)
+            elif kind is str and not (isinstance(value, str) and value.strip()):
+                raise ConfigError(f"train_conf.{name} must be a non-empty string, got {value!r}")
             values[name] = value
         out = cls(**values)
         for name in ("max_epoch", "accum_grad", "log_interval"):
@@ -95,3 +104,18 @@ class TrainConf:
         if not (out.ema_decay == 0 or 0 < out.ema_decay < 1):
             raise ConfigError(f"train_conf.ema_decay must be 0 (off) or in (0, 1), got {out.ema_decay}")
         return out
+
+
+def loose_yaml_loader() -> type:
+    """A safe YAML loader that reads hyperpyyaml tags (``!new:``, ``!ref`` ...) as None, building nothing."""
+
+    class Loose(yaml.SafeLoader):
+        pass
+
+    Loose.add_multi_constructor("!", lambda loader, suffix, node: None)
+    return Loose
+
+
+def read_train_conf(config_text: str) -> TrainConf:
+    """The validated ``train_conf`` of a config text (e.g. the ``config.yaml`` a run wrote)."""
+    return TrainConf.from_dict((yaml.load(config_text, Loader=loose_yaml_loader()) or {}).get("train_conf"))

@@ -120,6 +120,20 @@ def test_config_builds_trains_and_mismatch_is_refused():
         FlowModel(enc, UNet1D(D, spk_channels=D, channels=[16], interval_time=True), FlowMatching(), D, speaker=TinySpeaker())
 
 
+@pytest.mark.parametrize("name", ["flow_meanflow.yaml", "tiny/flow_meanflow.yaml"])
+def test_configs_rank_checkpoints_by_the_unweighted_mse(name):
+    """The adaptively weighted loss, err / (err + c), sits near 1 and does not rank checkpoints: keep_best and
+    average_checkpoints.py rank by train_conf.best_metric, the unweighted flow_mse the model logs in CV."""
+    from speech.trainer.options import read_train_conf
+    from tests.flow.stand_in import REPO
+
+    assert read_train_conf((REPO / "configs" / name).read_text()).best_metric == "flow_mse"
+    if name.startswith("tiny/"):
+        model = _mf_model().eval()
+        with torch.no_grad():
+            assert "flow_mse" in model(_batch(model))
+
+
 def test_padding_and_prompt_frames_do_not_change_the_loss():
     model = _mf_model(cfg_w=0.5, cfg_kappa=0.3).eval()  # eval: fixed seed for all draws
     clean = model(_batch(model))

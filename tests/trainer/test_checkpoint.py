@@ -5,6 +5,7 @@ import logging
 import os
 import runpy
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,28 @@ def _checkpoint(path, seed: int, cv_loss: float) -> dict:
     write_metrics(path, {"step": seed, "cv": {"loss": cv_loss}})
     return state
 
+
+
+def test_average_ranks_by_the_runs_best_metric_unless_told(tmp_path):
+    """A MeanFlow run (train_conf.best_metric: flow_mse in its config.yaml) is averaged by flow_mse, not by
+    its adaptively weighted loss (~1 whatever the fit); --metric still picks any CV metric."""
+    cv = {1: (0.9990, 0.30), 2: (0.9994, 0.10), 3: (0.9991, 0.20), 4: (0.9993, 0.40)}
+    for step, (loss, mse) in cv.items():
+        _checkpoint(tmp_path / f"step_{step:09d}.pt", step, loss)
+        write_metrics(tmp_path / f"step_{step:09d}.pt", {"step": step, "cv": {"loss": loss, "flow_mse": mse}})
+    tool = runpy.run_path(str(REPO / "tools" / "average_checkpoints.py"))
+
+    def averaged(*flags: str) -> list[str]:
+        out = tmp_path / "avg.pt"
+        assert tool["main"](["--model_dir", str(tmp_path), "--num", "2", "--out", str(out), *flags]) == 0
+        return sorted(Path(p).name for p in torch.load(out, weights_only=True)["averaged_from"])
+
+    assert averaged() == ["step_000000001.pt", "step_000000003.pt"]  # no config.yaml: by loss
+    (tmp_path / "config.yaml").write_text("flow: !new:speech.flow.model.FlowModel\n  x: !ref <d>\n"
+                                          "train_conf:\n  keep_last: 3\n  best_metric: flow_mse\n")
+    assert averaged() == ["step_000000002.pt", "step_000000003.pt"]
+    assert averaged("--metric", "loss") == ["step_000000001.pt", "step_000000003.pt"]
+    assert averaged("--metric", "flow_mse", "--mode", "max") == ["step_000000001.pt", "step_000000004.pt"]
 
 def test_average_equals_mean_of_best_three(tmp_path):
     losses = {1: 0.9, 2: 0.3, 3: 0.5, 4: 0.2}  # the best three are steps 4, 2, 3

@@ -51,6 +51,38 @@ def test_keep_best_keeps_lowest_cv_loss_plus_newest(tmp_path, directory):
     assert [c.step for c in list_checkpoints(tmp_path)] == [9, 10]
 
 
+def test_keep_best_ranks_by_the_metric_given(tmp_path):
+    """MeanFlow's weighted CV loss barely moves: keep_best can rank by another CV metric (flow_mse)."""
+    for step, (loss, mse) in {1: (0.9990, 0.30), 2: (0.9994, 0.10), 3: (0.9991, 0.20), 4: (0.9993, 0.40),
+                              5: (0.9992, 0.50)}.items():
+        write_metrics(_ckpt(tmp_path, step, None), {"step": step, "cv": {"loss": loss, "flow_mse": mse}})
+    prune_checkpoints(tmp_path, keep_last=1, keep_best=2, metric="flow_mse")
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 3, 5]  # by loss it would have been 1, 3, 5
+
+
+def test_the_trainer_prunes_by_train_conf_best_metric(toy_data, tmp_path, monkeypatch, caplog):
+    """train_conf.best_metric reaches every prune, and the config.yaml that average_checkpoints reads."""
+    from speech.trainer import loop
+
+    metrics = []
+
+    def spy(model_dir, keep_last, keep_best=0, metric="loss"):
+        metrics.append(metric)
+        return []
+
+    monkeypatch.setattr(loop, "prune_checkpoints", spy)
+    common = ["train_conf.save_per_step=4", "train_conf.max_epoch=1", "train_conf.keep_last=1",
+              "train_conf.keep_best=2"]
+    run(train_args(toy_data, tmp_path / "mae", *common, "train_conf.best_metric=mae"))
+    assert metrics and set(metrics) == {"mae"}
+    from tools.average_checkpoints import best_metric
+
+    assert best_metric(tmp_path / "mae") == "mae" and best_metric(tmp_path) == "loss"  # no config.yaml: loss
+    with caplog.at_level(logging.WARNING, logger="speech"):
+        run(train_args(toy_data, tmp_path / "typo", *common, "train_conf.best_metric=mea"))
+    assert "train_conf.best_metric 'mea' is not a CV metric (loss, mae)" in caplog.text
+
+
 def test_keep_best_through_a_toy_run(toy_data, tmp_path):
     """Checkpoint every step with keep_last=1 keep_best=2: the survivors are the newest and the
     two lowest CV losses of all the checkpoints a keep-all run of the same seed wrote, and

@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from speech.config import ConfigError
-from speech.trainer.cli import _loose_loader, main, run
-from speech.trainer.options import TrainConf
+from speech.trainer.cli import main, run
+from speech.trainer.options import TrainConf, loose_yaml_loader
 
 from .support import PYTHON, TOY_CONFIG, run_cmd, train_args
 
@@ -35,7 +35,7 @@ def test_seed_command_single_process(toy_data, tmp_path):
                       "--use_amp", "train_conf.max_epoch=1"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: 6 steps" in result.stderr
-    saved = yaml.load((model_dir / "config.yaml").read_text(), Loader=_loose_loader())  # tags read as None
+    saved = yaml.load((model_dir / "config.yaml").read_text(), Loader=loose_yaml_loader())  # tags read as None
     assert saved["qwen_pretrain_path"] == str(qwen)
     metrics = yaml.safe_load((model_dir / "step_000000006.yaml").read_text())
     assert metrics["step"] == 6 and metrics["epoch"] == 1 and metrics["cv"]["loss"] > 0
@@ -152,4 +152,9 @@ def test_train_conf_validation():
         TrainConf.from_dict({"accum_grad": 1.5})
     with pytest.raises(ConfigError, match="ema_decay"):
         TrainConf.from_dict({"ema_decay": 1.0})
+    assert TrainConf.from_dict({}).best_metric == "loss"
+    assert TrainConf.from_dict({"best_metric": "flow_mse"}).best_metric == "flow_mse"
+    for bad in ("", 1.0):
+        with pytest.raises(ConfigError, match="best_metric must be a non-empty string"):
+            TrainConf.from_dict({"best_metric": bad})
     assert TOY_CONFIG.is_file()
