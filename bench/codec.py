@@ -5,7 +5,7 @@
     python bench/codec.py --runs tiny full --dtypes fp32 bf16 --steps 5
     python bench/codec.py --measure_peak               # measure the matmul peak instead of --peak_*
     python bench/codec.py --quality configs/tiny/dac_vae.yaml exp/tiny/step_000000100.pt   # dev-split quality
-    python bench/codec.py --budget 300 --runs tiny tiny-frame   # quality after 300 s of training each
+    python bench/codec.py --budget 300 --runs tiny tiny-frame tiny-harmonic   # quality after 300 s of training each
 
 Per run (a config, batch size and dtype; each in a fresh process so peak RSS is its own):
 - training: median wall time of ``--steps`` iterations (discriminator step + generator step with
@@ -52,6 +52,7 @@ RUNS = {  # name: (config, batch size)
     "tiny": ("configs/tiny/dac_vae.yaml", 8),
     "tiny-3x": ("configs/tiny/dac_vae_3x.yaml", 8),
     "tiny-frame": ("configs/tiny/dac_vae_frame.yaml", 16),
+    "tiny-harmonic": ("configs/tiny/dac_vae_harmonic.yaml", 16),
     "full": ("configs/dac_vae.yaml", 2),
 }
 CROP_SECONDS = 0.38

@@ -7,7 +7,7 @@
 Untrained models of the bench shapes (shared/BENCH.md): ``tiny`` = the tiny LM config and
 configs/tiny/flow_stream.yaml; ``ref-small`` = the 256-d x 4-layer Qwen2 LM and the ``ref-small``
 flow (256-d encoder 2 + 2 blocks, U-Net [128] with 4 + 2 blocks), causal with 25-token chunks.
-Both use the demo's codec (configs/tiny/dac_vae_frame.yaml; ``--codec dac`` for configs/dac_vae.yaml).
+Both use the demo's codec (configs/tiny/dac_vae_harmonic.yaml; ``--codec dac`` for configs/dac_vae.yaml).
 The LM is forced to emit exactly ``--tokens`` speech tokens (eos banned before, stop at it), so
 runs compare. Per shape, through :meth:`speech.inference.Synthesizer.stream` and ``synthesize``:
 
@@ -76,7 +76,7 @@ def build(shape: str, codec_kind: str) -> tuple[SpeechLM, FlowModel, torch.nn.Mo
                      chunk_size=50, causal=True)
         spk = SpeakerExtractor(n_mels=64, channels=64, conv_layers=1, attention_layers=1, heads=2, ffn_dim=128)
         flow = FlowModel(enc, est, FlowMatching(), 80, speaker=spk)
-    codec = build_codec(REPO / ("configs/tiny/dac_vae_frame.yaml" if codec_kind == "frame" else "configs/dac_vae.yaml"))
+    codec = build_codec(REPO / ("configs/tiny/dac_vae_harmonic.yaml" if codec_kind == "frame" else "configs/dac_vae.yaml"))
     return lm, flow.eval(), codec.eval()
 
 

@@ -29,6 +29,7 @@ spread ``(n_fft - hop) / 2`` samples beyond its block — see :meth:`FrameDecode
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,18 @@ import torchaudio
 from torch import nn
 
 from dac_vae.layers import apply_mask, lengths_to_mask
+from dac_vae.pitch import harmonic_excitation, latent_to_pitch, pitch_to_latent, yin
 
-__all__ = ["ConvNeXtBlock", "ISTFTHead", "block_istft", "FrameEncoder", "FrameDecoder"]
+__all__ = ["Rendered", "ConvNeXtBlock", "ISTFTHead", "block_istft", "FrameEncoder", "FrameDecoder"]
+
+
+class Rendered(NamedTuple):
+    """A frame decoder's output: audio ``[B, T * hop]`` and the log-magnitude and phase ``[B, T, F]`` of
+    the complex frames it overlap-added (what direct spectral losses compare)."""
+
+    audio: torch.Tensor
+    log_mag: torch.Tensor
+    phase: torch.Tensor
 
 
 class ConvNeXtBlock(nn.Module):
@@ -91,12 +102,17 @@ class ISTFTHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Audio ``[B, T * hop]`` and the frames it was made of: log-magnitude and phase ``[B, T, F]``
         (the phase as predicted, before any wrap: what spectral losses compare)."""
+        log_mag, phase = self.frames(x, frame_offset)
+        audio = self.istft(torch.polar(torch.exp(log_mag), phase), None if mask is None else mask[:, 0])
+        return audio, log_mag, phase
+
+    def frames(self, x: torch.Tensor, frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted log-magnitude (capped) and phase ``[B, T, F]`` (fp32)."""
         log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
         log_mag = log_mag.clamp(max=self.log_max_magnitude)
         if self.phase_advance:
             phase = phase + self.advance(x.shape[-1], x.device, offset=frame_offset)
-        audio = self.istft(torch.polar(torch.exp(log_mag), phase), None if mask is None else mask[:, 0])
-        return audio, log_mag, phase
+        return log_mag, phase
 
     def analysis(self, audio: torch.Tensor) -> torch.Tensor:
         """``[B, T * hop]`` → complex frames ``[B, T, F]`` with this head's framing: the STFT that
@@ -197,9 +213,15 @@ class FrameEncoder(nn.Module):
         num_layers: int = 4,
         kernel_size: int = 7,
         layer_scale: float | None = None,
+        pitch_features: bool = False,
+        f0_min: float = 60.0,
+        f0_max: float = 500.0,
     ):
         super().__init__()
         self.hop = math.prod(int(s) for s in strides)
+        self.sample_rate = int(sample_rate)
+        self.pitch_features = bool(pitch_features)
+        self.f0_range = (float(f0_min), float(f0_max))
         if self.hop % subframes:
             raise ValueError(f"hop {self.hop} is not a multiple of subframes {subframes}")
         self.subframes = int(subframes)
@@ -213,7 +235,8 @@ class FrameEncoder(nn.Module):
         )
         self.register_buffer("fb", fb, persistent=False)  # [F, n_mels]
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.stack = _ConvNeXtStack(n_mels * subframes, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
+        in_channels = n_mels * subframes + (2 if self.pitch_features else 0)
+        self.stack = _ConvNeXtStack(in_channels, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
         self.out_channels = int(dim)
 
     def features(self, wav: torch.Tensor) -> torch.Tensor:
@@ -225,7 +248,14 @@ class FrameEncoder(nn.Module):
         ).abs()  # [B, F, S / sub_hop]
         mel = torch.matmul(spec.transpose(1, 2), self.fb).clamp_min(1e-5).log()  # [B, S / sub_hop, n_mels]
         b, n, m = mel.shape
-        return mel.reshape(b, n // self.subframes, self.subframes * m).transpose(1, 2)
+        feats = mel.reshape(b, n // self.subframes, self.subframes * m).transpose(1, 2)
+        if not self.pitch_features:
+            return feats
+        # Pitch read off a log-mel by a small network is slow to learn; YIN gives it for free.
+        f0, aperiodicity = yin(wav.float(), self.sample_rate, self.hop, f0_min=self.f0_range[0],
+                               f0_max=self.f0_range[1])
+        log_f0 = pitch_to_latent(f0) * (1 - aperiodicity)  # ~unit scale, 0 when aperiodic
+        return torch.cat([feats, log_f0.unsqueeze(1), aperiodicity.unsqueeze(1)], dim=1)
 
     def forward(self, wav: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
         """``wav`` ``[B, S]`` zero past each item's length; ``latent_len`` ``[B]`` (None: all valid)."""
@@ -252,6 +282,10 @@ class FrameDecoder(nn.Module):
         n_fft: int | None = None,
         layer_scale: float | None = None,
         phase_advance: bool = False,
+        harmonic: bool = False,
+        sample_rate: int = 24000,
+        f0_min: float = 60.0,
+        f0_max: float = 500.0,
     ):
         super().__init__()
         self.hop = math.prod(int(s) for s in strides)
@@ -260,29 +294,75 @@ class FrameDecoder(nn.Module):
         self.num_layers = int(num_layers)
         self.stack = _ConvNeXtStack(latent_dim, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
         self.head = ISTFTHead(dim, self.hop, n_fft, phase_advance=phase_advance)
+        self.harmonic = bool(harmonic)
+        self.sample_rate = int(sample_rate)
+        self.f0_range = (float(f0_min), float(f0_max))
+        if self.harmonic:
+            # Source-filter branch: a log gain per bin for the spectrum of an excitation at the pitch
+            # that latent channel 0 carries (see pitch_from_latent).
+            self.gain_proj = nn.Linear(dim, self.head.n_freq)
+            # The excitation's frames are scaled to ~1 per bin (unit white noise would give exactly 1),
+            # so a zero-initialised gain starts the comb at the free frames' level.
+            nn.init.zeros_(self.gain_proj.weight)
+            nn.init.zeros_(self.gain_proj.bias)
+            self.excitation_scale = float(self.head.window.pow(2).sum().rsqrt())
 
     def context_frames(self) -> int:
-        """Latent frames on each side that can change one frame's samples (the receptive field)."""
+        """Latent frames on each side that can change one frame's samples (the receptive field).
+
+        A harmonic decoder reaches two frames further (its excitation's frames are analysed with the
+        same spill, from samples whose pitch is interpolated between frames). Its excitation phase
+        integrates the pitch from the utterance's start, so a pitch change also shifts later phases:
+        :class:`dac_vae.streaming.ChunkedDecoder` carries that phase as state."""
         half = self.kernel_size // 2
         spill = math.ceil((self.head.n_fft - self.hop) / 2 / self.hop)
-        return half * (self.num_layers + 1) + spill
+        return half * (self.num_layers + 1) + spill + (2 if self.harmonic else 0)
 
     def forward(
-        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0,
+        phase0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``z`` ``[B, D, T]`` with padded frames zeroed → ``[B, T * hop]`` (zero past ``latent_len * hop``).
 
-        ``frame_offset``: index of ``z``'s first frame in the utterance (the phase advance needs it)."""
-        audio = self.render(z, latent_len, frame_offset)[0]
+        ``frame_offset``: index of ``z``'s first frame in the utterance (the phase advance needs it).
+        Harmonic decoders: ``phase0`` ``[B]`` (radians) starts the excitation phase (chunked decoding)."""
+        audio = self.render(z, latent_len, frame_offset, phase0).audio
         # Clamped to the waveform range at inference only: a clamp would zero training gradients.
         return (audio if self.training else audio.clamp(-1.0, 1.0)).to(z.dtype)
 
     def render(
-        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unclamped audio plus the predicted log-magnitude and phase frames (see :class:`ISTFTHead`)."""
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, frame_offset: int = 0,
+        phase0: torch.Tensor | None = None,
+    ) -> "Rendered":
+        """Unclamped audio plus the frames it was made of (see :class:`Rendered`).
+
+        A harmonic decoder adds ``gain * STFT(excitation)``: a harmonic comb at the pitch in latent
+        channel 0 (:meth:`pitch`), whose phase starts at ``phase0``, shaped by a predicted gain per bin."""
         mask = None if latent_len is None else lengths_to_mask(latent_len, z.shape[-1])
-        return self.head.render(self.stack(z, mask), mask, frame_offset)
+        h = self.stack(z, mask)
+        if not self.harmonic:
+            return Rendered(*self.head.render(h, mask, frame_offset))
+        log_mag, phase = self.head.frames(h, frame_offset)
+        pitch = self.pitch(z)
+        if latent_len is not None:  # as alone: the pitch held past the last frame, silence past the end
+            last = (latent_len - 1).clamp(min=0).unsqueeze(1)
+            pitch = pitch.gather(1, torch.minimum(torch.arange(pitch.shape[1], device=z.device).unsqueeze(0), last))
+        excitation = harmonic_excitation(pitch, self.hop, self.sample_rate, phase0)
+        if latent_len is not None:
+            excitation = excitation * lengths_to_mask(latent_len * self.hop, excitation.shape[-1])[:, 0]
+        gain = self.gain_proj(h.transpose(1, 2)).float().clamp(max=self.head.log_max_magnitude).exp()
+        spec = torch.polar(torch.exp(log_mag), phase) + (gain * self.excitation_scale) * self.head.analysis(excitation)
+        audio = self.head.istft(spec, None if mask is None else mask[:, 0])
+        return Rendered(audio, spec.abs().clamp_min(1e-5).log(), torch.angle(spec))
+
+    def pitch(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
+        """The pitch ``[B, T]`` (Hz, fp32) a harmonic decoder excites for latents ``z``: channel 0 read
+        as ``log f0 = log 150 + 0.5 z`` (:func:`dac_vae.pitch.pitch_to_latent`), clamped to the range.
+
+        Frame ``t``'s pitch depends on latent frame ``t`` alone: chunked decoding needs no extra context."""
+        if not self.harmonic:
+            raise TypeError("pitch() needs a harmonic FrameDecoder")
+        return latent_to_pitch(z[:, 0].float(), *self.f0_range)
 
     def spectral_target(self, audio: torch.Tensor) -> torch.Tensor:
         """Complex frames of real audio with the decoder's own framing (targets of spectral losses)."""

@@ -43,6 +43,7 @@ from dac_vae.layers import (
     apply_mask,
     lengths_to_mask,
 )
+from dac_vae.pitch import fill_unvoiced, pitch_to_latent, yin
 from dac_vae.losses import (
     MultiScaleMelLoss,
     discriminator_loss,
@@ -278,11 +279,15 @@ class DACVAE(nn.Module):
         loss_weights: Mapping[str, float] | None = None,
         disc_start_step: int = 0,
         kl_warmup_steps: int = 0,
+        periodic_threshold: float = 0.3,
+        pitch_std: float = 0.02,
     ):
         super().__init__()
         frame_weights = {k for k in ("magnitude", "phase") if (loss_weights or {}).get(k, 0) > 0}
         if frame_weights and not hasattr(decoder, "render"):
             raise ValueError(f"loss_weights {sorted(frame_weights)} need a frame decoder (dac_vae.frame_rate.FrameDecoder)")
+        if getattr(decoder, "harmonic", False) and latent_norm:
+            raise ValueError("a harmonic decoder reads its pitch from latent channel 0: latent_norm would mix it away")
         if encoder.hop != decoder.hop:
             raise ValueError(f"encoder hop {encoder.hop} != decoder hop {decoder.hop}: give both the same strides")
         if decoder.latent_dim != latent_dim:
@@ -312,6 +317,11 @@ class DACVAE(nn.Module):
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.disc_start_step = int(disc_start_step)
         self.kl_warmup_steps = int(kl_warmup_steps)
+        # Harmonic decoders: latent channel 0 is the YIN pitch (frames with aperiodicity under
+        # periodic_threshold; interpolated between them), with a fixed posterior std pitch_std.
+        self.pitch_latent = bool(getattr(decoder, "harmonic", False))
+        self.periodic_threshold = float(periodic_threshold)
+        self.pitch_std = float(pitch_std)
         self._fake_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------- inference API
@@ -336,15 +346,33 @@ class DACVAE(nn.Module):
                 (audio.shape[0],), audio.shape[-1] // self.hop, dtype=torch.long, device=audio.device
             )
             mu, logs = self.posterior(self.encoder(audio))
-            return mu, logs, latent_len
+            return (*self._with_pitch(audio, mu, logs, None), latent_len)
         audio = audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
         latent_len = self.latent_length(audio_len)
         h = self.encoder(audio, latent_len)
-        mu, logs = self.posterior(h, lengths_to_mask(latent_len, h.shape[-1]))
-        return mu, logs, latent_len
+        mask = lengths_to_mask(latent_len, h.shape[-1])
+        mu, logs = self.posterior(h, mask)
+        return (*self._with_pitch(audio, mu, logs, mask), latent_len)
+
+    def _with_pitch(
+        self, audio: torch.Tensor, mu: torch.Tensor, logs: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a harmonic decoder: latent channel 0 := the audio's YIN pitch (:func:`dac_vae.pitch.pitch_to_latent`),
+        posterior std ``pitch_std``. A pitch read off the latent costs nothing to learn; a pitch head
+        trained beside the mel loss did not learn in a short run."""
+        if not self.pitch_latent:
+            return mu, logs
+        with torch.no_grad():
+            f0, aperiodicity = yin(audio, self.sample_rate, self.hop, f0_min=self.decoder.f0_range[0],
+                                   f0_max=self.decoder.f0_range[1])
+            f0 = fill_unvoiced(f0, aperiodicity < self.periodic_threshold)
+        mu = torch.cat([pitch_to_latent(f0).to(mu).unsqueeze(1), mu[:, 1:]], dim=1)
+        logs = torch.cat([torch.full_like(logs[:, :1], math.log(self.pitch_std)), logs[:, 1:]], dim=1)
+        return apply_mask(mu, mask), apply_mask(logs, mask)
 
     def decode(
-        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, length: int | None = None, frame_offset: int = 0
+        self, z: torch.Tensor, latent_len: torch.Tensor | None = None, length: int | None = None, frame_offset: int = 0,
+        **excitation: torch.Tensor,
     ) -> torch.Tensor:
         """``z`` ``[B, D, T]`` -> audio ``[B, T * hop]`` (or the first ``length`` samples).
 
@@ -354,8 +382,17 @@ class DACVAE(nn.Module):
         (the iSTFT head's phase advance) uses it.
         """
         z = self._decoder_input(z, latent_len)
-        audio = self.decoder(z, latent_len, frame_offset=frame_offset) if frame_offset else self.decoder(z, latent_len)
+        if excitation:  # a harmonic frame decoder's f0 / phase0, from a chunked decode
+            audio = self.decoder(z, latent_len, frame_offset=frame_offset, **excitation)
+        elif frame_offset:
+            audio = self.decoder(z, latent_len, frame_offset=frame_offset)
+        else:
+            audio = self.decoder(z, latent_len)
         return audio if length is None else audio[..., :length]
+
+    def pitch(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
+        """The pitch ``[B, T]`` (Hz) a harmonic frame decoder will excite for latents ``z``."""
+        return self.decoder.pitch(self._decoder_input(z, latent_len), latent_len)
 
     def _decoder_input(self, z: torch.Tensor, latent_len: torch.Tensor | None) -> torch.Tensor:
         if self.latent_norm:
@@ -379,8 +416,8 @@ class DACVAE(nn.Module):
         z = self.sample_latent(mu, logs) if self.training else mu
         frames = None
         if self._frame_losses_on():
-            out, log_mag, phase = self.decoder.render(self._decoder_input(z, latent_len), latent_len)
-            out, frames = out[..., : audio.shape[-1]], (log_mag, phase)
+            rendered = self.decoder.render(self._decoder_input(z, latent_len), latent_len)
+            out, frames = rendered.audio[..., : audio.shape[-1]], (rendered.log_mag, rendered.phase)
         else:
             out = self.decode(z, latent_len, length=audio.shape[-1])
         if audio_len is not None:
@@ -435,7 +472,8 @@ class DACVAE(nn.Module):
         latent_mask = lengths_to_mask(rec.latent_len, rec.mu.shape[-1]).squeeze(1)
         terms = {
             "mel": self.mel_loss(rec.audio, real, audio_len),
-            "kl": gaussian_kl(rec.mu, rec.logs, latent_mask),
+            # the pitch channel is data, not a learned posterior: it has no KL
+            "kl": gaussian_kl(rec.mu[:, int(self.pitch_latent):], rec.logs[:, int(self.pitch_latent):], latent_mask),
         }
         if w["dispersive"] > 0:
             terms["dispersive"] = dispersive_loss(rec.mu, latent_mask)

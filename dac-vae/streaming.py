@@ -8,13 +8,20 @@ concatenated chunks equal the whole decode up to float rounding, with no cross-f
 whose output depends on absolute frame indices (the iSTFT head's phase advance) is told each
 window's first frame index.
 
+A harmonic frame decoder's excitation phase integrates its pitch from the utterance's start, which
+no finite window sees: :class:`_PitchState` carries it from window to window.
+
 One :class:`ChunkedDecoder` per request holds that request's frames only: requests never share state.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from dac_vae.pitch import per_sample_f0
 
 __all__ = ["ChunkedDecoder", "context_frames"]
 
@@ -40,6 +47,8 @@ class ChunkedDecoder:
         self._first = 0
         self._total = 0  # frames pushed
         self._done = 0  # frames whose audio was returned
+        decoder = getattr(codec, "decoder", codec)
+        self._pitch = _PitchState(codec, decoder) if getattr(decoder, "harmonic", False) else None
 
     def push(self, z: torch.Tensor) -> torch.Tensor:
         """Append latent frames; return the audio of every frame with ``context`` frames known after it."""
@@ -59,10 +68,48 @@ class ChunkedDecoder:
         hi = min(self._total, stop + self.context)
         window = self._frames[..., lo - self._first : hi - self._first]
         n = torch.full((window.shape[0],), window.shape[-1], dtype=torch.long, device=window.device)
-        audio = self.codec.decode(window, n, frame_offset=lo)
+        keep = max(0, stop - self.context)  # frames before this are never needed again (the next lo)
+        excitation = {} if self._pitch is None else self._pitch.window(window, n, lo, keep)
+        audio = self.codec.decode(window, n, frame_offset=lo, **excitation)
         out = audio[..., (self._done - lo) * self.hop : (stop - lo) * self.hop]
         self._done = stop
-        keep = max(0, stop - self.context)  # frames before this are never needed again
         self._frames = self._frames[..., keep - self._first :]
         self._first = keep
         return out
+
+
+class _PitchState:
+    """The integrated excitation phase of a harmonic frame decoder across chunk windows.
+
+    Frame ``t``'s pitch depends on latent frame ``t`` only, so every window sees the whole decode's
+    pitch; only the phase, integrated from the utterance's start, must be carried. With
+    ``S(c) = 2 pi sum_{j < c hop + hop // 2} f_j / sr`` (the whole decode's phase just before frame
+    ``c``'s centre sample), a window starting at frame ``lo`` is decoded with ``phase0 = S(lo)`` minus
+    what its own first half-block adds: from frame ``lo``'s centre on, its per-sample pitch equals the
+    whole decode's (both interpolate the same frame pitches), so its phase does too.
+    """
+
+    def __init__(self, codec: nn.Module, decoder: nn.Module):
+        self.codec = codec
+        self.hop = int(codec.hop)
+        self.sample_rate = int(decoder.sample_rate)
+        self._anchor = 0  # frame c with S(c) known
+        self._phase: torch.Tensor | None = None  # S(self._anchor), float64 [B]
+
+    def window(self, z: torch.Tensor, n: torch.Tensor, lo: int, next_lo: int) -> dict:
+        """``decode`` keywords for the window of frames ``[lo, lo + z.shape[-1])``; advances the phase
+        to ``next_lo``, the next window's first frame."""
+        track = self.codec.pitch(z, n).double()  # [B, W]
+        per_sample = per_sample_f0(track, self.hop) * (2 * math.pi / self.sample_rate)
+        half = self.hop // 2
+        if lo == 0:
+            phase0 = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+            self._anchor, self._phase = 0, per_sample[:, :half].sum(-1)
+        else:
+            if self._anchor != lo:
+                raise RuntimeError(f"excitation phase known at frame {self._anchor}, window starts at {lo}")
+            phase0 = self._phase - per_sample[:, :half].sum(-1)
+        if next_lo > self._anchor:
+            self._phase = self._phase + per_sample[:, half : (next_lo - lo) * self.hop + half].sum(-1)
+            self._anchor = next_lo
+        return {"phase0": phase0}

@@ -23,8 +23,9 @@ corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
 fsq_steps=700        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
-codec_steps=600       # frame-rate DAC-VAE (configs/tiny/dac_vae_frame.yaml): ~7 minutes
-codec_config=        # default: configs/tiny/dac_vae_frame.yaml (frame-rate DAC-VAE; configs/tiny/dac_vae.yaml is
+codec_steps=600       # harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml): ~7 minutes
+codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate DAC-VAE with a pitch-excited comb;
+                     # configs/tiny/dac_vae_frame.yaml: without it; configs/tiny/dac_vae.yaml is
                      # the DAC decoder, far slower to learn) or, with --codec flowae, configs/tiny/flowae.yaml
 known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
@@ -37,7 +38,7 @@ codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the f
 parse_options "$@"
 case $codec in  # the codec's CLIs and its latent files <utt>_latent$tag.pt
   dac_vae) codec_cli=dac_vae.inference; extract_cli=dac_vae.extract_dac_latents; tag=2x
-    codec_config=${codec_config:-configs/tiny/dac_vae_frame.yaml} ;;
+    codec_config=${codec_config:-configs/tiny/dac_vae_harmonic.yaml} ;;
   flowae) codec_cli=flowae.inference; extract_cli=flowae.extract_latents; tag=fae
     codec_config=${codec_config:-configs/tiny/flowae.yaml} ;;
   *) echo "--codec must be dac_vae or flowae, not $codec" >&2; exit 1 ;;

@@ -1,4 +1,4 @@
-"""Chunked decoding (dac_vae.streaming) equals the whole-utterance decode, for both decoder kinds."""
+"""Chunked decoding (dac_vae.streaming) equals the whole-utterance decode, for every decoder kind."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,11 @@ from dac_vae.checkpoint import build_codec
 from dac_vae.streaming import ChunkedDecoder, context_frames
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = {"dac": "configs/tiny/dac_vae.yaml", "frame": "configs/tiny/dac_vae_frame.yaml"}
+CONFIGS = {
+    "dac": "configs/tiny/dac_vae.yaml",
+    "frame": "configs/tiny/dac_vae_frame.yaml",
+    "harmonic": "configs/tiny/dac_vae_harmonic.yaml",  # excitation phase carried across windows
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -62,3 +66,12 @@ def test_frame_offset_matters_with_phase_advance():
     codec = build_codec(REPO / CONFIGS["frame"]).eval()
     z = _latent(codec, 40)
     assert not torch.allclose(codec.decode(z, frame_offset=3), codec.decode(z), atol=1e-3)
+
+
+@torch.inference_mode()
+def test_harmonic_chunks_need_the_carried_phase():
+    """A window decoded without its start phase differs: the harmonic case above is not vacuous."""
+    torch.manual_seed(0)
+    codec = build_codec(REPO / CONFIGS["harmonic"]).eval()
+    z = _latent(codec, 40)
+    assert not torch.allclose(codec.decode(z, phase0=torch.tensor([1.0])), codec.decode(z), atol=1e-3)
