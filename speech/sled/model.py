@@ -10,8 +10,9 @@ seeded randomness of :class:`~speech.llm.sampling.RowRandom`. What differs:
 - Outputs: a :class:`~speech.sled.head.GenerativeHead` maps (hidden state, fresh noise) to the
   next patch, trained with the energy distance of two samples per frame
   (:func:`~speech.sled.loss.energy_distance`), and a stop head (BCE) whose target is 1 where the
-  LM would predict eos (and, with ``stop_window = w``, at the steps that predict the last ``w``
-  patches too), the positive class weighted by ``stop_pos_weight``.
+  LM would predict eos, the positive class weighted by ``stop_pos_weight``; optionally a length
+  head (``length_weight > 0``: text + voice -> log frames) whose expected length × ``length_scale``
+  bounds generation, for a model whose stop head does not fire on its own latents.
 - Training uses whole patches only: a latent of ``T`` frames trains on its first ``⌊T / k⌋·k``
   (generation emits whole patches, so the stop head never sees a zero-filled last patch it could
   key on and would never meet when generating).
@@ -25,6 +26,7 @@ seeded randomness of :class:`~speech.llm.sampling.RowRandom`. What differs:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -85,8 +87,6 @@ class SledLM(nn.Module):
         noise_dim: int = 64,
         stop_weight: float = 1.0,
         stop_pos_weight: float = 1.0,
-        stop_window: int = 0,
-        input_noise: float = 0.0,
         length_weight: float = 0.0,
         length_scale: float = 1.0,
         cfg_dropout: float = 0.1,
@@ -105,20 +105,18 @@ class SledLM(nn.Module):
         if not 0.0 <= bistream_prob <= 1.0 or not 0.0 <= cfg_dropout < 1.0:
             raise ConfigError(f"sled: bistream_prob must be in [0, 1] and cfg_dropout in [0, 1), got "
                               f"{bistream_prob}, {cfg_dropout}")
-        if stop_pos_weight <= 0 or stop_window < 0 or int(stop_window) != stop_window:
-            raise ConfigError(f"sled: stop_pos_weight must be > 0 and stop_window a non-negative integer, got "
-                              f"{stop_pos_weight}, {stop_window}")
+        if stop_pos_weight <= 0:
+            raise ConfigError(f"sled: stop_pos_weight must be > 0, got {stop_pos_weight}")
         if len(mix_ratio) != 2 or min(mix_ratio) < 1:
             raise ConfigError(f"sled: mix_ratio must be two positive ints (text, steps), got {mix_ratio}")
         self.backbone, self.speaker = backbone, speaker
         hidden = backbone.config.hidden_size
         self.latent_dim, self.latent_rate, self.patch_size = int(latent_dim), float(latent_rate), int(patch_size)
         self.stop_weight, self.cfg_dropout, self.cfg_w = stop_weight, cfg_dropout, cfg_w
-        self.stop_pos_weight, self.stop_window, self.stop_threshold = float(stop_pos_weight), int(stop_window), stop_threshold
-        if input_noise < 0 or length_weight < 0 or length_scale < 0:
-            raise ConfigError(f"sled: input_noise, length_weight and length_scale must be >= 0, got "
-                              f"{input_noise}, {length_weight}, {length_scale}")
-        self.input_noise, self.length_weight, self.length_scale = float(input_noise), float(length_weight), length_scale
+        self.stop_pos_weight, self.stop_threshold = float(stop_pos_weight), stop_threshold
+        if length_weight < 0 or length_scale < 0:
+            raise ConfigError(f"sled: length_weight and length_scale must be >= 0, got {length_weight}, {length_scale}")
+        self.length_weight, self.length_scale = float(length_weight), length_scale
         self.bistream_prob, self.mix_ratio = bistream_prob, (int(mix_ratio[0]), int(mix_ratio[1]))
         self.min_len_ratio, self.max_len_ratio = min_len_ratio, max_len_ratio
         self.cv_seed = cv_seed
@@ -134,10 +132,12 @@ class SledLM(nn.Module):
         self.length_head = None
         if length_weight > 0:
             self.length_head = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-            # It predicts log(frames per text token) - log(latent_rate / 4): 0 at about 4 text tokens per
-            # second, so a short run does not spend its steps moving a bias (Adam moves ~lr per step).
+            # The head predicts the residual of log(frames per text token) around length_prior, a running
+            # mean of it over the training batches (no gradient): a short run does not spend its steps
+            # moving one bias (Adam moves a parameter ~lr per step), whatever the tokenizer's rate.
             nn.init.zeros_(self.length_head[2].weight)
             nn.init.zeros_(self.length_head[2].bias)
+            self.register_buffer("length_prior", torch.tensor(math.log(self.latent_rate / 4)))  # 4 tokens/s
         # The text-vocabulary head is never evaluated (see SpeechLM); an untied one is frozen.
         if backbone.lm_head.weight is not backbone.model.embed_tokens.weight:
             backbone.lm_head.requires_grad_(False)
@@ -179,14 +179,14 @@ class SledLM(nn.Module):
     def predict_log_frames(self, text_token: torch.Tensor, text_token_len: torch.Tensor,
                            spk: torch.Tensor) -> torch.Tensor:
         """``log`` of the latent frames ``[B]`` the length head expects for the texts ``[B, L]`` (padded) in the
-        voice of the speaker slots ``spk [B, H]``: ``log(L · latent_rate / 4)`` (4 text tokens per second)
-        plus a small MLP of the masked mean of the text embeddings, the speaker slot and ``log L``."""
+        voice of the speaker slots ``spk [B, H]``: ``log L + length_prior`` (the training set's mean log
+        frames per text token) plus a small MLP of the masked mean of the text embeddings, the speaker
+        slot and ``log L``."""
         mask = lengths_to_mask(text_token_len, text_token.shape[1])
         emb = self.embed_text(text_token.masked_fill(~mask, 0)) * mask.unsqueeze(-1)
         n = text_token_len.clamp_min(1).to(emb.dtype)
         feats = torch.cat([emb.sum(1) / n.unsqueeze(-1), spk.to(emb.dtype), n.log().unsqueeze(-1)], dim=-1)
-        prior = (n * self.latent_rate / 4).log()
-        return (prior + self.length_head(feats).squeeze(-1)).float()
+        return (n.log() + self.length_prior + self.length_head(feats).squeeze(-1)).float()
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], bistream: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -214,18 +214,17 @@ class SledLM(nn.Module):
             log_frames = self.predict_log_frames(text, text_len, spk)
             target = latent_len.clamp_min(1).float().log()
             valid = latent_len > 0
+            if self.training:  # running mean of log(frames per text token), momentum 0.1, on the device
+                rate = ((target - text_len.clamp_min(1).float().log()) * valid).sum() / valid.sum().clamp_min(1)
+                self.length_prior.lerp_(torch.where(valid.any(), rate, self.length_prior), 0.1)
             length["length"] = ((log_frames - target).abs() * valid).sum() / valid.sum().clamp_min(1)
             with torch.no_grad():
                 length["length_err"] = (((log_frames - target).exp() - 1).abs() * valid).sum() / valid.sum().clamp_min(1)
-        inputs_x = steps
-        if self.training and self.input_noise > 0:  # noisy teacher-forced inputs (targets stay clean)
-            sigma = torch.rand(b, 1, 1, device=device) * self.input_noise
-            inputs_x = steps + sigma * torch.randn_like(steps)
         if self.training and self.cfg_dropout > 0:
             drop = torch.rand(b, device=device) < self.cfg_dropout
             text_emb = torch.where(drop[:, None, None], self._null(b, text.shape[1]).to(text_emb.dtype), text_emb)
             spk = torch.where(drop[:, None], self.null_embedding.to(spk.dtype), spk)
-        pool = pool_pieces(self.sos_task_embedding.weight, spk, text_emb, self.latent_in(inputs_x))
+        pool = pool_pieces(self.sos_task_embedding.weight, spk, text_emb, self.latent_in(steps))
         inputs = pool.gather(1, layout.src.unsqueeze(-1).expand(-1, -1, pool.shape[-1]))
         hidden = self.decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state  # [B, Q, H]
 
@@ -244,13 +243,11 @@ class SledLM(nn.Module):
         energy = energy_distance(s1.reshape(shape), s2.reshape(shape), target.reshape(shape), fmask)
 
         stop_logit = self.stop_head(hidden).squeeze(-1).float()
-        # Stop target: eos, and the steps predicting the last stop_window patches of the item.
-        stop_tgt = is_eos | (is_step & (tgt >= (step_len.unsqueeze(1) - self.stop_window)))
-        stop = stop_loss(stop_logit, stop_tgt, stop_pos, self.stop_pos_weight)
+        stop = stop_loss(stop_logit, is_eos, stop_pos, self.stop_pos_weight)
         with torch.no_grad():
             fired = (torch.sigmoid(stop_logit) > self.stop_threshold) & stop_pos
             stop_recall = (fired & is_eos).sum() / is_eos.sum().clamp_min(1)
-            stop_precision = (fired & stop_tgt).sum() / fired.sum().clamp_min(1)
+            stop_precision = (fired & is_eos).sum() / fired.sum().clamp_min(1)
         loss = energy + self.stop_weight * stop
         if length:
             loss = loss + self.length_weight * length["length"]
