@@ -45,6 +45,8 @@ __all__ = [
     "read_list",
     "add_model_arguments",
     "add_sampling_arguments",
+    "check_model_args",
+    "load_synthesizer",
     "resolve_device",
     "main",
 ]
@@ -273,6 +275,7 @@ class SynthesisOptions:
     n_steps: int | None = None
     cfg_w: float | None = None
     solver: str | None = None
+    stop_threshold: float | None = None  # the SLED path's stop probability threshold
     flow_streaming: bool = False  # offline: the flow's chunk attention, as streamed (equals stream())
 
     def sampler(self, default: Any) -> Any:
@@ -562,16 +565,25 @@ class Synthesizer:
         self._check_streamable(chunk_tokens)
         return self._start_stream(request, None, options or SynthesisOptions(), chunk_tokens)
 
-    def _check_streamable(self, chunk_tokens: int | None) -> None:
+    # Text given in pieces is decoded bi-stream (the LM starts before the text is complete).
+    pieces_bistream = True
+
+    def stream_chunk(self, chunk_tokens: int | None = None) -> int:
+        """The chunk :meth:`stream` works in for ``chunk_tokens`` (``None``: the default), in speech tokens
+        per flow chunk here; :class:`InferenceError` when this synthesizer cannot stream it."""
         from dac_vae.streaming import ChunkedDecoder
 
         from speech.flow.streaming import StreamingError, check_streamable
 
         try:
-            check_streamable(self.flow, chunk_tokens)
+            chunk = check_streamable(self.flow, chunk_tokens)
             ChunkedDecoder(self.codec)
         except (StreamingError, TypeError) as exc:
             raise InferenceError(f"cannot stream: {exc}") from None
+        return chunk
+
+    def _check_streamable(self, chunk_tokens: int | None) -> None:
+        self.stream_chunk(chunk_tokens)
 
     def _start_stream(
         self, request: Utterance, pieces: Iterator | None, opt: SynthesisOptions, chunk_tokens: int | None
@@ -584,8 +596,6 @@ class Synthesizer:
     def _stream(
         self, request: Utterance, pieces: Iterator | None, opt: SynthesisOptions, sampler: Any, chunk_tokens: int | None
     ) -> Iterator[torch.Tensor]:
-        from dac_vae.streaming import ChunkedDecoder
-
         from speech.flow.streaming import stream_latents
         from speech.llm.sampling import RowRandom
 
@@ -621,9 +631,21 @@ class Synthesizer:
             seed=opt.seed,
             chunk_tokens=chunk_tokens,
         )
+        n_out = yield from self._decode_stream(latents)
+        if pieces is not None and n_text[0] == 0:
+            raise InferenceError("empty text")
+        if n_out == 0:
+            raise InferenceError("the LM produced no speech tokens (min_len_ratio 0 and an immediate eos)")
+
+    def _decode_stream(self, latents: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Latent chunks ``[1, D, n]`` (raw ``mu``) as they arrive -> float32 audio chunks ``[m]``, each
+        as soon as the codec's receptive field allows (:class:`dac_vae.streaming.ChunkedDecoder`: the
+        audio, concatenated, equals one decode of all the latents). Returns the samples yielded."""
+        from dac_vae.streaming import ChunkedDecoder
+
         decoder, n_out = ChunkedDecoder(self.codec), 0
         for latent in latents:
-            audio = decoder.push(latent.to(dev))
+            audio = decoder.push(latent.to(self.device))
             if audio.shape[-1]:
                 n_out += audio.shape[-1]
                 yield audio[0].float().cpu()
@@ -631,10 +653,7 @@ class Synthesizer:
         if audio.shape[-1]:
             n_out += audio.shape[-1]
             yield audio[0].float().cpu()
-        if pieces is not None and n_text[0] == 0:
-            raise InferenceError("empty text")
-        if n_out == 0:
-            raise InferenceError("the LM produced no speech tokens (min_len_ratio 0 and an immediate eos)")
+        return n_out
 
     def _text_ids(self, pieces: Iterator, count: list[int]) -> Iterator[list[int]]:
         """Text pieces -> text ids as soon as they are final. Id pieces pass through; string pieces are
@@ -719,15 +738,13 @@ def _safe_name(utt: str) -> bool:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def add_model_arguments(group: Any, *, sled: bool = True, required: bool = False) -> None:
+def add_model_arguments(group: Any) -> None:
     """The model flags (checkpoints, configs, tokenizers, ``--trust_config``), in ``group``: the "models" group
-    of this script and of ``speech-serve``. ``sled``: also ``--sled``/``--sled_config``; ``required``:
-    ``--llm`` and ``--flow`` must be given (for a command without the SLED alternative)."""
-    group.add_argument("--llm", required=required, help="Stage 1 LM checkpoint")
-    group.add_argument("--flow", required=required, help="Stage 2 flow checkpoint")
-    if sled:
-        group.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
-        group.add_argument("--sled_config", help="default: config.yaml beside --sled")
+    of this script and of ``speech-serve``; :func:`check_model_args` checks them, :func:`load_synthesizer` loads."""
+    group.add_argument("--llm", help="Stage 1 LM checkpoint (with --flow: the two-stage path)")
+    group.add_argument("--flow", help="Stage 2 flow checkpoint")
+    group.add_argument("--sled", help="continuous AR (SLED) checkpoint: replaces --llm and --flow (--sled_config)")
+    group.add_argument("--sled_config", help="default: config.yaml beside --sled")
     group.add_argument("--codec", required=True, help="codec checkpoint: DAC-VAE or flowae")
     group.add_argument("--llm_config", help="default: config.yaml beside --llm")
     group.add_argument("--flow_config", help="default: config.yaml beside --flow")
@@ -747,22 +764,30 @@ def add_sampling_arguments(group: Any) -> None:
                        help="LM token sampling (default: the LM config's sampler)")
     group.add_argument("--top_k", type=int, default=25, help="for --sampling ras|topk (default: 25)")
     group.add_argument("--top_p", type=float, default=0.8, help="for --sampling ras|topk (default: 0.8)")
-    group.add_argument("--min_len_ratio", type=float, help="fewest speech tokens per text token (default: LM config)")
-    group.add_argument("--max_len_ratio", type=float, help="most speech tokens per text token (default: LM config)")
+    group.add_argument("--min_len_ratio", type=float,
+                       help="fewest speech tokens (--sled: latent frames) per text token (default: LM/SLED config)")
+    group.add_argument("--max_len_ratio", type=float,
+                       help="most speech tokens (--sled: latent frames) per text token (default: LM/SLED config)")
     group.add_argument("--n_steps", type=int, help="flow ODE steps (default: flow config)")
-    group.add_argument("--cfg_w", type=float, help="flow classifier-free guidance weight (default: flow config)")
+    group.add_argument("--cfg_w", type=float,
+                       help="classifier-free guidance weight of the flow (--sled: of the SLED LM) (default: its config)")
     group.add_argument("--solver", choices=["euler", "midpoint"], help="flow ODE solver (default: flow config)")
+    group.add_argument("--stop_threshold", type=float,
+                       help="--sled: stop when the stop head's probability exceeds this (default: SLED config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inference.py",
-        description="Text + a reference voice -> 24 kHz speech with trained LM, flow and DAC-VAE checkpoints.",
+        description="Text + a reference voice -> 24 kHz speech with trained LM, flow and codec checkpoints "
+        "(or a continuous AR SLED LM and a codec).",
         epilog=(
             "examples:\n"
             "  python inference.py --llm exp/demo/llm/final.pt --flow exp/demo/flow/final.pt \\\n"
             "      --codec exp/demo/dac_vae/final.pt --text 'Hello there.' --prompt_wav ref.wav --out hello.wav\n"
             "  python inference.py --llm ... --flow ... --codec ... --list test.jsonl --out_dir synth/\n"
+            "  python inference.py --sled exp/demo/sled/final.pt --codec exp/demo/dac_vae/final.pt \\\n"
+            "      --text 'Hello there.' --prompt_wav ref.wav --out hello.wav [--stream]\n"
             "Configs default to config.yaml beside each checkpoint (or the copy inside it)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -780,13 +805,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(s)
     s.add_argument("--flow_streaming", action="store_true",
                    help="offline synthesis with the flow's chunk attention: what --stream gives (a causal flow)")
-    t = parser.add_argument_group("streaming (one utterance; a causal flow, e.g. configs/flow_stream.yaml)")
+    t = parser.add_argument_group("streaming (one utterance; two-stage: a causal flow, e.g. configs/flow_stream.yaml; "
+                                  "--sled: a codec with a bounded receptive field)")
     t.add_argument("--stream", action="store_true",
                    help="write the wav as audio chunks arrive; prints first-chunk latency and RTF, "
                    "writes <out>.rtf.json")
     t.add_argument("--text_pieces", type=int, metavar="N",
-                   help="simulate text arriving N BPE tokens at a time (bi-stream LM decoding)")
-    t.add_argument("--chunk_tokens", type=int, help="speech tokens per flow chunk (default: the flow's, 25)")
+                   help="simulate text arriving N BPE tokens at a time (bi-stream decoding; --sled: only for a "
+                   "model trained with bistream_prob > 0, else the whole text is awaited)")
+    t.add_argument("--chunk_tokens", type=int,
+                   help="speech tokens per flow chunk (default: the flow's, 25); --sled: AR steps per codec chunk "
+                   "(default: about 0.5 s)")
     t.add_argument("--compare_offline", action="store_true",
                    help="also synthesize offline (--flow_streaming) and record the largest difference")
     r = parser.add_argument_group("running")
@@ -800,10 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.sled and (args.llm or args.flow):
-        parser.error("give either --sled or --llm and --flow, not both")
-    if not args.sled and not (args.llm and args.flow):
-        parser.error("give --llm and --flow (two-stage), or --sled (continuous AR)")
+    check_model_args(parser, args)
     single = args.text is not None or args.out is not None or args.prompt_wav is not None
     if args.list and single:
         parser.error("give either --list/--out_dir or --text/--prompt_wav/--out, not both")
@@ -826,6 +852,31 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--n_steps must be >= 1")
 
 
+def check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The models of :func:`add_model_arguments`: ``--sled`` or ``--llm`` and ``--flow`` (usage error otherwise)."""
+    if args.sled and (args.llm or args.flow):
+        parser.error("give either --sled or --llm and --flow, not both")
+    if not args.sled and not (args.llm and args.flow):
+        parser.error("give --llm and --flow (two-stage), or --sled (continuous AR)")
+
+
+def load_synthesizer(args: argparse.Namespace, device: torch.device) -> "Synthesizer":
+    """The synthesizer the model flags of :func:`add_model_arguments` name (``inference.py``, ``speech-serve``):
+    a :class:`~speech.sled.inference.SledSynthesizer` for ``--sled``, else the two-stage :class:`Synthesizer`."""
+    common = dict(codec_config=args.codec_config, text_tokenizer=args.text_tokenizer, device=device,
+                  trust_config=args.trust_config, min_prompt_seconds=args.min_prompt_seconds,
+                  max_prompt_seconds=args.max_prompt_seconds)
+    if args.sled:
+        from speech.sled.inference import SledSynthesizer
+
+        return SledSynthesizer.from_checkpoints(args.sled, args.codec, sled_config=args.sled_config, **common)
+    return Synthesizer.from_checkpoints(
+        args.llm, args.flow, args.codec, llm_config=args.llm_config, flow_config=args.flow_config,
+        speech_tokenizer=args.speech_tokenizer, speech_tokenizer_type=args.speech_tokenizer_type,
+        flow_ema=args.flow_ema, **common,
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when available, else the CPU; any other name as torch reads it."""
     if name == "auto":
@@ -846,31 +897,7 @@ def run_cli(args: argparse.Namespace) -> int:
             raise InferenceError("empty text")
         if not Path(args.prompt_wav).is_file():
             raise InferenceError(f"prompt wav {args.prompt_wav}: file not found")
-    if args.sled:
-        from speech.sled.inference import SledSynthesizer
-
-        synth = SledSynthesizer.from_checkpoints(
-            args.sled, args.codec, sled_config=args.sled_config, codec_config=args.codec_config,
-            text_tokenizer=args.text_tokenizer, device=device, trust_config=args.trust_config,
-            min_prompt_seconds=args.min_prompt_seconds, max_prompt_seconds=args.max_prompt_seconds,
-        )
-    else:
-        synth = Synthesizer.from_checkpoints(
-            args.llm,
-            args.flow,
-            args.codec,
-            llm_config=args.llm_config,
-            flow_config=args.flow_config,
-            codec_config=args.codec_config,
-            text_tokenizer=args.text_tokenizer,
-            speech_tokenizer=args.speech_tokenizer,
-            speech_tokenizer_type=args.speech_tokenizer_type,
-            flow_ema=args.flow_ema,
-            device=device,
-            trust_config=args.trust_config,
-            min_prompt_seconds=args.min_prompt_seconds,
-            max_prompt_seconds=args.max_prompt_seconds,
-        )
+    synth = load_synthesizer(args, device)
     options = SynthesisOptions(**{f.name: getattr(args, f.name) for f in fields(SynthesisOptions)})
 
     if args.stream:
@@ -979,7 +1006,9 @@ def _run_stream(args: argparse.Namespace, synth: Synthesizer, options: Synthesis
         "utterances": 1,
         "stream": True,
         "text_pieces": args.text_pieces,
-        "chunk_tokens": args.chunk_tokens or int(synth.flow.encoder.chunk_size),
+        **({"text_pieces_decoding": "bi-stream" if synth.pieces_bistream else "uni-stream (the whole text awaited)"}
+           if args.text_pieces else {}),
+        "chunk_tokens": synth.stream_chunk(args.chunk_tokens),
         "chunks": len(audio),
         "audio_seconds": round(seconds, 3),
         "wall_seconds": round(wall, 3),
@@ -991,7 +1020,7 @@ def _run_stream(args: argparse.Namespace, synth: Synthesizer, options: Synthesis
     }
     if args.compare_offline:
         offline_opt = SynthesisOptions(**{**options.__dict__, "flow_streaming": True})
-        if args.text_pieces:  # bi-stream tokens differ from uni-stream ones: compare the same LM path
+        if args.text_pieces and synth.pieces_bistream:  # bi-stream differs from uni-stream: compare the same path
             rtf["offline_compare"] = "skipped: bi-stream (text in pieces) decodes other tokens than offline"
         else:
             (result,) = synth.synthesize([synth.prepare(out.stem, args.text, args.prompt_wav, args.prompt_text)],

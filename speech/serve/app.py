@@ -1,4 +1,5 @@
-"""The HTTP API (FastAPI) and the demo page, over one :class:`~speech.inference.Synthesizer`.
+"""The HTTP API (FastAPI) and the demo page, over one :class:`~speech.inference.Synthesizer` (two-stage) or
+:class:`~speech.sled.inference.SledSynthesizer` (``--sled``: the continuous AR path, same interface).
 
     POST /v1/tts          text + a reference clip (upload) or a registered voice id -> audio/wav
     POST /v1/voices       register a reference clip once (speaker vectors computed once)
@@ -72,6 +73,7 @@ class SynthesisForm(BaseModel):
     n_steps: int | None = Field(None, ge=1, le=100)
     cfg_w: float | None = Field(None, ge=0, le=10)
     solver: Literal["euler", "midpoint"] | None = None
+    stop_threshold: float | None = Field(None, ge=0, le=1, description="--sled: stop probability threshold")
 
     def options(self, defaults: SynthesisOptions) -> SynthesisOptions:
         """``defaults`` with the sampling options this form gives."""
@@ -252,6 +254,7 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
     async def health() -> JSONResponse:
         return JSONResponse(status_code=200 if batcher.alive else 503, content={
             "status": "ok" if batcher.alive else "model worker stopped",
+            "model": "sled" if hasattr(synth, "sled") else "two-stage",
             "sample_rate": synth.sample_rate,
             "queued": batcher.queued,
             "max_queue": batcher.max_queue,
@@ -334,7 +337,8 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         summary="Text + a reference clip or a voice id -> 24 kHz wav, streamed as it is generated",
         response_class=StreamingResponse,
         responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM wav with a streaming header"},
-                   409: {"description": "the loaded flow cannot stream (not causal)"}},
+                   409: {"description": "the loaded models cannot stream (a flow that is not causal, a codec "
+                                        "without a bounded receptive field)"}},
     )
     async def tts_stream(
         form: SynthesisFields,
@@ -344,7 +348,9 @@ def create_app(synth: Synthesizer, batcher: DynamicBatcher, config: ServeConfig 
         PCM header whose RIFF and data sizes are 0xFFFFFFFF (length unknown: read to the end of the
         stream), then the samples of each chunk as :meth:`Synthesizer.stream` yields them. Each chunk
         is computed by the model worker thread (one job per chunk), so streams and batches interleave.
-        A flow that is not causal cannot stream: 409 (so is a prompt text without a speech tokenizer). An error after the first chunk ends the stream
+        A flow that is not causal (or, on either path, a codec decoder without a bounded receptive
+        field, e.g. a flowae) cannot stream: 409 (so is a prompt text without a speech tokenizer on the
+        two-stage path). With ``--sled``, the SLED LM's patches go to the codec chunk by chunk. An error after the first chunk ends the stream
         early (logged). The uploaded clip or the voice's clip is the prompt (its speaker vectors are
         recomputed: the stream takes a clip)."""
         utterance, options = await build_request(form, reference)

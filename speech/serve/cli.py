@@ -10,17 +10,19 @@ from typing import Sequence
 from speech.inference import (
     InferenceError,
     SynthesisOptions,
-    Synthesizer,
     add_model_arguments,
     add_sampling_arguments,
+    check_model_args,
+    load_synthesizer,
     resolve_device,
 )
 
 __all__ = ["build_parser", "main", "MODEL_FLAGS"]
 
-# Flags passed as is to Synthesizer.from_checkpoints: the "models" group of inference.py, same names.
-MODEL_FLAGS = ("llm", "flow", "codec", "llm_config", "flow_config", "codec_config", "flow_ema", "text_tokenizer",
-               "speech_tokenizer", "speech_tokenizer_type", "trust_config")
+# The "models" group of inference.py, same names, loaded the same way (speech.inference.load_synthesizer):
+# two-stage (--llm, --flow) or continuous AR (--sled), with a codec.
+MODEL_FLAGS = ("llm", "flow", "sled", "sled_config", "codec", "llm_config", "flow_config", "codec_config", "flow_ema",
+               "text_tokenizer", "speech_tokenizer", "speech_tokenizer_type", "trust_config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "example:\n"
             "  speech-serve --llm exp/demo/llm/final.pt --flow exp/demo/flow/final.pt --codec exp/demo/dac_vae/final.pt\n"
+            "  speech-serve --sled exp/demo/sled/final.pt --codec exp/demo/dac_vae/final.pt   # the continuous AR path\n"
             "  # then open http://127.0.0.1:8000/ , or:\n"
             "  curl -F text='Hello there.' -F reference=@ref.wav http://127.0.0.1:8000/v1/tts -o hello.wav"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m = parser.add_argument_group("models (as inference.py)")
-    add_model_arguments(m, sled=False, required=True)
+    add_model_arguments(m)
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -64,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--max_batch and --max_queue must be >= 1, --batch_window_ms >= 0")
     if args.max_text_chars < 1 or args.max_body_mb <= 0 or args.max_voices < 1:
         parser.error("--max_text_chars, --max_body_mb and --max_voices must be positive")
+    check_model_args(parser, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
@@ -71,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from speech.serve.batcher import DynamicBatcher
 
     try:
-        synth = Synthesizer.from_checkpoints(
-            **{k: getattr(args, k) for k in MODEL_FLAGS}, device=resolve_device(args.device),
-            min_prompt_seconds=args.min_prompt_seconds, max_prompt_seconds=args.max_prompt_seconds,
-        )
+        synth = load_synthesizer(args, resolve_device(args.device))
     except InferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,11 +26,14 @@ def free_port() -> int:
 class Server:
     """One server process; ``url`` is http://127.0.0.1:PORT, its log in ``log``."""
 
-    def __init__(self, system: dict[str, Path], log: Path, *flags: str):
+    def __init__(self, system: dict[str, Path], log: Path, *flags: str, models: list[str] | None = None):
+        """``models``: the model flags (default: the two-stage system's LM, flow, codec and FSQ tokenizer)."""
         self.port, self.log = free_port(), log
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "speech.serve", "--llm", str(system["llm"]), "--flow", str(system["flow"]),
-               "--codec", str(system["codec"]), "--speech_tokenizer", str(system["fsq"]), "--device", "cpu",
+        if models is None:
+            models = ["--llm", str(system["llm"]), "--flow", str(system["flow"]), "--codec", str(system["codec"]),
+                      "--speech_tokenizer", str(system["fsq"])]
+        cmd = [sys.executable, "-m", "speech.serve", *models, "--device", "cpu",
                "--port", str(self.port), "--log_level", "warning", *FAST, *flags]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)

@@ -11,11 +11,43 @@ from speech.serve.cli import MODEL_FLAGS, build_parser, main
 def test_every_model_flag_of_inference_is_a_serve_flag():
     """When a model variant lands in inference.py (its "models" group), serve must take it too."""
     group = next(g for g in inference_parser()._action_groups if g.title == "models")
-    # the SLED path (inference.py --sled) is not served yet: a follow-up, not an omission to hide
-    theirs = {a.dest for a in group._group_actions} - {"sled", "sled_config"}
+    theirs = {a.dest for a in group._group_actions}
     ours = {a.dest for a in build_parser()._actions}
-    assert theirs <= ours, theirs - ours
-    assert set(MODEL_FLAGS) == theirs  # all passed on to Synthesizer.from_checkpoints
+    assert {"sled", "sled_config"} <= theirs <= ours, theirs - ours
+    assert set(MODEL_FLAGS) == theirs  # all loaded by speech.inference.load_synthesizer
+
+
+def test_load_synthesizer_reads_every_model_flag(monkeypatch):
+    """Both paths together read every flag of the models group (none is parsed and then dropped)."""
+    import argparse
+
+    from speech import inference
+    from speech.sled import inference as sled_inference
+
+    read: set[str] = set()
+
+    class Args(argparse.Namespace):
+        def __getattribute__(self, name):
+            if not name.startswith("_"):
+                read.add(name)
+            return super().__getattribute__(name)
+
+    monkeypatch.setattr(inference.Synthesizer, "from_checkpoints", classmethod(lambda cls, *a, **k: (a, k)))
+    monkeypatch.setattr(sled_inference.SledSynthesizer, "from_checkpoints", classmethod(lambda cls, *a, **k: (a, k)))
+    for argv in (["--llm", "l", "--flow", "f", "--codec", "c"], ["--sled", "s", "--codec", "c"]):
+        args = build_parser().parse_args(argv, namespace=Args())
+        inference.load_synthesizer(args, "cpu")
+    assert set(MODEL_FLAGS) <= read, set(MODEL_FLAGS) - read
+
+
+def test_sled_or_two_stage_models_are_required(capsys):
+    import pytest
+
+    for argv in (["--codec", "c"], ["--llm", "l", "--codec", "c"], ["--sled", "s", "--llm", "l", "--flow", "f",
+                                                                     "--codec", "c"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and "--sled" in capsys.readouterr().err
 
 
 def test_defaults_listen_on_localhost_only():

@@ -8,7 +8,7 @@ from speech.inference import SynthesisOptions
 from speech.serve.app import SynthesisForm, create_app
 
 FIELDS = {"text", "reference", "voice_id", "prompt_text", "seed", "sampling", "top_k", "top_p", "min_len_ratio",
-          "max_len_ratio", "n_steps", "cfg_w", "solver"}
+          "max_len_ratio", "n_steps", "cfg_w", "solver", "stop_threshold"}
 
 
 @pytest.fixture(scope="module")

@@ -46,3 +46,24 @@ def make_batch(text_len, latent_len, ref_len, seed: int = 1, dim: int = LATENT_D
             ref[i, ref_len[i]:] = 0
     return {"text_token": text, "text_token_len": text_len, "latent": latent, "latent_len": latent_len,
             "ref_audio": ref, "ref_audio_len": ref_len}
+
+
+def build_sled_system(root, corpus_dir, repo_root) -> dict:
+    """Trainer-style checkpoints for the synthesizer, CLI and server tests: a tiny SLED LM (configs/tiny/sled.yaml,
+    2 layers, k = 2; ``sled_bi`` also trained on the bi-stream layout) and the demo's frame-rate codec."""
+    from speech.text.bpe import train_bpe
+    from tests.inference.conftest import save_like_trainer
+
+    texts = [p.read_text(encoding="utf-8").strip() for p in sorted(corpus_dir.glob("wavs/*/*.txt"))]
+    bpe = root / "tokenizer.json"
+    train_bpe(texts, vocab_size=512).save(str(bpe))
+    over = {"text_tokenizer_path": str(bpe), "qwen": {"num_hidden_layers": 2}}
+    cfg = repo_root / "configs/tiny/sled.yaml"
+    return {
+        "root": root,
+        "sled": save_like_trainer(root / "sled", cfg, "sled", over),
+        "sled_bi": save_like_trainer(root / "sled_bi", cfg, "sled", {**over, "sled": {"bistream_prob": 0.5}}),
+        "codec": save_like_trainer(root / "codec", repo_root / "configs/tiny/dac_vae_frame.yaml", "dac_vae", {}),
+        "prompt": corpus_dir / "wavs/slt/slt_000.wav",
+        "prompt2": corpus_dir / "wavs/rms/rms_001.wav",
+    }

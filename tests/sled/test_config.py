@@ -32,7 +32,7 @@ def test_tiny_config_pipeline_and_train_py(corpus_dir, repo_root, tmp_path):
     batch = next(iter(Dataset(data_list, cfg["data_pipeline"], shuffle=False)))
     assert batch["latent"].shape[1] == 8 and batch["latent"].shape[0] == len(batch["utt"])
     out = cfg["sled"].train()(batch)
-    assert torch.isfinite(out["loss"]) and 0 <= out["stop_acc"] <= 1
+    assert torch.isfinite(out["loss"]) and 0 <= out["stop_recall"] <= 1 and 0 <= out["stop_precision"] <= 1
     out["loss"].backward()
 
     model_dir = tmp_path / "exp"
