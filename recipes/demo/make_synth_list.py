@@ -5,10 +5,14 @@
     python recipes/demo/make_synth_list.py exp/demo/data/heldout.jsonl --texts_from exp/demo/data/train.jsonl \
         --per_speaker 10 --out exp/demo/synth_trained/list.jsonl   # held-out voices, trained sentences
     python recipes/demo/make_synth_list.py exp/demo/data/test.jsonl --wav_paths   # one absolute wav path a line
+    python recipes/demo/make_synth_list.py exp/demo/data/test.jsonl --prompts_from exp/demo/data/train.jsonl \
+        --out exp/demo/synth_test/list.jsonl   # seen voices, test sentences, prompted by training clips
 
 The synthesis list has one line per utterance: ``utt, text, wav`` (the ground truth, for evaluation)
 and ``prompt_wav``: another utterance of the same speaker (the next one in the index, cyclically), so
-the voice is cloned from a clip that does not contain the target sentence.
+the voice is cloned from a clip that does not contain the target sentence. With ``--prompts_from``
+the prompts are that other index's clips of the same speaker, in turn (a speaker with one utterance
+in the index is then fine; one with none in the other index is an error).
 
 With ``--texts_from`` each speaker of the index instead speaks ``--per_speaker`` sentences of that
 other index (e.g. the LM's training sentences: a new voice saying known text); ``wav`` is then the
@@ -29,11 +33,22 @@ def read_index(path: Path) -> list[dict]:
     return items
 
 
-def synth_list(items: list[dict]) -> list[dict]:
+def synth_list(items: list[dict], prompts: list[dict] | None = None) -> list[dict]:
     by_spk: dict[str, list[dict]] = {}
     for item in items:
         by_spk.setdefault(item["spk"], []).append(item)
     rows = []
+    if prompts is not None:
+        clips: dict[str, list[dict]] = {}
+        for item in prompts:
+            clips.setdefault(item["spk"], []).append(item)
+        for spk, utts in by_spk.items():
+            if spk not in clips:
+                raise SystemExit(f"error: speaker {spk} has no utterance in the prompt index")
+            for i, item in enumerate(utts):
+                rows.append({"utt": item["utt"], "spk": spk, "text": item["text"], "wav": item["wav"],
+                             "prompt_wav": clips[spk][i % len(clips[spk])]["wav"]})
+        return rows
     for utts in by_spk.values():
         if len(utts) < 2:
             raise SystemExit(f"error: speaker {utts[0]['spk']} has one utterance; a prompt needs another")
@@ -75,6 +90,7 @@ def main() -> None:
     parser.add_argument("--wav_paths", action="store_true", help="print the index's wav paths instead")
     parser.add_argument("--texts_from", type=Path, help="index whose sentences the speakers speak instead of their own")
     parser.add_argument("--per_speaker", type=int, default=10, help="sentences per speaker with --texts_from")
+    parser.add_argument("--prompts_from", type=Path, help="index whose clips of the same speaker are the prompts")
     args = parser.parse_args()
     items = read_index(args.index)
     if args.wav_paths:
@@ -85,7 +101,7 @@ def main() -> None:
     if args.texts_from:
         rows = known_text_list(items, read_index(args.texts_from), args.per_speaker)
     else:
-        rows = synth_list(items)
+        rows = synth_list(items, read_index(args.prompts_from) if args.prompts_from else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     print(f"wrote {len(rows)} utterances to {args.out}")

@@ -2,7 +2,7 @@
 # The demo: the whole system trained and run on the embedded corpus (data/) with tiny configs, on CPU.
 #
 #   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2] [--flow_objective cfm|meanflow]
-#                            [--codec dac_vae|flowae] [--codec_config FILE]
+#                            [--codec dac_vae|flowae] [--codec_config FILE] [--corpus data] [--synth_test 0|1]
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
 #   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
@@ -28,6 +28,9 @@ codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate D
                      # configs/tiny/dac_vae_frame.yaml: without it; configs/tiny/dac_vae.yaml is
                      # the DAC decoder, far slower to learn) or, with --codec flowae, configs/tiny/flowae.yaml
 known_per_speaker=10 # held-out voices also speak this many trained sentences each (stage 10)
+synth_test=0         # 1: stages 10-11 also speak and score the test split (seen voices, their test sentences,
+                     # prompted by their training clips): for a corpus whose test sentences no training
+                     # utterance contains (make_demo_corpus.py --hours; in data/ other voices train on them)
 llm_steps=150       # the tiny LM overfits the 144 training utterances after ~130 steps
 flow_steps=600
 flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml: no)
@@ -56,6 +59,7 @@ llm_dir=$exp/llm                    # stage 7
 flow_dir=$exp/flow                  # stage 8
 synth=$exp/synth                    # stage 10: <utt>.wav (held-out voices, their own unseen sentences)
 synth_known=$exp/synth_known        # stage 10: <utt>.wav (held-out voices, sentences the LM trained on)
+synth_test_dir=$exp/synth_test      # stage 10 with --synth_test 1: <utt>.wav (seen voices, test sentences)
 eval_dir=$exp/eval                  # stage 11
 stage_log=$exp/stage_times.tsv      # every stage's start time; report.md shows the durations
 mkdir -p "$exp"; printf 'run\t%s\tstages %s-%s\n' "$(date +%s)" "$stage" "$stop_stage" >> "$stage_log"
@@ -152,7 +156,13 @@ r = read_list(sys.argv[1])[0]; print(r["text"]); print(r["prompt_wav"])' "$exp/s
   # the same voices on sentences the LM trained on (zero-shot voice, known text)
   python recipes/demo/make_synth_list.py "$data/heldout.jsonl" --texts_from "$data/train.jsonl" \
     --per_speaker "$known_per_speaker" --out "$synth_known/list.jsonl"
-  for dir in "$synth" "$synth_known"; do
+  synth_dirs="$synth $synth_known"
+  if [ "$synth_test" = 1 ]; then
+    python recipes/demo/make_synth_list.py "$data/test.jsonl" --prompts_from "$data/train.jsonl" \
+      --out "$synth_test_dir/list.jsonl"
+    synth_dirs="$synth_dirs $synth_test_dir"
+  fi
+  for dir in $synth_dirs; do
     python inference.py --llm "$llm_dir/final.pt" --flow "$flow_dir/final.pt" --codec "$codec_dir/final.pt" \
       --list "$dir/list.jsonl" --out_dir "$dir" --seed 0
   done
@@ -166,6 +176,11 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
     --metrics wer,sim --asr "$asr" --with_reference --no_progress
   python tools/evaluate.py --ref_list "$synth_known/list.jsonl" --hyp_dir "$synth_known" \
     --out_dir "$eval_dir/tts_known" --metrics wer,sim --asr "$asr" --with_reference --no_progress
+  if [ "$synth_test" = 1 ]; then
+    require "$synth_test_dir/list.jsonl" "test-split synthesis"
+    python tools/evaluate.py --ref_list "$synth_test_dir/list.jsonl" --hyp_dir "$synth_test_dir" \
+      --out_dir "$eval_dir/tts_test" --metrics wer,sim --asr "$asr" --with_reference --no_progress
+  fi
   # does each cloned voice sound more like its own speaker than like the other held-out one?
   python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
     "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
