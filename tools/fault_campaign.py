@@ -249,7 +249,7 @@ def campaign(args: argparse.Namespace, work: Path, write_corpus: Any) -> int:
     write_corpus(work / "data", [6], name="cv", seed=1)
 
     def argv(model_dir: Path) -> list[str]:
-        out = ["--config", "tests/trainer/toy.yaml", "--model", "toy", "--train_data", str(work / "data/train.list"),
+        out = ["--config", "tests/trainer/toy.yaml", "--trust_config", "--model", "toy", "--train_data", str(work / "data/train.list"),
                "--cv_data", str(work / "data/cv.list"), "--model_dir", str(model_dir), "--comet_disabled",
                "--checkpoint", "last", "--train_engine", args.engine, f"train_conf.max_epoch={epochs}",
                "train_conf.accum_grad=2", f"train_conf.save_per_step={args.save_per_step}", "train_conf.keep_last=2",

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                "train_conf key is listed in speech/trainer/options.py). Resume exactly with --checkpoint last.",
     )
     p.add_argument("--config", required=True, help="hyperpyyaml config file")
+    p.add_argument("--trust_config", action="store_true",
+                   help="build classes/functions outside this project's allow-list (dac_vae.safe_config); "
+                        "only for a config you wrote or checked: it can run any code")
     p.add_argument("--model", required=True, help="config section holding the model (llm, flow, dac_vae, ...)")
     p.add_argument("--train_data", required=True, help="data.list of training index shards")
     p.add_argument("--cv_data", help="data.list for cross-validation (CV is skipped without it)")
@@ -103,6 +106,13 @@ def check_setup(args: argparse.Namespace) -> Setup:
     if not config.is_file():
         raise SetupError(f"--config not found: {config}")
     overrides = parse_overrides(args.overrides)
+    if not args.trust_config:  # a config from a model folder is data: checked before anything resolves it
+        from dac_vae.safe_config import UntrustedConfigError, check_config_text
+
+        try:
+            check_config_text(config.read_text(encoding="utf-8"), str(config))
+        except UntrustedConfigError as exc:
+            raise SetupError(str(exc)) from None
     raw_sections = _top_level(config.read_text(encoding="utf-8"), config)
     if args.qwen_pretrain_path:
         if not Path(args.qwen_pretrain_path).exists():
@@ -181,14 +191,15 @@ def _add_train_conf(text: str, extra: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def _build_config(text: str, path: str) -> dict[str, Any]:
-    """Build the objects of the final resolved text (exactly what is saved beside checkpoints)."""
-    import io
-
-    from hyperpyyaml import load_hyperpyyaml
+def _build_config(text: str, path: str, trust: bool = False) -> dict[str, Any]:
+    """Build the objects of the final resolved text (exactly what is saved beside checkpoints),
+    through the allow-list of :mod:`dac_vae.safe_config` unless ``--trust_config``."""
+    from dac_vae.safe_config import UntrustedConfigError, build_config
 
     try:
-        return load_hyperpyyaml(io.StringIO(text))
+        return build_config(text, trust=trust, source=path)
+    except UntrustedConfigError as exc:
+        raise SetupError(str(exc)) from None
     except Exception as exc:
         raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
@@ -250,7 +261,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
         random.seed(conf.seed)
         np.random.seed(conf.seed)
         torch.manual_seed(conf.seed)  # identical initial weights on every rank
-        configs = _build_config(setup.config_text, args.config)
+        configs = _build_config(setup.config_text, args.config, args.trust_config)
         module = configs[args.model]
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"config section '{args.model}' is a {type(module).__name__}, not a torch module "

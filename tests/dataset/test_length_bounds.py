@@ -138,7 +138,7 @@ def test_train_py_refuses_an_unbounded_cv_chain_in_one_line(tmp_path, capsys):
     text = (REPO / "tests" / "trainer" / "toy.yaml").read_text()
     text += "cv_data_pipeline:\n  - !name:tests.trainer.toy.shuffle\n  - !name:tests.trainer.toy.batch\n"
     (tmp_path / "toy.yaml").write_text(text)
-    args = ["--config", str(tmp_path / "toy.yaml"), "--model", "toy", "--train_data", str(data),
+    args = ["--config", str(tmp_path / "toy.yaml"), "--trust_config", "--model", "toy", "--train_data", str(data),
             "--cv_data", str(data), "--model_dir", str(tmp_path / "exp"), "--comet_disabled"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

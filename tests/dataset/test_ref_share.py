@@ -76,7 +76,7 @@ def test_the_trainer_logs_the_share_every_window_and_warns_above_20_percent(tmp_
     )
     assert "mark_refs" in conf
     text.write_text(conf)
-    args = ["--config", str(text), "--model", "toy", "--train_data", str(data), "--model_dir", str(tmp_path / "exp"),
+    args = ["--config", str(text), "--trust_config", "--model", "toy", "--train_data", str(data), "--model_dir", str(tmp_path / "exp"),
             "--comet_disabled", "train_conf.max_epoch=1"]
     with caplog.at_level(logging.WARNING, logger="speech"):
         run(args)

@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("rest", nargs="*", help="extra train.py arguments (after --)")
     args = p.parse_args()
     out, data = Path(args.out), Path(args.data)
-    base = ["--config", "tests/trainer/toy.yaml", "--train_data", str(data / "train.list"),
+    base = ["--config", "tests/trainer/toy.yaml", "--trust_config", "--train_data", str(data / "train.list"),
             "--cv_data", str(data / "cv.list"), "--comet_disabled", *args.rest]
     for engine in args.engines.split(","):
         flags = base + ["--model", "toy", "--train_engine", engine]
@@ -67,7 +67,7 @@ def main() -> None:
     if args.gan:
         dump(run(base + ["--model", "gan", "--model_dir", str(out / "gan"), "train_conf.max_epoch=1"]), out, "gan")
     if args.flow_data:
-        flow = ["--config", "tests/trainer/toy.yaml", "--model", "flow", "--comet_disabled", *args.rest,
+        flow = ["--config", "tests/trainer/toy.yaml", "--trust_config", "--model", "flow", "--comet_disabled", *args.rest,
                 "--train_data", str(Path(args.flow_data) / "train.list"), "--cv_data", str(data / "cv.list")]
         dump(run(flow + ["--model_dir", str(out / "flow_full")]), out, "flow_full")
         run(flow + ["--model_dir", str(out / "flow_split"), f"train_conf.max_steps={args.split_steps}"])

@@ -55,7 +55,7 @@ def corpus(tmp_path_factory, corpus_dir):
 
 def test_real_pipeline_trains_logs_skips_and_resumes_exactly(corpus, tmp_path):
     folder, max_duration = corpus
-    args = ["--config", str(folder / "codec.yaml"), "--model", "codec", "--train_data", str(folder / "data.list"),
+    args = ["--config", str(folder / "codec.yaml"), "--trust_config", "--model", "codec", "--train_data", str(folder / "data.list"),
             "--cv_data", str(folder / "data.list"), "--comet_disabled", f"max_duration={max_duration}"]
     full = run(args + ["--model_dir", str(tmp_path / "full")])
     run(args + ["--model_dir", str(tmp_path / "split"), "train_conf.max_steps=5"])

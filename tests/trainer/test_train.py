@@ -118,6 +118,20 @@ def test_fail_fast_on_missing_shard(toy_data, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()
 
 
+def test_a_config_outside_the_allow_list_is_refused_before_anything_runs(toy_data, tmp_path, capsys):
+    """train.py builds configs like every other loader: a model folder's config.yaml is data."""
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(TOY_CONFIG.read_text() + f"evil: !apply:os.system ['touch {marker}']\n")
+    args = train_args(toy_data, tmp_path / "exp")
+    args = [a for a in args if a != "--trust_config"]
+    args[args.index("--config") + 1] = str(config)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error:") and "refused" in err[0] and "--trust_config" in err[0]
+    assert not marker.exists() and not (tmp_path / "exp").exists()
+
+
 def test_bad_optimizer_argument_is_one_line(toy_data, tmp_path, capsys):
     assert main(train_args(toy_data, tmp_path / "exp", "optim.lrr=0.1")) == 2
     err = capsys.readouterr().err.strip().splitlines()
