@@ -100,6 +100,30 @@ HELDOUT_SENTENCES = [
 ]
 
 
+# More training sentences, from the seeded grammar of tools/sentences.py (CC0), each spoken by two
+# seen voices (utterances <speaker>_x<k>): with 30 sentences only, the tiny LM and flow learn the
+# sentences rather than the mapping (dev flow STOI 0.48 -> 0.51 with these, same models).
+EXTRA_TRAIN_SENTENCES = 150
+EXTRA_SEED = 1
+EXTRA_MAX_WORDS = 14
+EXTRA_SPEAKERS_PER_SENTENCE = 2
+
+
+def extra_sentences(n: int = EXTRA_TRAIN_SENTENCES) -> list[str]:
+    """The first ``n`` grammar sentences (seed ``EXTRA_SEED``) that are neither a listed sentence nor
+    contain or sit inside a held-out one (as word sequences)."""
+    held = [sentence_key(t) for t in HELDOUT_SENTENCES]
+    listed = {sentence_key(t) for t in SENTENCES}
+    out: list[str] = []
+    for text in iter_sentences(EXTRA_SEED, EXTRA_MAX_WORDS, exclude=listed):
+        if len(out) == n:
+            break
+        key = sentence_key(text)
+        if not any(_contains(h, key) or _contains(key, h) for h in held):
+            out.append(text)
+    return out
+
+
 @dataclass(frozen=True)
 class Voice:
     speaker: str
@@ -159,6 +183,10 @@ def plan(limit: int | None = None) -> list[tuple[str, Voice, str, str]]:
         for i, text in enumerate(SENTENCES[:limit]):
             split = "dev" if i in dev else "test" if i in test else "train"
             items.append((f"{voice.speaker}_{i:03d}", voice, text, split))
+    for k, text in enumerate(extra_sentences()[:limit]):
+        for r in range(EXTRA_SPEAKERS_PER_SENTENCE):  # consecutive voices: two different speakers
+            voice = SEEN_VOICES[(EXTRA_SPEAKERS_PER_SENTENCE * k + r) % len(SEEN_VOICES)]
+            items.append((f"{voice.speaker}_x{k:03d}", voice, text, "train"))
     for voice in HELDOUT_VOICES:
         for i, text in enumerate(HELDOUT_SENTENCES[:limit]):
             items.append((f"{voice.speaker}_h{i:02d}", voice, text, "heldout"))
