@@ -26,8 +26,8 @@
 #   stage 11  synthesis: 106 held-out + 92 test + 30 known-text utterances                  ~5 min
 #   stage 12  evaluation: Whisper base (~1.2 s a clip) on ~740 generated and real clips      ~17 min
 #   total                                                                                 2.1-2.9 h
-# The demo's budgets are sized for its 144 training utterances (its LM overfits after ~130 steps);
-# ~1560 training utterances here carry about ten times the steps. A run cut short resumes: --stage N.
+# The demo's budgets are sized for its 444 training utterances;
+# ~1560 training utterances here (3.5x) carry 4-10x the steps. A run cut short resumes: --stage N.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
