@@ -16,7 +16,7 @@ EXTRA = ["Ünïcödé: naïve café, 東京, emoji 🙂, tabs\tand  double  spac
 @pytest.fixture(scope="module")
 def corpus_texts(corpus_dir) -> list[str]:
     texts = [p.read_text(encoding="utf-8").strip() for p in sorted((corpus_dir / "wavs").rglob("*.txt"))]
-    assert len(texts) == 200
+    assert len(texts) == 500
     return texts
 
 
@@ -78,5 +78,5 @@ def test_train_bpe_cli_checks_its_round_trip(corpus_dir, tmp_path, capsys):
     out = tmp_path / "bpe" / "tokenizer.json"
     assert train_bpe_main([str(corpus_dir / "wavs"), "--out", str(out), "--vocab_size", "400"]) == 0
     printed = capsys.readouterr().out
-    assert "round-trip exact for 200/200" in printed
+    assert "round-trip exact for 500/500" in printed
     assert load_text_tokenizer(out).vocab_size <= 400
