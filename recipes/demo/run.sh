@@ -22,7 +22,7 @@ exp=exp/demo
 corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
-fsq_steps=700        # training budgets (optimizer steps), sized for ~20 minutes on 2 cores
+fsq_steps=700        # training budgets (optimizer steps), sized for ~25 minutes on 2 cores (24.6 min idle)
 codec_steps=600       # harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml): ~7 minutes
 codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate DAC-VAE with a pitch-excited comb;
                      # configs/tiny/dac_vae_frame.yaml: without it; configs/tiny/dac_vae.yaml is
