@@ -94,6 +94,16 @@ def test_other_checkpoint_forms_give_the_same_tokens(trained, tmp_path, variant)
     assert torch.equal(OwnFSQTokenizer.from_checkpoint(path, config).tokenize(wav)[0], expected)
 
 
+def test_weights_trained_without_the_mel_head_load_into_the_tiny_config(trained, tmp_path):
+    """The mel head is a training loss: a checkpoint without it gives the same tokens under a config with it."""
+    model, _ = trained
+    assert model.mel_head is not None
+    path = tmp_path / "no_mel.pt"
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("mel_head.")}, path)
+    wav = _wavs([0.8])
+    assert torch.equal(OwnFSQTokenizer.from_checkpoint(path, TINY).tokenize(wav)[0], OwnFSQTokenizer(model).tokenize(wav)[0])
+
+
 def test_tokens_are_int64_at_25_hz_and_batched_equals_one_by_one(trained):
     _, ckpt = trained
     tok = OwnFSQTokenizer.from_checkpoint(ckpt)
@@ -125,6 +135,9 @@ def test_load_errors_are_one_line(trained, tmp_path):
     torch.save(partial, tmp_path / "partial.pt")
     with pytest.raises(SpeechTokenizerError, match="missing key"):
         OwnFSQTokenizer.from_checkpoint(tmp_path / "partial.pt", TINY)
+    torch.save({**model.state_dict(), "bogus.weight": torch.zeros(1)}, tmp_path / "extra.pt")
+    with pytest.raises(SpeechTokenizerError, match=r"1 unexpected \(e.g. \['bogus.weight'\]\)"):
+        OwnFSQTokenizer.from_checkpoint(tmp_path / "extra.pt", TINY)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SpeechTokenizerError, match="cannot read"):
         OwnFSQTokenizer.from_checkpoint(tmp_path / "junk.pt", TINY)
