@@ -102,7 +102,7 @@ HELDOUT_SENTENCES = [
 
 # More training sentences, from the seeded grammar of tools/sentences.py (CC0), each spoken by two
 # seen voices (utterances <speaker>_x<k>): with 30 sentences only, the tiny LM and flow learn the
-# sentences rather than the mapping (dev flow STOI 0.48 -> 0.51 with these, same models).
+# sentences rather than the mapping (dev flow STOI 0.48 -> 0.51 with 150 such sentences, same models).
 EXTRA_TRAIN_SENTENCES = 150
 EXTRA_SEED = 1
 EXTRA_MAX_WORDS = 14

@@ -106,14 +106,15 @@ def check_setup(args: argparse.Namespace) -> Setup:
     if not config.is_file():
         raise SetupError(f"--config not found: {config}")
     overrides = parse_overrides(args.overrides)
+    raw_text = config.read_text(encoding="utf-8")
     if not args.trust_config:  # a config from a model folder is data: checked before anything resolves it
         from dac_vae.safe_config import UntrustedConfigError, check_config_text
 
         try:
-            check_config_text(config.read_text(encoding="utf-8"), str(config))
+            check_config_text(raw_text, str(config))
         except UntrustedConfigError as exc:
             raise SetupError(str(exc)) from None
-    raw_sections = _top_level(config.read_text(encoding="utf-8"), config)
+    raw_sections = _top_level(raw_text, config)
     if args.qwen_pretrain_path:
         if not Path(args.qwen_pretrain_path).exists():
             raise SetupError(f"--qwen_pretrain_path not found: {args.qwen_pretrain_path}")
