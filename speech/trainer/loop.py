@@ -31,6 +31,8 @@ import torch
 from tqdm import tqdm
 
 from . import faults
+from speech.dataset.dataset import DataListError
+
 from .checkpoint import checkpoint_name, prune_checkpoints, read_metrics, write_metrics
 from .data import LoaderConf, count_frames, count_items, epoch_batches, skipped_items, to_device
 from .distributed import DistInfo, all_gather_object, all_min_flag, all_sum_cpu, barrier
@@ -255,8 +257,12 @@ class Trainer:
                     self._off_clock(self.run_cv)
         finally:
             bar.close()
-        if self.batch_in_epoch == 0 and self.info.is_main:
-            log.warning("epoch %d produced no batches (is the training data empty on some rank?)", self.epoch)
+        if self.batch_in_epoch == 0:  # the same on every rank: _synchronized ends all ranks together
+            # Every later epoch would be empty too: fail now instead of "training" to max_epoch with no steps.
+            raise DataListError(
+                f"epoch {self.epoch} produced no training batches on rank {self.info.rank}: the training data "
+                "is empty or every item was skipped (e.g. wav paths that do not resolve from the index's folder; "
+                "the data pipeline's warnings above say why)")
         return True
 
     # --- logging -------------------------------------------------------------------------------

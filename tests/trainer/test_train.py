@@ -118,6 +118,19 @@ def test_fail_fast_on_missing_shard(toy_data, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()
 
 
+def test_an_epoch_without_batches_fails_instead_of_training_nothing(toy_data, tmp_path, capsys):
+    """A shard whose items all vanish (here: an empty one) would otherwise run max_epoch empty epochs
+    and exit 0 with a step-0 checkpoint that looks like a trained model."""
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "empty.list").write_text("empty.jsonl\n")
+    args = train_args(toy_data, tmp_path / "exp", "train_conf.max_epoch=50")
+    args[args.index("--train_data") + 1] = str(tmp_path / "empty.list")
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the (empty) progress bar
+    assert last.startswith("train.py: error: epoch 0 produced no training batches")
+    assert not list((tmp_path / "exp").glob("step_*.pt"))
+
+
 def test_a_config_outside_the_allow_list_is_refused_before_anything_runs(toy_data, tmp_path, capsys):
     """train.py builds configs like every other loader: a model folder's config.yaml is data."""
     marker = tmp_path / "ran"
