@@ -13,7 +13,7 @@ the batch among ``latent_len``, ``speech_token_len``, ``audio_len`` (latent fram
 tokens or audio samples), summed over ranks. Batches carrying ``ref_self_crop`` (docs/contracts.md)
 add ``data/ref_self_crop_share`` to each log window, with a warning when it exceeds 20%.
 
-Checkpoints (every ``save_per_step`` steps, at each epoch end and when training stops) hold
+Checkpoints (every ``save_per_step`` steps, at every ``save_per_epoch``-th epoch end and when training stops) hold
 everything an exact resume needs: weights, optimizer(s), scheduler(s), scaler, EMA, step, epoch,
 batches consumed in the epoch, and every rank's RNG states. CV runs at each checkpoint (and every
 ``cv_per_step`` steps) on the unwrapped model under a fixed seed, split across ranks, with sums
@@ -149,7 +149,10 @@ class Trainer:
             if finished:
                 self.epoch += 1
                 self.batch_in_epoch = 0
-            self._off_clock(self.save_checkpoint)
+            every = self.conf.save_per_epoch
+            last = self._stop or not finished or self.epoch >= self.conf.max_epoch or self._reached_max_steps()
+            if last or (every and self.epoch % every == 0):
+                self._off_clock(self.save_checkpoint)
             if self._stop:
                 break
         self.engine._select_group(None)

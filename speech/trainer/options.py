@@ -13,6 +13,9 @@ key                         default   meaning
                                       the norm is still computed, logged and checked)
 ``log_interval``            10        optimizer steps between log lines / TensorBoard points
 ``save_per_step``           0         also checkpoint every N optimizer steps (0 = epoch ends only)
+``save_per_epoch``          1         checkpoint (and CV) at every N-th epoch end (0 = at none); the
+                                      position where training stops is always saved. Short epochs
+                                      (a tiny corpus) spend seconds per save: raise it there
 ``cv_per_step``             0         also run CV every N steps (0 = only at checkpoints)
 ``keep_last``               0         keep only the newest K checkpoints (0 = keep all)
 ``keep_best``               0         with ``keep_last`` > 0, also keep the N checkpoints with the
@@ -58,6 +61,7 @@ class TrainConf:
     grad_clip: float = 0.0
     log_interval: int = 10
     save_per_step: int = 0
+    save_per_epoch: int = 1
     cv_per_step: int = 0
     keep_last: int = 0
     keep_best: int = 0
@@ -98,7 +102,8 @@ class TrainConf:
         for name in ("max_epoch", "accum_grad", "log_interval"):
             if getattr(out, name) < 1:
                 raise ConfigError(f"train_conf.{name} must be >= 1, got {getattr(out, name)}")
-        for name in ("max_steps", "save_per_step", "cv_per_step", "keep_last", "keep_best", "grad_clip"):
+        for name in ("max_steps", "save_per_step", "save_per_epoch", "cv_per_step", "keep_last", "keep_best",
+                     "grad_clip"):
             if getattr(out, name) < 0:
                 raise ConfigError(f"train_conf.{name} must be >= 0, got {getattr(out, name)}")
         if not (out.ema_decay == 0 or 0 < out.ema_decay < 1):

@@ -118,6 +118,15 @@ def test_fail_fast_on_missing_shard(toy_data, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()
 
 
+@pytest.mark.parametrize("every,expected", [(1, [6, 12, 18, 24, 30]), (2, [12, 24, 30]), (0, [30])])
+def test_save_per_epoch_checkpoints_every_nth_epoch_end_and_the_last(toy_data, tmp_path, every, expected):
+    """6 steps per epoch, 5 epochs: the stopping position is saved whatever N is."""
+    model_dir = tmp_path / "exp"
+    assert main(train_args(toy_data, model_dir, "train_conf.max_epoch=5", f"train_conf.save_per_epoch={every}")) == 0
+    saved = sorted(int(p.stem.split("_")[1]) for p in model_dir.glob("step_*.yaml"))
+    assert saved == expected
+
+
 def test_an_epoch_without_batches_fails_instead_of_training_nothing(toy_data, tmp_path, capsys):
     """A shard whose items all vanish (here: an empty one) would otherwise run max_epoch empty epochs
     and exit 0 with a step-0 checkpoint that looks like a trained model."""
@@ -180,6 +189,9 @@ def test_train_conf_validation():
     with pytest.raises(ConfigError, match="ema_decay"):
         TrainConf.from_dict({"ema_decay": 1.0})
     assert TrainConf.from_dict({}).best_metric == "loss"
+    assert TrainConf.from_dict({}).save_per_epoch == 1
+    with pytest.raises(ConfigError, match="save_per_epoch must be >= 0"):
+        TrainConf.from_dict({"save_per_epoch": -1})
     assert TrainConf.from_dict({"best_metric": "flow_mse"}).best_metric == "flow_mse"
     for bad in ("", 1.0):
         with pytest.raises(ConfigError, match="best_metric must be a non-empty string"):
