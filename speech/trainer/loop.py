@@ -13,9 +13,9 @@ the batch among ``latent_len``, ``speech_token_len``, ``audio_len`` (latent fram
 tokens or audio samples), summed over ranks. Batches carrying ``ref_self_crop`` (docs/contracts.md)
 add ``data/ref_self_crop_share`` to each log window, with a warning when it exceeds 20%.
 
-Checkpoints (every ``save_per_step`` steps, at every ``save_per_epoch``-th epoch end and when training stops) hold
-everything an exact resume needs: weights, optimizer(s), scheduler(s), scaler, EMA, step, epoch,
-batches consumed in the epoch, and every rank's RNG states. CV runs at each checkpoint (and every
+Checkpoints (every ``save_per_step`` steps, at every ``save_per_epoch``-th epoch end and when
+training stops) hold everything an exact resume needs: weights, optimizer(s), scheduler(s), scaler,
+EMA, step, epoch, batches consumed in the epoch, and every rank's RNG states. CV runs at each checkpoint (and every
 ``cv_per_step`` steps) on the unwrapped model under a fixed seed, split across ranks, with sums
 reduced once at the end; its metrics land in ``step_S.yaml`` beside the checkpoint.
 """
@@ -30,9 +30,9 @@ from typing import Any, Iterable, Iterator
 import torch
 from tqdm import tqdm
 
-from . import faults
 from speech.dataset.dataset import DataListError
 
+from . import faults
 from .checkpoint import checkpoint_name, prune_checkpoints, read_metrics, write_metrics
 from .data import LoaderConf, count_frames, count_items, epoch_batches, skipped_items, to_device
 from .distributed import DistInfo, all_gather_object, all_min_flag, all_sum_cpu, barrier
