@@ -150,7 +150,7 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
             every = self.conf.save_per_epoch
-            last = self._stop or not finished or self.epoch >= self.conf.max_epoch or self._reached_max_steps()
+            last = self._stop or self.epoch >= self.conf.max_epoch  # _stop: max_steps reached
             if last or (every and self.epoch % every == 0):
                 self._off_clock(self.save_checkpoint)
             if self._stop:

@@ -118,11 +118,13 @@ def test_fail_fast_on_missing_shard(toy_data, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize("every,expected", [(1, [6, 12, 18, 24, 30]), (2, [12, 24, 30]), (0, [30])])
-def test_save_per_epoch_checkpoints_every_nth_epoch_end_and_the_last(toy_data, tmp_path, every, expected):
-    """6 steps per epoch, 5 epochs: the stopping position is saved whatever N is."""
+@pytest.mark.parametrize("every,max_steps,expected", [
+    (1, 0, [6, 12, 18, 24, 30]), (2, 0, [12, 24, 30]), (0, 0, [30]), (0, 9, [9]), (2, 15, [12, 15])])
+def test_save_per_epoch_checkpoints_every_nth_epoch_end_and_the_last(toy_data, tmp_path, every, max_steps, expected):
+    """6 steps per epoch, 5 epochs (or max_steps): the stopping position is saved whatever N is."""
     model_dir = tmp_path / "exp"
-    assert main(train_args(toy_data, model_dir, "train_conf.max_epoch=5", f"train_conf.save_per_epoch={every}")) == 0
+    assert main(train_args(toy_data, model_dir, "train_conf.max_epoch=5", f"train_conf.save_per_epoch={every}",
+                           f"train_conf.max_steps={max_steps}")) == 0
     saved = sorted(int(p.stem.split("_")[1]) for p in model_dir.glob("step_*.yaml"))
     assert saved == expected
 
