@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tools.make_demo_corpus import EXTRA_TRAIN_SENTENCES, HELDOUT_SENTENCES, HELDOUT_VOICES, SEEN_VOICES, SENTENCES, _contains, extra_sentences, plan, sha256
+from tools.make_demo_corpus import (EXTRA_TRAIN_SENTENCES, HELDOUT_SENTENCES, HELDOUT_VOICES, SEEN_VOICES, SENTENCES,
+                                    _contains, extra_sentences, plan, sha256)
 from tools.sentences import sentence_key
 
 

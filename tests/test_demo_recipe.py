@@ -44,8 +44,8 @@ def tiny_corpus(src: Path, dst: Path) -> Path:
 def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     corpus = tiny_corpus(corpus_dir, tmp_path / "corpus")
     exp = tmp_path / "exp"
-    budgets = ["--fsq_steps", "2", "--codec_steps", "2", "--llm_steps", "2", "--flow_steps", "2", "--flow_width", "64",
-               "--known_per_speaker", "2"]
+    budgets = ["--fsq_steps", "2", "--codec_steps", "2", "--llm_steps", "2", "--flow_steps", "2",
+               "--flow_width", "64", "--known_per_speaker", "2"]
     # the recipe calls `python`: the interpreter running the tests, whatever PATH says
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(

@@ -32,8 +32,9 @@ known_per_speaker=10 # held-out voices also speak this many trained sentences ea
 synth_test=0         # 1: stages 10-11 also speak and score the test split (seen voices, their test sentences,
                      # prompted by their training clips): for a corpus whose test sentences no training
                      # utterance contains (make_demo_corpus.py --hours; in data/ other voices train on them)
-llm_steps=450        # ~12 passes over the 444 training utterances: at 150 the LM's lengths ignored the text (CV loss
-                     # is lowest near 200 steps; the trained-sentence synthesis needs it to have learned its sentences)
+llm_steps=450        # ~12 passes over the 444 training utterances: at 150 the LM's lengths ignored the
+                     # text (CV loss is lowest near 200 steps; the trained-sentence synthesis needs it
+                     # to have learned its sentences)
 flow_steps=1200      # dev, true tokens: 600 steps at a constant LR -> 1200 with cosine decay: CV 1.15 -> 1.12, STOI 0.474 -> 0.481
 flow_width=128       # flow encoder dim / estimator channels (with 2 token blocks): dev STOI 0.556 -> 0.589, WER 124% -> 104%
 flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml:
