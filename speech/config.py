@@ -74,6 +74,8 @@ def _check_keys(text: str, overrides: dict[str, Any], path: str) -> None:
     tree = yaml.load(text, Loader=_Loose) or {}
 
     def walk(node: Any, over: dict[str, Any], prefix: str) -> None:
+        if node == {}:  # an empty mapping is a slot for free-form arguments (e.g. time_sampler_args: {})
+            return
         for key, value in over.items():
             if not isinstance(node, dict) or key not in node:
                 raise ConfigError(f"override {prefix}{key} does not match any key in {path}")

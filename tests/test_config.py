@@ -63,6 +63,18 @@ def test_bad_overrides_fail_with_one_line(cfg: Path, bad: str):
     assert "\n" not in str(err.value)
 
 
+def test_an_empty_mapping_takes_free_form_arguments(tmp_path: Path):
+    """``time_sampler_args: {}`` is a slot for arguments the file cannot list: a dict or dotted override
+    fills it; keys of a non-empty mapping are still checked."""
+    path = tmp_path / "c.yaml"
+    path.write_text("args: {}\nfixed: {a: 1}\nused: !ref <args>\n")
+    assert load_config(path, ["args={mean: -0.8, std: 0.8}"])["used"] == {"mean": -0.8, "std": 0.8}
+    assert load_config(path, ["args.mean=0.5"])["used"] == {"mean": 0.5}
+    assert load_config(path)["used"] == {}
+    with pytest.raises(ConfigError, match="fixed.b does not match"):
+        load_config(path, ["fixed.b=2"])
+
+
 def test_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
