@@ -5,7 +5,14 @@ Optimal-transport CFM (Lipman et al. 2023, eq. 20-23; CosyVoice2's form) with ``
 
     x_t = (1 - (1 - σ_min)·t)·x0 + t·x1,      u = x1 - (1 - σ_min)·x0,
 
-and the loss ``|v(x_t, t | c) - u|²`` averaged over scored frames and channels. Nothing here knows
+and the loss ``|v(x_t, t | c) - u|²`` averaged over scored frames and channels. The estimator predicts
+``v`` itself (``prediction: velocity``, CosyVoice2's choice) or the data ``x̂1`` (``prediction: data``,
+Li & He 2025, "Back to basics: let denoising generative models denoise"), turned into the velocity
+``v = (x̂1 - (1 - σ_min)·x_t) / (1 - (1 - σ_min)·t)`` (denominator clipped at ``data_clip``) before the
+same loss and the same sampler. Why data: a small, under-trained estimator that cannot yet read the
+noise out of ``x_t`` predicts about the conditional mean either way; as a velocity that mean carries
+the starting noise through to the sample (which ends up over-dispersed and unintelligible), as data
+the sampler still lands on the mean. Nothing here knows
 about tokens or speakers: the caller passes an estimator ``estimator(x, mask, t=t, **conditions)``
 and tensors, so Stage 2 and the flow autoencoder share this module.
 
@@ -25,7 +32,15 @@ from speech.flow.assignment import IndependentNoise, KNearestNoise, LinearSumAss
 from speech.flow.solver import NFE_PER_STEP, SOLVERS, integrate
 from speech.flow.timesteps import SCHEDULES, CosineTime, LogitNormalTime, TimeSampler, UniformTime
 
-__all__ = ["masked_mse", "derangement", "conditional_pair", "FlowMatching", "TIME_SAMPLERS", "ASSIGNMENTS"]
+__all__ = [
+    "masked_mse",
+    "derangement",
+    "conditional_pair",
+    "FlowMatching",
+    "TIME_SAMPLERS",
+    "ASSIGNMENTS",
+    "PREDICTIONS",
+]
 
 Conditions = dict[str, "torch.Tensor | None"]
 
@@ -34,6 +49,7 @@ TIME_SAMPLERS: dict[str, type[TimeSampler]] = {
     "logit_normal": LogitNormalTime,
     "cosine": CosineTime,
 }
+PREDICTIONS = ("velocity", "data")  # what the estimator outputs (see the module docstring)
 ASSIGNMENTS: dict[str, type[NoiseAssignment]] = {
     "independent": IndependentNoise,
     "lsa": LinearSumAssignment,
@@ -128,6 +144,8 @@ class FlowMatching:
         cfg_w: float = 0.7,
         solver: str = "euler",
         schedule: str = "cosine",
+        prediction: str = "velocity",
+        data_clip: float = 0.05,
     ):
         if not 0.0 <= cfg_dropout < 1.0:
             raise ConfigError(f"flow matching: cfg_dropout must be in [0, 1), got {cfg_dropout}")
@@ -138,6 +156,11 @@ class FlowMatching:
             )
         if contrastive_weight < 0:
             raise ConfigError(f"flow matching: contrastive_weight must be >= 0, got {contrastive_weight}")
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"flow matching: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if not 0.0 < data_clip <= 1.0:
+            raise ConfigError(f"flow matching: data_clip must be in (0, 1], got {data_clip}")
+        self.prediction, self.data_clip = prediction, data_clip
         self.sigma_min = sigma_min
         self.time_sampler = _build(time_sampler, TIME_SAMPLERS, time_sampler_args or {}, "time_sampler")
         if immiscible is None:
@@ -149,6 +172,19 @@ class FlowMatching:
         self.cfg_dropout = cfg_dropout
         self.contrastive_weight = contrastive_weight
         self.n_steps, self.cfg_w, self.solver, self.schedule = n_steps, cfg_w, solver, schedule
+
+    def as_velocity(self, estimator: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """The estimator as a velocity field (float32): itself, or its data prediction converted."""
+        if self.prediction == "velocity":
+            return estimator
+        s = 1.0 - self.sigma_min
+
+        def velocity(x: torch.Tensor, mask: torch.Tensor, *, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            x1 = estimator(x, mask, t=t, **kwargs).float()
+            gap = (1.0 - s * t.float()).clamp_min(self.data_clip).view(-1, *([1] * (x1.dim() - 1)))
+            return (x1 - s * x.float()) / gap
+
+        return velocity
 
     # ------------------------------------------------------------------------------------ training
 
@@ -211,7 +247,7 @@ class FlowMatching:
             t = self.time_sampler(B, x1.device, generator)
         x_t, u = self.path(x0, x1, t)
         _, conditions, loss_mask = self.drop_conditions(conditions, mask, loss_mask, generator)
-        v = estimator(x_t, mask, t=t, **conditions, **estimator_kwargs).float()
+        v = self.as_velocity(estimator)(x_t, mask, t=t, **conditions, **estimator_kwargs).float()
         mse = masked_mse(v, u, loss_mask)
         out = {"flow_mse": mse}
         loss = mse
@@ -237,7 +273,7 @@ class FlowMatching:
         **estimator_kwargs: Any,
     ) -> torch.Tensor:
         """``(1 + w)·v(x | c) - w·v(x | ∅)``, both halves in one estimator call on a batch of 2B."""
-        v_cond, v_uncond = conditional_pair(estimator, x, mask, t, conditions, **estimator_kwargs)
+        v_cond, v_uncond = conditional_pair(self.as_velocity(estimator), x, mask, t, conditions, **estimator_kwargs)
         return (1.0 + cfg_w) * v_cond - cfg_w * v_uncond
 
     def velocity(
@@ -252,7 +288,7 @@ class FlowMatching:
     ) -> torch.Tensor:
         """Guided velocity; ``cfg_w = 0`` skips the unconditional half (it would cancel exactly)."""
         if cfg_w == 0:
-            return estimator(x, mask, t=t, **conditions, **estimator_kwargs).float()
+            return self.as_velocity(estimator)(x, mask, t=t, **conditions, **estimator_kwargs).float()
         return self.guided_velocity(estimator, x, mask, t, conditions, cfg_w, **estimator_kwargs)
 
     def nfe(self, n_steps: int | None = None, cfg_w: float | None = None, solver: str | None = None) -> int:

@@ -244,6 +244,64 @@ def test_time_samplers_follow_their_distributions():
     assert c.mean().item() == pytest.approx(1 - 2 / math.pi, abs=0.005)  # E[1 - cos(U·π/2)]
 
 
+def test_data_prediction_is_the_velocity_of_the_predicted_data():
+    """prediction=data: the estimator's x̂1 becomes ``(x̂1 - s·x_t) / (1 - s·t)``; the true x1 gives the true u."""
+    x1, mask, _ = _batch()
+    x0 = torch.randn_like(x1)
+    t = torch.tensor([0.0, 0.4, 0.9, 0.99])
+    fm = FlowMatching(sigma_min=1e-3, prediction="data", data_clip=0.05)
+    x_t, u = fm.path(x0, x1, t)
+    oracle = fm.as_velocity(lambda x, m, t: x1)
+    v = oracle(x_t, mask, t=t)
+    s = 1 - 1e-3
+    assert torch.allclose(v[:3], u[:3], atol=1e-5)  # 1 - s·t above the clip: exact
+    # at t = 0.99 the denominator is clipped at 0.05: the velocity is damped, not blown up
+    assert torch.allclose(v[3], (x1[3] - s * x_t[3]) / 0.05, atol=1e-5)
+    # the loss is the same masked v-MSE, of the converted output
+    out = FlowMatching(
+        sigma_min=1e-3, prediction="data", time_sampler=FixedTime(t), immiscible=FixedNoise(x0), cfg_dropout=0.0
+    ).loss(Recorder(), x1, mask, {"mu": x1})
+    x1_hat = 0.5 * x_t + torch.sin(x_t) * t[:, None, None] + x1
+    v_ref = (x1_hat - s * x_t) / (1 - s * t).clamp_min(0.05)[:, None, None]
+    assert out["flow_mse"].item() == pytest.approx(masked_mse(v_ref, u, mask).item(), rel=1e-5)
+
+
+def test_data_prediction_sampling_lands_on_the_prediction():
+    """A constant data prediction c is reached exactly, whatever the noise (Euler, any grid); a velocity
+    prediction of the same constant only shifts the noise by it (what an estimator that ignores x_t does)."""
+    B, D, T = 2, 3, 5
+    mask = torch.ones(B, T, dtype=torch.bool)
+    c = torch.randn(B, D, T)
+    noise = torch.randn(B, D, T)
+    const = lambda x, m, t, **kw: c.expand_as(x)  # noqa: E731
+    for schedule in ("cosine", "linear"):
+        data = FlowMatching(sigma_min=0.0, prediction="data", n_steps=6, cfg_w=0.0, schedule=schedule)
+        assert torch.allclose(data.sample(const, noise, mask, {}), c, atol=1e-5)
+    vel = FlowMatching(sigma_min=0.0, n_steps=6, cfg_w=0.0).sample(const, noise, mask, {})
+    assert torch.allclose(vel, noise + c, atol=1e-5)
+
+
+def test_data_prediction_guidance_mixes_the_converted_velocities():
+    torch.manual_seed(0)
+    est = _tiny_unet()
+    B, D, T = 3, 4, 11
+    mask = lengths_to_mask(torch.tensor([11, 7, 4]), T)
+    x = torch.randn(B, D, T)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    conds = {"mu": torch.randn(B, D, T), "spk": torch.randn(B, 3), "cond": torch.randn(B, D, T)}
+    fm = FlowMatching(prediction="data")
+    s = 1 - fm.sigma_min
+    with torch.no_grad():
+        x_c = est(x, mask, t=t, **conds)
+        x_u = est(x, mask, t=t, mu=torch.zeros(B, D, T), spk=torch.zeros(B, 3), cond=torch.zeros(B, D, T))
+        guided = fm.velocity(est, x, mask, t, conds, 0.7)
+        direct = fm.velocity(est, x, mask, t, conds, 0.0)
+    gap = (1 - s * t)[:, None, None]
+    v_c, v_u = (x_c - s * x) / gap, (x_u - s * x) / gap
+    assert torch.allclose(direct, v_c, atol=1e-5)
+    assert torch.allclose(guided, 1.7 * v_c - 0.7 * v_u, atol=1e-4)
+
+
 def test_bad_options_fail_fast():
     with pytest.raises(ConfigError, match="time_sampler"):
         FlowMatching(time_sampler="gamma")
@@ -254,3 +312,7 @@ def test_bad_options_fail_fast():
     with pytest.raises(ConfigError):
         FlowMatching(solver="rk45")
     assert FlowMatching(immiscible="knn", immiscible_k=6).assignment.k == 6
+    with pytest.raises(ConfigError, match="prediction"):
+        FlowMatching(prediction="noise")
+    with pytest.raises(ConfigError, match="data_clip"):
+        FlowMatching(prediction="data", data_clip=0.0)
