@@ -196,7 +196,8 @@ def _tiny_unet(D=4, spk=3):
     return UNet1D(D, spk_channels=spk, channels=[8, 12], n_blocks=1, num_mid_blocks=1, heads=2, head_dim=4).eval()
 
 
-def test_cfg_w0_equals_conditional_path_and_guidance_formula():
+def _guidance_case():
+    """A tiny estimator, its inputs, and its raw outputs with the conditions and with all of them zeroed."""
     torch.manual_seed(0)
     est = _tiny_unet()
     B, D, T = 3, 4, 11
@@ -204,10 +205,16 @@ def test_cfg_w0_equals_conditional_path_and_guidance_formula():
     x = torch.randn(B, D, T)
     t = torch.tensor([0.1, 0.5, 0.9])
     conds = {"mu": torch.randn(B, D, T), "spk": torch.randn(B, 3), "cond": torch.randn(B, D, T)}
+    with torch.no_grad():
+        out_c = est(x, mask, t=t, **conds)
+        out_u = est(x, mask, t=t, mu=torch.zeros(B, D, T), spk=torch.zeros(B, 3), cond=torch.zeros(B, D, T))
+    return est, mask, x, t, conds, out_c, out_u
+
+
+def test_cfg_w0_equals_conditional_path_and_guidance_formula():
+    est, mask, x, t, conds, v_c, v_u = _guidance_case()
     fm = FlowMatching()
     with torch.no_grad():
-        v_c = est(x, mask, t=t, **conds)
-        v_u = est(x, mask, t=t, mu=torch.zeros(B, D, T), spk=torch.zeros(B, 3), cond=torch.zeros(B, D, T))
         guided0 = fm.guided_velocity(est, x, mask, t, conds, 0.0)  # the batch-of-2 path
         guided = fm.guided_velocity(est, x, mask, t, conds, 0.7)
         direct0 = fm.velocity(est, x, mask, t, conds, 0.0)
@@ -282,18 +289,10 @@ def test_data_prediction_sampling_lands_on_the_prediction():
 
 
 def test_data_prediction_guidance_mixes_the_converted_velocities():
-    torch.manual_seed(0)
-    est = _tiny_unet()
-    B, D, T = 3, 4, 11
-    mask = lengths_to_mask(torch.tensor([11, 7, 4]), T)
-    x = torch.randn(B, D, T)
-    t = torch.tensor([0.1, 0.5, 0.9])
-    conds = {"mu": torch.randn(B, D, T), "spk": torch.randn(B, 3), "cond": torch.randn(B, D, T)}
+    est, mask, x, t, conds, x_c, x_u = _guidance_case()
     fm = FlowMatching(prediction="data")
     s = 1 - fm.sigma_min
     with torch.no_grad():
-        x_c = est(x, mask, t=t, **conds)
-        x_u = est(x, mask, t=t, mu=torch.zeros(B, D, T), spk=torch.zeros(B, 3), cond=torch.zeros(B, D, T))
         guided = fm.velocity(est, x, mask, t, conds, 0.7)
         direct = fm.velocity(est, x, mask, t, conds, 0.0)
     gap = (1 - s * t)[:, None, None]
