@@ -26,9 +26,11 @@ def _inputs():
     return tokens, dict(ref_audio=ref, ref_audio_len=torch.tensor([24000]))
 
 
-@pytest.mark.parametrize("chunk", [3, 8, 25])  # 8 and 25 do not divide the 33 tokens
-def test_streamed_latents_equal_offline(chunk):
-    flow = _flow(chunk)
+# 8 and 25 do not divide the 33 tokens; the tiny config predicts data, the full-size ones velocity
+@pytest.mark.parametrize("chunk,prediction", [(3, "data"), (8, "data"), (25, "data"), (8, "velocity")])
+def test_streamed_latents_equal_offline(chunk, prediction):
+    flow = _flow(chunk, prediction=prediction)
+    assert flow.matching.prediction == prediction
     tokens, spk = _inputs()
     kw = dict(n_steps=3, cfg_w=0.7, seed=4)
     offline, _ = flow.sample(tokens, torch.tensor([N_TOKENS]), streaming=True, **spk, **kw)
