@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from speech.config import load_config, resolve_config_text
+from speech.config import load_model_config, resolve_config_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def tiny_checkpoints(root: Path) -> dict[str, Path]:
         text = resolve_config_text(REPO / "configs/tiny" / cfg, over)
         (folder / "config.yaml").write_text(text, encoding="utf-8")
         torch.manual_seed(0)
-        model = load_config(folder / "config.yaml")[name]
+        model = load_model_config(folder / "config.yaml")[name]  # as the server will: allow-listed
         torch.save({"model": model.state_dict(), "config": text, "step": 1}, folder / "final.pt")
         out[key] = folder / "final.pt"
     return out
