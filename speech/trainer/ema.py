@@ -24,7 +24,10 @@ class EMA:
             n: p.detach().to(torch.float32, copy=True) if p.is_floating_point() else p.detach().clone()
             for n, p in module.named_parameters()
         }
-        self.buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+        # only buffers the model saves: a non-persistent one (derived, rebuilt in __init__) is not in its
+        # state dict, so keeping it here would make the EMA state dict fail to load into the model
+        saved = module.state_dict().keys()
+        self.buffers = {n: b.detach().clone() for n, b in module.named_buffers() if n in saved}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:

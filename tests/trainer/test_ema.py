@@ -44,3 +44,18 @@ def test_ema_state_loads_into_the_model_and_round_trips():
         other.load_state_dict({"weight": torch.zeros(2, 2)})
     with pytest.raises(ValueError):
         EMA(model, 1.0)
+
+
+def test_ema_state_has_exactly_the_models_keys_with_a_non_persistent_buffer():
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("table", torch.arange(3.0), persistent=False)  # derived, not saved
+    model.register_buffer("count", torch.zeros(()))
+    ema = EMA(model, 0.9)
+    model.count.add_(2)
+    ema.update(model)
+    assert set(ema.state_dict()) == set(model.state_dict()) == {"weight", "bias", "count"}
+    fresh = torch.nn.Linear(2, 2)
+    fresh.register_buffer("table", torch.zeros(3), persistent=False)
+    fresh.register_buffer("count", torch.zeros(()))
+    ema.copy_to(fresh)  # strict load
+    assert fresh.count.item() == 2 and torch.equal(fresh.table, torch.zeros(3))
