@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speech.flow.layers import MaskedConv1d, TransformerBlock, chunk_attention_mask, key_mask, rotary_tables
+from speech.tokenizer.fsq import FSQEmbedding
 from speech.utils.mask import lengths_to_mask
 
 __all__ = ["TokenEncoder"]
@@ -33,7 +34,12 @@ class LookAhead(nn.Module):
 
 
 class TokenEncoder(nn.Module):
-    """FSQ tokens ``[B, N]`` -> ``mu`` ``[B, out_dim, N * ratio]`` and its valid mask ``[B, N * ratio]``."""
+    """FSQ tokens ``[B, N]`` -> ``mu`` ``[B, out_dim, N * ratio]`` and its valid mask ``[B, N * ratio]``.
+
+    ``fsq_levels`` (e.g. ``[3] * 8``, the S3Tokenizer v2 and own-tokenizer grid) embeds each id as the sum
+    of its FSQ digits' embeddings (:class:`~speech.tokenizer.fsq.FSQEmbedding`), so ids that were rare in
+    training still land near the ids they share digits with; ``id_table`` adds a per-id table on top.
+    """
 
     def __init__(
         self,
@@ -49,6 +55,8 @@ class TokenEncoder(nn.Module):
         look_ahead: int = 3,
         dropout: float = 0.1,
         chunk_size: int = 25,
+        fsq_levels: list[int] | None = None,
+        id_table: bool = False,
     ):
         super().__init__()
         if token_latent_ratio < 1 or int(token_latent_ratio) != token_latent_ratio:
@@ -56,7 +64,13 @@ class TokenEncoder(nn.Module):
         self.out_dim, self.ratio, self.chunk_size = out_dim, int(token_latent_ratio), chunk_size
         head_dim = head_dim or dim // heads
         self.head_dim = head_dim
-        self.embed = nn.Embedding(vocab_size, dim)
+        if fsq_levels:  # ids embedded through their FSQ digits, shared across ids (+ a per-id table)
+            self.embed = FSQEmbedding(fsq_levels, dim, per_id=id_table)
+            if self.embed.num_embeddings != vocab_size:
+                raise ValueError(f"fsq_levels {list(fsq_levels)} give {self.embed.num_embeddings} ids, "
+                                 f"not vocab_size {vocab_size}")
+        else:
+            self.embed = nn.Embedding(vocab_size, dim)
         self.look_ahead = LookAhead(dim, look_ahead) if look_ahead > 0 else None
         self.token_blocks = nn.ModuleList(
             TransformerBlock(dim, heads, head_dim, ffn_dim, dropout) for _ in range(token_blocks)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["FSQ", "codebook_stats"]
+__all__ = ["FSQ", "FSQEmbedding", "codebook_stats"]
 
 
 class FSQ(nn.Module):
@@ -95,6 +95,36 @@ class FSQ(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels_list}, codebook_size={self.codebook_size}"
+
+
+class FSQEmbedding(nn.Module):
+    """Embed FSQ ids through their digits: ``sum_i E_i[digit_i(id)]`` (+ a per-id table if asked).
+
+    An FSQ id is a point on a grid, and ids that share digits are near each other in the tokenizer's
+    space. A plain ``nn.Embedding(prod(levels), dim)`` ignores that and learns each of its 6561 rows
+    only from that id's own occurrences, so on a small corpus the rarer ids (most of them) stay near
+    their random start. The digit tables here are shared by every id (8 x 3 rows), so every token
+    trains them; ``per_id`` adds the plain table on top for what the digits do not explain (on the
+    demo corpus it overfits: the Stage 2 flow's dev loss 0.292 with it, 0.275 without, 0.323 plain).
+    """
+
+    def __init__(self, levels: Sequence[int], dim: int, per_id: bool = False):
+        super().__init__()
+        self.fsq = FSQ(levels)
+        levels = self.fsq.levels_list
+        # digit i of an id selects row offset[i] + digit of one shared table
+        offsets = torch.cumsum(torch.tensor([0] + levels[:-1], dtype=torch.long), dim=0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.digits = nn.Embedding(sum(levels), dim)
+        nn.init.normal_(self.digits.weight, std=len(levels) ** -0.5)  # the sum starts at unit variance
+        self.table = nn.Embedding(self.fsq.codebook_size, dim) if per_id else None
+        self.num_embeddings = self.fsq.codebook_size
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[...]`` in ``[0, prod(levels))`` -> ``[..., dim]``."""
+        digits = torch.div(ids.long().unsqueeze(-1), self.fsq.basis, rounding_mode="floor") % self.fsq.levels
+        x = self.digits(digits + self.offsets).sum(dim=-2)
+        return x if self.table is None else x + self.table(ids)
 
 
 def codebook_stats(ids: torch.Tensor, mask: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:

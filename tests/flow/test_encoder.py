@@ -32,11 +32,11 @@ def test_output_length_is_ratio_times_tokens(ratio):
     assert (mu[~mask[:, None, :].expand_as(mu)] == 0).all()
 
 
-@pytest.mark.parametrize("ratio", [2, 3])
-def test_padded_batch_equals_items_alone(ratio):
-    enc = _encoder(ratio)
+@pytest.mark.parametrize("ratio, fsq_levels", [(2, None), (3, None), (2, [3, 3, 3, 2])])
+def test_padded_batch_equals_items_alone(ratio, fsq_levels):
+    enc = _encoder(ratio, vocab_size=54, fsq_levels=fsq_levels)
     lengths = [9, 4, 6]
-    tokens = torch.randint(0, 50, (3, 9))
+    tokens = torch.randint(0, 54, (3, 9))
     with torch.no_grad():
         mu, _ = enc(tokens, torch.tensor(lengths))
         for b, n in enumerate(lengths):
@@ -71,6 +71,13 @@ def test_streaming_chunks_do_not_see_the_future():
         full_b, _ = enc(changed, lengths)
     assert torch.allclose(a[..., :8], b[..., :8], atol=1e-6)  # chunk 0 = tokens 0..3 = frames 0..7
     assert not torch.allclose(full_a[..., :8], full_b[..., :8], atol=1e-4)  # full attention does see it
+
+
+def test_fsq_digit_embedding_must_span_the_vocabulary():
+    enc = _encoder(2, vocab_size=27, fsq_levels=[3, 3, 3])
+    assert enc.embed.num_embeddings == 27 and enc.embed.table is None
+    with pytest.raises(ValueError, match="give 27 ids, not vocab_size 50"):
+        _encoder(2, fsq_levels=[3, 3, 3])
 
 
 def test_bad_ratio_fails():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from speech.tokenizer.fsq import FSQ, codebook_stats
+from speech.tokenizer.fsq import FSQ, FSQEmbedding, codebook_stats
 
 
 def _reference_id(grid_code: list[int], levels: list[int]) -> int:
@@ -112,3 +112,36 @@ def test_codebook_stats_match_a_numpy_reference():
     valid = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
     one = codebook_stats(torch.full((2, 5), 7), valid, 6561)
     assert one["code_perplexity"].item() == pytest.approx(1.0) and one["code_usage"].item() == pytest.approx(1 / 6561)
+
+
+@pytest.mark.parametrize("levels", [[3] * 8, [8, 5, 5, 5], [2, 4, 3]])
+def test_fsq_embedding_is_the_sum_of_its_digits_rows(levels):
+    torch.manual_seed(0)
+    emb = FSQEmbedding(levels, dim=6)
+    ids = torch.randint(0, math.prod(levels), (3, 5))
+    out = emb(ids)
+    assert out.shape == (3, 5, 6)
+    for b in range(3):
+        for n in range(5):
+            rest, expect = int(ids[b, n]), torch.zeros(6)
+            for i, level in enumerate(levels):  # digit i by hand, least significant first
+                expect += emb.digits.weight[sum(levels[:i]) + rest % level]
+                rest //= level
+            torch.testing.assert_close(out[b, n], expect)
+
+
+def test_fsq_embedding_shares_rows_between_ids_and_adds_an_optional_id_table():
+    torch.manual_seed(0)
+    emb = FSQEmbedding([3, 3], dim=4)
+    # ids 1 (digits 1, 0) and 4 (digits 1, 1) share digit 0; a gradient through id 1 alone moves id 4
+    before = emb(torch.tensor([4])).detach()
+    emb(torch.tensor([1])).sum().backward()
+    with torch.no_grad():
+        emb.digits.weight -= emb.digits.weight.grad
+    assert not torch.allclose(emb(torch.tensor([4])), before)
+    assert torch.allclose(emb(torch.tensor([8])), emb(torch.tensor([8])))  # deterministic
+    with_table = FSQEmbedding([3, 3], dim=4, per_id=True)
+    with torch.no_grad():
+        with_table.table.weight[4] = 1.0
+        plain = with_table.digits(torch.tensor([1, 4])).sum(0)  # id 4: digits (1, 1) -> rows 1 and 3 + 1
+    torch.testing.assert_close(with_table(torch.tensor(4)), plain + 1.0)
