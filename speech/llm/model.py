@@ -10,6 +10,7 @@ speech_token_size + 2``). Sequence layouts are in :mod:`speech.llm.layout`.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 from speech.config import ConfigError
 from speech.llm.layout import bistream_allowed, build_layout
 from speech.llm.sampling import RasSampler, RowRandom, Sampler
+from speech.tokenizer.fsq import FSQEmbedding, FSQLinear
 from speech.utils.mask import lengths_to_mask
 
 __all__ = [
@@ -250,7 +252,9 @@ class SpeechLM(nn.Module):
 
     ``forward(batch)`` returns ``{"loss", "acc"}``: cross-entropy (optionally label-smoothed) and
     token accuracy over the speech + eos (+ fill in bistream) targets only. ``generate`` decodes
-    new tokens with a KV cache for a batch of texts in the voice of reference audio.
+    new tokens with a KV cache for a batch of texts in the voice of reference audio. ``fsq_levels``
+    embeds and scores the speech ids through their FSQ digits as well as per id (``FSQEmbedding``,
+    ``FSQLinear``), so rare ids learn from their grid neighbours.
     """
 
     def __init__(
@@ -265,6 +269,7 @@ class SpeechLM(nn.Module):
         min_len_ratio: float = 2.0,
         max_len_ratio: float = 20.0,
         gradient_checkpointing: bool = False,
+        fsq_levels: list[int] | None = None,
     ):
         super().__init__()
         if not 0.0 <= bistream_prob <= 1.0:
@@ -286,8 +291,15 @@ class SpeechLM(nn.Module):
 
         self.sos_task_embedding = nn.Embedding(2, hidden)  # 0 = sos, 1 = task (text -> speech)
         self.spk_proj = nn.Linear(speaker.dim, hidden)
-        self.speech_embedding = nn.Embedding(speech_token_size + 3, hidden)
-        self.speech_head = nn.Linear(hidden, speech_token_size + 3)
+        if fsq_levels:  # speech ids in and out through their FSQ digits (rows shared by every id)
+            if math.prod(fsq_levels) != speech_token_size:
+                raise ConfigError(f"fsq_levels {list(fsq_levels)} give {math.prod(fsq_levels)} ids, "
+                                  f"not speech_token_size {speech_token_size}")
+            self.speech_embedding = FSQEmbedding(fsq_levels, hidden, extra=3)
+            self.speech_head = FSQLinear(hidden, fsq_levels, extra=3)
+        else:
+            self.speech_embedding = nn.Embedding(speech_token_size + 3, hidden)
+            self.speech_head = nn.Linear(hidden, speech_token_size + 3)
         if backbone.lm_head.weight is not backbone.model.embed_tokens.weight:
             # An untied text-vocabulary head is never evaluated: freeze it, so DDP sees no unused
             # trainable parameter and the optimizer keeps no state for it.
@@ -567,7 +579,7 @@ class SpeechLM(nn.Module):
         """
         spk, sampler, min_ratio, max_ratio = self._request(spk_vector, sampler, min_len_ratio, max_len_ratio)
         a, b = self.mix_ratio
-        device = self.speech_embedding.weight.device
+        device = self.sos_task_embedding.weight.device
         sos, task = self.sos_task_embedding.weight.unsqueeze(1).unbind(0)  # [1, H] each
         text: list[int] = [] if prompt_text_token is None else prompt_text_token.reshape(-1).tolist()
         forced: list[int] = [] if prompt_speech_token is None else prompt_speech_token.reshape(-1).tolist()

@@ -17,9 +17,10 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FSQ", "FSQEmbedding", "codebook_stats"]
+__all__ = ["FSQ", "FSQEmbedding", "FSQLinear", "codebook_stats"]
 
 
 class FSQ(nn.Module):
@@ -106,9 +107,10 @@ class FSQEmbedding(nn.Module):
     their random start. The digit tables here are shared by every id (8 x 3 rows), so every token
     trains them; ``per_id`` adds the plain table on top for what the digits do not explain (on the
     demo corpus it overfits: the Stage 2 flow's dev loss 0.292 with it, 0.275 without, 0.323 plain).
+    ``extra`` ids after the grid (an LM's eos, fill, ...) get rows of their own.
     """
 
-    def __init__(self, levels: Sequence[int], dim: int, per_id: bool = False):
+    def __init__(self, levels: Sequence[int], dim: int, per_id: bool = False, extra: int = 0):
         super().__init__()
         self.fsq = FSQ(levels)
         levels = self.fsq.levels_list
@@ -117,14 +119,56 @@ class FSQEmbedding(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)
         self.digits = nn.Embedding(sum(levels), dim)
         nn.init.normal_(self.digits.weight, std=len(levels) ** -0.5)  # the sum starts at unit variance
-        self.table = nn.Embedding(self.fsq.codebook_size, dim) if per_id else None
-        self.num_embeddings = self.fsq.codebook_size
+        self.codebook_size = self.fsq.codebook_size
+        self.table = nn.Embedding(self.codebook_size, dim) if per_id else None
+        self.extra = nn.Embedding(extra, dim) if extra else None
+        self.num_embeddings = self.codebook_size + extra
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Ids ``[...]`` in ``[0, prod(levels))`` -> ``[..., dim]``."""
-        digits = torch.div(ids.long().unsqueeze(-1), self.fsq.basis, rounding_mode="floor") % self.fsq.levels
+        """Ids ``[...]`` in ``[0, prod(levels) + extra)`` -> ``[..., dim]``."""
+        ids = ids.long()
+        grid = ids.clamp(max=self.codebook_size - 1)
+        digits = torch.div(grid.unsqueeze(-1), self.fsq.basis, rounding_mode="floor") % self.fsq.levels
         x = self.digits(digits + self.offsets).sum(dim=-2)
-        return x if self.table is None else x + self.table(ids)
+        if self.table is not None:
+            x = x + self.table(grid)
+        if self.extra is not None:  # no branch on the values (no host sync): both computed, one kept
+            special = self.extra((ids - self.codebook_size).clamp(0, self.extra.num_embeddings - 1))
+            x = torch.where((ids >= self.codebook_size).unsqueeze(-1), special, x)
+        return x
+
+    def rows(self) -> torch.Tensor:
+        """Every id's embedding ``[num_embeddings, dim]`` (the matrix an equivalent table would hold)."""
+        return self(torch.arange(self.num_embeddings, device=self.digits.weight.device))
+
+
+class FSQLinear(nn.Module):
+    """Output layer over FSQ ids (+ ``extra`` ids): logit(id) = h . (w_id + sum_i E_i[digit_i(id)]) + b_id.
+
+    The per-id weights ``w`` are a plain ``nn.Linear``; the digit rows add what ids sharing digits have
+    in common, so an id seen a few times in training still scores like its grid neighbours. Extra ids
+    (eos, fill) have per-id weights only.
+    """
+
+    def __init__(self, dim: int, levels: Sequence[int], extra: int = 0):
+        super().__init__()
+        self.digits = FSQEmbedding(levels, dim)
+        nn.init.zeros_(self.digits.digits.weight)  # starts as the plain linear layer
+        self.linear = nn.Linear(dim, self.digits.codebook_size + extra)
+        self.extra = extra
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective ``[V, dim]`` weight (per-id + digit rows; extra ids: per-id only)."""
+        grid = self.digits.rows()
+        return self.linear.weight + F.pad(grid, (0, 0, 0, self.extra))
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.linear.bias
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight.to(h.dtype), self.linear.bias.to(h.dtype))
 
 
 def codebook_stats(ids: torch.Tensor, mask: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from speech.llm import SpeakerExtractor, SpeechLM, build_qwen2
+from speech.tokenizer.fsq import FSQLinear
 
 SPEECH_VOCAB = 50  # a small speech vocabulary keeps the tests fast; eos = 50, fill = 52
+FSQ_LEVELS = [5, 5, 2]  # make_lm(fsq_levels=FSQ_LEVELS): the same 50 ids through their FSQ digits
 TEXT_VOCAB = 40
 
 
@@ -43,7 +45,12 @@ def make_lm(seed: int = 0, head_scale: float = 1.0, **kwargs) -> SpeechLM:
     )
     model = SpeechLM(build_qwen2(config=tiny_backbone_config()), speaker, speech_token_size=SPEECH_VOCAB, **kwargs)
     with torch.no_grad():  # head_scale > 1 sharpens logits, so greedy argmax never hinges on rounding
-        model.speech_head.weight.mul_(head_scale)
+        head = model.speech_head
+        if isinstance(head, FSQLinear):  # fsq_levels: its digit rows start at zero; make them count here
+            head.digits.digits.weight.normal_(std=0.2)
+            head.digits.digits.weight.mul_(head_scale)
+            head = head.linear
+        head.weight.mul_(head_scale)
     return model.eval()
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from speech.llm.sampling import GreedySampler, RasSampler, RowRandom
 
-from .conftest import SPEECH_VOCAB, make_batch, make_lm
+from .conftest import FSQ_LEVELS, SPEECH_VOCAB, make_batch, make_lm
 
 EOS = SPEECH_VOCAB
 
@@ -37,8 +38,9 @@ def item(inputs: dict, i: int) -> dict:
     return out
 
 
-def test_kv_cache_equals_recomputation_token_for_token():
-    model = make_lm(head_scale=20.0)
+@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
+def test_kv_cache_equals_recomputation_token_for_token(fsq_levels):
+    model = make_lm(head_scale=20.0, fsq_levels=fsq_levels)
     inputs = prompted_inputs()
     kw = {"sampler": GreedySampler(), "min_len_ratio": 2, "max_len_ratio": 6}
     cached, cached_len = model.generate(**inputs, **kw, use_cache=True)
@@ -130,13 +132,14 @@ class Recorder(GreedySampler):
         return super().__call__(logp, history, generator)
 
 
-def test_decoding_matches_the_training_forward():
+@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
+def test_decoding_matches_the_training_forward(fsq_levels):
     """Every decoding step (KV-cached, left-padded batch, prompts) sees what training sees at that position.
 
     The generated tokens are fed back as teacher-forced speech to the training forward: its
     log-probabilities must equal the ones the sampler received, step by step.
     """
-    model = make_lm()
+    model = make_lm(fsq_levels=fsq_levels)
     inputs = prompted_inputs()
     rec = Recorder()
     tokens, lengths = model.generate(**inputs, sampler=rec, min_len_ratio=2, max_len_ratio=3)

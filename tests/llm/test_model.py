@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from speech.llm.model import IGNORE_ID
 
-from .conftest import SPEECH_VOCAB, make_batch, make_lm
+from .conftest import FSQ_LEVELS, SPEECH_VOCAB, make_batch, make_lm
 
 EOS, FILL = SPEECH_VOCAB, SPEECH_VOCAB + 2
 
@@ -49,9 +49,10 @@ def reference_loss(model, batch, bistream, label_smoothing=0.0):
     return total / count, correct / count, count
 
 
+@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
 @pytest.mark.parametrize("bistream", [[False, False], [True, False]])
-def test_loss_matches_hand_built_reference(bistream):
-    model = make_lm()
+def test_loss_matches_hand_built_reference(bistream, fsq_levels):
+    model = make_lm(fsq_levels=fsq_levels)
     batch = make_batch(text_len=[7, 4], speech_len=[40, 9], ref_len=[3000, 2000])
     logits, targets = model.logits_and_targets(batch, torch.tensor(bistream))
     ref_loss, ref_acc, n = reference_loss(model, batch, bistream)
@@ -97,22 +98,32 @@ def test_bistream_only_where_ratio_allows():
     assert not (targets == FILL).any()
 
 
-def test_backward_reaches_every_trained_part_and_never_the_text_head():
-    model = make_lm().train()
+@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
+def test_backward_reaches_every_trained_part_and_never_the_text_head(fsq_levels):
+    model = make_lm(fsq_levels=fsq_levels).train()
     model.backbone.lm_head.register_forward_hook(lambda *a: pytest.fail("text-vocabulary head was evaluated"))
     batch = make_batch(text_len=[7, 4], speech_len=[40, 9], ref_len=[3000, 2000])
     model(batch)["loss"].backward()
+    speech = ("speech_embedding.weight", "speech_head.weight")
+    if fsq_levels:  # digit rows in and out (eos and fill are targets, never inputs)
+        speech = ("speech_embedding.digits.weight", "speech_head.digits.digits.weight", "speech_head.linear.weight")
     for name in (
         "speaker.stem.weight",
         "spk_proj.weight",
-        "speech_embedding.weight",
-        "speech_head.weight",
+        *speech,
         "sos_task_embedding.weight",
         "backbone.model.layers.0.self_attn.q_proj.weight",
         "backbone.model.embed_tokens.weight",
     ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_fsq_levels_must_spell_the_speech_vocabulary():
+    from speech.config import ConfigError
+
+    with pytest.raises(ConfigError, match="give 27 ids, not speech_token_size 50"):
+        make_lm(fsq_levels=[3, 3, 3])
 
 
 def test_bf16_autocast_forward_backward():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from speech.tokenizer.fsq import FSQ, FSQEmbedding, codebook_stats
+from speech.tokenizer.fsq import FSQ, FSQEmbedding, FSQLinear, codebook_stats
 
 
 def _reference_id(grid_code: list[int], levels: list[int]) -> int:
@@ -145,3 +145,30 @@ def test_fsq_embedding_shares_rows_between_ids_and_adds_an_optional_id_table():
         with_table.table.weight[4] = 1.0
         plain = with_table.digits(torch.tensor([1, 4])).sum(0)  # id 4: digits (1, 1) -> rows 1 and 3 + 1
     torch.testing.assert_close(with_table(torch.tensor(4)), plain + 1.0)
+
+
+def test_fsq_embedding_extra_ids_have_rows_of_their_own():
+    torch.manual_seed(0)
+    emb = FSQEmbedding([3, 2], dim=4, extra=3)  # grid ids 0..5, then 6, 7, 8 (e.g. eos, reserved, fill)
+    assert emb.num_embeddings == 9
+    ids = torch.tensor([[0, 5, 6, 8]])
+    out = emb(ids)
+    torch.testing.assert_close(out[0, 2], emb.extra.weight[0])
+    torch.testing.assert_close(out[0, 3], emb.extra.weight[2])
+    torch.testing.assert_close(out[0, :2], FSQEmbedding.forward(emb, torch.tensor([0, 5])))
+    torch.testing.assert_close(emb.rows(), emb(torch.arange(9)))
+
+
+def test_fsq_linear_adds_digit_rows_to_per_id_weights():
+    torch.manual_seed(0)
+    head = FSQLinear(4, [3, 2], extra=2)
+    h = torch.randn(5, 4)
+    torch.testing.assert_close(head(h), head.linear(h))  # digit rows start at zero: a plain linear layer
+    with torch.no_grad():
+        head.digits.digits.weight.normal_()
+    logits = head(h)
+    for i in range(8):
+        w = head.linear.weight[i].clone()
+        if i < 6:  # grid id: + the rows of its two digits (digit 0 in 0..2, digit 1 in 0..1)
+            w += head.digits.digits.weight[i % 3] + head.digits.digits.weight[3 + i // 3]
+        torch.testing.assert_close(logits[:, i], h @ w + head.linear.bias[i])
