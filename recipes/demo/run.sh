@@ -35,12 +35,13 @@ synth_test=0         # 1: stages 10-11 also speak and score the test split (seen
 llm_steps=400        # ~11 passes over the 444 training utterances: at 150 the LM's lengths ignored the
                      # text (CV loss is lowest near 200 steps; the trained-sentence synthesis needs it
                      # to have learned its sentences)
-flow_steps=1100      # dev, true tokens: 600 steps at a constant LR -> 1200 with cosine decay: CV 1.15 -> 1.12,
-                     # STOI 0.474 -> 0.481; 1100 (and LM 400) to save time: demo flow STOI 0.675 vs 0.677 at 1200
+flow_steps=900       # dev, true tokens, ids embedded through their FSQ digits: STOI 0.721 at 900 steps, 0.719
+                     # at 1100 (plain id table: 0.675 at 1100)
 flow_width=128       # flow encoder dim / estimator channels (with 2 token blocks): dev STOI 0.556 -> 0.589, WER 124% -> 104%
 flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 10 also streams (configs/tiny/flow.yaml:
                      # no streaming; dev at 1200 steps CV 0.89 vs 1.12, STOI 0.525 vs 0.481, WER 124% vs 126%);
-                     # it predicts data, not velocity (logit-normal times, lr 3e-3): dev STOI 0.604 -> 0.680
+                     # it predicts data, not velocity (logit-normal times, lr 3e-3): dev STOI 0.604 -> 0.680;
+                     # FSQ-digit token embedding (fsq_levels): 0.675 -> 0.719
 flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
 sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that long, synthesizes and evaluates it
 codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the flow-matching autoencoder)
