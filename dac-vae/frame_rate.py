@@ -239,8 +239,10 @@ class FrameEncoder(nn.Module):
         self.stack = _ConvNeXtStack(in_channels, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
         self.out_channels = int(dim)
 
-    def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """``[B, S]`` → stacked log-mel ``[B, n_mels * subframes, S / hop]`` (fp32)."""
+    def features(self, wav: torch.Tensor, pitch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``[B, S]`` → stacked log-mel ``[B, n_mels * subframes, S / hop]`` (fp32), + pitch features.
+
+        ``pitch``: ``yin(wav)`` over this encoder's ``f0_range`` when the caller has it already."""
         pad = (self.n_fft - self.sub_hop) // 2
         spec = torch.stft(
             F.pad(wav.float(), (pad, pad)), n_fft=self.n_fft, hop_length=self.sub_hop, window=self.window,
@@ -252,14 +254,19 @@ class FrameEncoder(nn.Module):
         if not self.pitch_features:
             return feats
         # Pitch read off a log-mel by a small network is slow to learn; YIN gives it for free.
-        f0, aperiodicity = yin(wav.float(), self.sample_rate, self.hop, f0_min=self.f0_range[0],
-                               f0_max=self.f0_range[1])
+        if pitch is None:
+            pitch = yin(wav.float(), self.sample_rate, self.hop, f0_min=self.f0_range[0], f0_max=self.f0_range[1])
+        f0, aperiodicity = pitch
         log_f0 = pitch_to_latent(f0) * (1 - aperiodicity)  # ~unit scale, 0 when aperiodic
         return torch.cat([feats, log_f0.unsqueeze(1), aperiodicity.unsqueeze(1)], dim=1)
 
-    def forward(self, wav: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:
-        """``wav`` ``[B, S]`` zero past each item's length; ``latent_len`` ``[B]`` (None: all valid)."""
-        x = self.features(wav).to(wav.dtype)
+    def forward(
+        self, wav: torch.Tensor, latent_len: torch.Tensor | None = None,
+        pitch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``wav`` ``[B, S]`` zero past each item's length; ``latent_len`` ``[B]`` (None: all valid);
+        ``pitch`` as in :meth:`features`."""
+        x = self.features(wav, pitch).to(wav.dtype)
         mask = None if latent_len is None else lengths_to_mask(latent_len, x.shape[-1])
         return self.stack(apply_mask(x, mask), mask)
 

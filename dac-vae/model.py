@@ -341,31 +341,38 @@ class DACVAE(nn.Module):
         pad = (-n) % self.hop
         if pad:
             audio = F.pad(audio, (0, pad))
-        if audio_len is None:  # one length: no masks needed (they would be all True)
+        if audio_len is not None:
+            audio = audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
+            latent_len = self.latent_length(audio_len)
+        else:  # one length: no masks needed (they would be all True)
             latent_len = torch.full(
                 (audio.shape[0],), audio.shape[-1] // self.hop, dtype=torch.long, device=audio.device
             )
-            mu, logs = self.posterior(self.encoder(audio))
-            return (*self._with_pitch(audio, mu, logs, None), latent_len)
-        audio = audio * lengths_to_mask(audio_len, audio.shape[-1]).squeeze(1)
-        latent_len = self.latent_length(audio_len)
-        h = self.encoder(audio, latent_len)
-        mask = lengths_to_mask(latent_len, h.shape[-1])
+        pitch = self._yin(audio) if self.pitch_latent else None
+        # an encoder reading pitch features over the same range reuses this YIN (~6% of a CPU training step)
+        share = pitch is not None and getattr(self.encoder, "f0_range", None) == self.decoder.f0_range
+        h = self.encoder(audio, None if audio_len is None else latent_len, **({"pitch": pitch} if share else {}))
+        mask = None if audio_len is None else lengths_to_mask(latent_len, h.shape[-1])
         mu, logs = self.posterior(h, mask)
-        return (*self._with_pitch(audio, mu, logs, mask), latent_len)
+        return (*self._with_pitch(mu, logs, mask, pitch), latent_len)
+
+    def _yin(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """YIN pitch and aperiodicity ``[B, T]`` of ``audio`` over the harmonic decoder's range (no grad)."""
+        with torch.no_grad():
+            return yin(audio.float(), self.sample_rate, self.hop, f0_min=self.decoder.f0_range[0],
+                       f0_max=self.decoder.f0_range[1])
 
     def _with_pitch(
-        self, audio: torch.Tensor, mu: torch.Tensor, logs: torch.Tensor, mask: torch.Tensor | None
+        self, mu: torch.Tensor, logs: torch.Tensor, mask: torch.Tensor | None,
+        pitch: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """For a harmonic decoder: latent channel 0 := the audio's YIN pitch (:func:`dac_vae.pitch.pitch_to_latent`),
         posterior std ``pitch_std``. A pitch read off the latent costs nothing to learn; a pitch head
         trained beside the mel loss did not learn in a short run."""
-        if not self.pitch_latent:
+        if pitch is None:
             return mu, logs
-        with torch.no_grad():
-            f0, aperiodicity = yin(audio, self.sample_rate, self.hop, f0_min=self.decoder.f0_range[0],
-                                   f0_max=self.decoder.f0_range[1])
-            f0 = fill_unvoiced(f0, aperiodicity < self.periodic_threshold)
+        f0, aperiodicity = pitch
+        f0 = fill_unvoiced(f0, aperiodicity < self.periodic_threshold)
         mu = torch.cat([pitch_to_latent(f0).to(mu).unsqueeze(1), mu[:, 1:]], dim=1)
         logs = torch.cat([torch.full_like(logs[:, :1], math.log(self.pitch_std)), logs[:, 1:]], dim=1)
         return apply_mask(mu, mask), apply_mask(logs, mask)

@@ -225,6 +225,29 @@ def test_harmonic_codec_latent_channel_0_is_the_yin_pitch_and_batch_equals_alone
     torch.testing.assert_close(decoded[1, : latent_len[1] * 480], alone[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("encoder_f0_max", [500.0, 400.0])
+def test_harmonic_codec_runs_yin_once_when_the_encoder_reads_the_same_range(monkeypatch, encoder_f0_max):
+    import dac_vae.frame_rate as frame_rate
+    import dac_vae.model as model
+
+    torch.manual_seed(0)
+    codec = _harmonic_codec().eval()
+    codec.encoder.f0_range = (60.0, encoder_f0_max)
+    wav = speech_like(480 * 20, seed=3).unsqueeze(0)
+    calls = []
+
+    def counting(original):
+        return lambda *a, **k: calls.append(k["f0_max"]) or original(*a, **k)
+
+    monkeypatch.setattr(model, "yin", counting(model.yin))
+    monkeypatch.setattr(frame_rate, "yin", counting(frame_rate.yin))
+    mu, _, _ = codec.encode(wav, torch.tensor([wav.shape[-1]]))
+    assert calls == ([500.0] if encoder_f0_max == 500.0 else [500.0, 400.0])
+    if encoder_f0_max == 500.0:  # the shared pitch is what the encoder would have computed itself
+        own = codec.encoder(wav, torch.tensor([20]))
+        assert torch.equal(own, codec.encoder(wav, torch.tensor([20]), pitch=codec._yin(wav)))
+
+
 def test_harmonic_decoder_sounds_at_the_latent_pitch():
     """With the comb's gain dominant, the decoded fundamental is the pitch in channel 0."""
     from dac_vae.pitch import pitch_to_latent
