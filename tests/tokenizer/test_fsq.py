@@ -172,3 +172,20 @@ def test_fsq_linear_adds_digit_rows_to_per_id_weights():
         if i < 6:  # grid id: + the rows of its two digits (digit 0 in 0..2, digit 1 in 0..1)
             w += head.digits.digits.weight[i % 3] + head.digits.digits.weight[3 + i // 3]
         torch.testing.assert_close(logits[:, i], h @ w + head.linear.bias[i])
+
+
+def test_fsq_linear_reuses_its_weight_without_autograd_until_a_parameter_changes():
+    torch.manual_seed(0)
+    head = FSQLinear(4, [3, 2], extra=1)
+    h = torch.randn(2, 4)
+    with torch.no_grad():
+        first = head.weight
+        assert head.weight is first  # built once for decoding
+        head.digits.digits.weight.normal_()  # in place, as an optimizer step or load_state_dict does
+        rebuilt = head.weight
+        assert rebuilt is not first
+        torch.testing.assert_close(rebuilt, head._weight())
+        torch.testing.assert_close(head(h), h @ head._weight().T + head.linear.bias)
+    with torch.inference_mode():
+        torch.testing.assert_close(head(h), h @ rebuilt.T + head.linear.bias)
+    assert head.weight.requires_grad and head.weight is not rebuilt  # training builds it with its graph
