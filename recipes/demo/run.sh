@@ -22,7 +22,7 @@ exp=exp/demo
 corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
-fsq_steps=700        # training budgets (optimizer steps), sized for ~25 minutes on 2 cores (idle: 24.4 to 25.8 min)
+fsq_steps=700        # training budgets (optimizer steps), sized for <= 25 minutes on 2 cores (idle: 21.7 min)
 codec_steps=750      # harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml): ~7.5 minutes (dev, 600 -> 750
                      # steps: PESQ-WB 1.60 -> 1.80, STOI 0.836 -> 0.865)
 codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate DAC-VAE with a pitch-excited comb;
