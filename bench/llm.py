@@ -76,8 +76,8 @@ def build(shape: str) -> SpeechLM:
     cfg = _plain_config(REPO / ("configs/tiny/llm.yaml" if shape == "tiny" else "configs/llm.yaml"))
     qwen = REF_SMALL if shape == "ref-small" else cfg["qwen"]
     spk_kw = {k: v for k, v in cfg["llm"]["speaker"].items() if k != "dropout"}
-    llm_kw = {k: cfg["llm"].get(k) for k in ("speech_token_size", "bistream_prob", "mix_ratio", "label_smoothing",
-                                              "fsq_levels")}
+    llm_kw = {k: cfg["llm"][k] for k in ("speech_token_size", "bistream_prob", "mix_ratio", "label_smoothing")}
+    llm_kw["fsq_levels"] = cfg["llm"].get("fsq_levels")  # optional key
     torch.manual_seed(0)
     return SpeechLM(build_qwen2(None, qwen), SpeakerExtractor(**spk_kw), **llm_kw)
 

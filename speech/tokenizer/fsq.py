@@ -88,10 +88,13 @@ class FSQ(nn.Module):
         digits = torch.round(grid).long() + self.half_width
         return (digits * self.basis).sum(dim=-1)
 
+    def ids_to_digits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids ``[...]`` -> mixed-radix digits ``[..., D]`` int64, digit ``i`` in ``0 .. levels[i] - 1``."""
+        return torch.div(ids.long().unsqueeze(-1), self.basis, rounding_mode="floor") % self.levels
+
     def ids_to_codes(self, ids: torch.Tensor, normalised: bool = True) -> torch.Tensor:
         """Ids ``[...]`` -> code vectors ``[..., D]`` float32 (normalised to [-1, 1] by default)."""
-        digits = torch.div(ids.long().unsqueeze(-1), self.basis, rounding_mode="floor") % self.levels
-        grid = (digits - self.half_width).float()
+        grid = (self.ids_to_digits(ids) - self.half_width).float()
         return grid / self.half_width if normalised else grid
 
     def extra_repr(self) -> str:
@@ -128,8 +131,7 @@ class FSQEmbedding(nn.Module):
         """Ids ``[...]`` in ``[0, prod(levels) + extra)`` -> ``[..., dim]``."""
         ids = ids.long()
         grid = ids.clamp(max=self.codebook_size - 1)
-        digits = torch.div(grid.unsqueeze(-1), self.fsq.basis, rounding_mode="floor") % self.fsq.levels
-        x = self.digits(digits + self.offsets).sum(dim=-2)
+        x = self.digits(self.fsq.ids_to_digits(grid) + self.offsets).sum(dim=-2)
         if self.table is not None:
             x = x + self.table(grid)
         if self.extra is not None:  # no branch on the values (no host sync): both computed, one kept
@@ -156,12 +158,12 @@ class FSQLinear(nn.Module):
         self.digits = FSQEmbedding(levels, dim)
         nn.init.zeros_(self.digits.digits.weight)  # starts as the plain linear layer
         self.linear = nn.Linear(dim, self.digits.codebook_size + extra)
-        self.extra = extra
+        self.n_extra = extra
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     def _weight(self) -> torch.Tensor:
         grid = self.digits.rows()
-        return self.linear.weight + F.pad(grid, (0, 0, 0, self.extra))
+        return self.linear.weight + F.pad(grid, (0, 0, 0, self.n_extra))
 
     @property
     def weight(self) -> torch.Tensor:
