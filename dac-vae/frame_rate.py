@@ -8,9 +8,9 @@ rate from its first layer.
 
 DAC's decoder upsamples with transposed convolutions and runs most of its residual units at high
 sample rates: strong at full size, slow to learn on a CPU budget. This decoder does all of its work
-at the latent frame rate (50 Hz for hop 480) and predicts one complex STFT frame per latent frame
-(log-magnitude and phase), which an inverse STFT turns into ``hop`` samples — the design of Vocos
-(Siuzdak 2023) and WavTokenizer. Per second of audio it costs a small fraction of the DAC decoder's
+at the latent frame rate (50 Hz for hop 480) and predicts one complex STFT frame per latent frame, or
+``subframes`` of them (log-magnitude and phase), which an inverse STFT turns into ``hop`` samples — the
+design of Vocos (Siuzdak 2023) and WavTokenizer. Per second of audio it costs a small fraction of the DAC decoder's
 FLOPs, so short CPU runs see many more steps.
 
 Same interfaces as :class:`dac_vae.model.Encoder` / :class:`dac_vae.model.Decoder` (``hop``, ``latent_dim``, ``forward(z,
@@ -23,7 +23,7 @@ own valid frames: a padded item in a batch decodes exactly as it would alone.
 
 Receptive field (bounded, so streaming can decode chunks with finite context): each ConvNeXt
 block sees ``kernel_size // 2`` frames on each side, the input conv as many, and a frame's samples
-spread ``(n_fft - hop) / 2`` samples beyond its block — see :meth:`FrameDecoder.context_frames`.
+spread ``(n_fft - frame_hop) / 2`` samples beyond its block — see :meth:`FrameDecoder.context_frames`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ __all__ = ["Rendered", "ConvNeXtBlock", "ISTFTHead", "block_istft", "FrameEncode
 
 
 class Rendered(NamedTuple):
-    """A frame decoder's output: audio ``[B, T * hop]`` and the log-magnitude and phase ``[B, T, F]`` of
-    the complex frames it overlap-added (what direct spectral losses compare)."""
+    """A frame decoder's output: audio ``[B, T * hop]`` and the log-magnitude and phase ``[B, T * subframes, F]``
+    of the complex frames it overlap-added (what direct spectral losses compare)."""
 
     audio: torch.Tensor
     log_mag: torch.Tensor
@@ -70,25 +70,32 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ISTFTHead(nn.Module):
-    """Hidden frames ``[B, C, T]`` → waveform ``[B, T * hop]`` through one complex STFT frame each.
+    """Hidden frames ``[B, C, T]`` → waveform ``[B, T * hop]`` through ``subframes`` complex STFT frames each.
 
-    A linear layer predicts ``n_fft / 2 + 1`` log-magnitudes and as many phases; the magnitude is
-    capped at ``max_magnitude`` (an exp can overflow early in training). Frames are inverse-FFT'd,
-    Hann-windowed, overlap-added with ``hop`` and divided by the summed squared window of the item's
-    valid frames (the least-squares inverse of a Hann-windowed STFT).
+    A linear layer predicts, per STFT frame, ``n_fft / 2 + 1`` log-magnitudes and as many phases; the
+    magnitude is capped at ``max_magnitude`` (an exp can overflow early in training). Frames are
+    inverse-FFT'd, Hann-windowed, overlap-added with ``frame_hop = hop / subframes`` and divided by the
+    summed squared window of the item's valid frames (the least-squares inverse of a Hann-windowed STFT).
+    ``subframes > 1`` trades frequency resolution for time resolution at the same output size (Vocos
+    renders 24 kHz with a 10.7 ms hop; one frame per 20 ms latent smears onsets over its whole window).
     """
 
     def __init__(
-        self, dim: int, hop: int, n_fft: int | None = None, max_magnitude: float = 100.0, phase_advance: bool = False
+        self, dim: int, hop: int, n_fft: int | None = None, max_magnitude: float = 100.0, phase_advance: bool = False,
+        subframes: int = 1,
     ):
         super().__init__()
         self.phase_advance = bool(phase_advance)
-        n_fft = int(n_fft or 4 * hop)
-        if n_fft < hop or (n_fft - hop) % 2:
-            raise ValueError(f"n_fft {n_fft} must be >= hop {hop} with n_fft - hop even")
-        self.hop, self.n_fft = int(hop), n_fft
+        if subframes < 1 or hop % subframes:
+            raise ValueError(f"subframes {subframes} must be >= 1 and divide the hop {hop}")
+        self.hop, self.subframes = int(hop), int(subframes)
+        self.frame_hop = self.hop // self.subframes
+        n_fft = int(n_fft or 4 * self.frame_hop)
+        if n_fft < self.frame_hop or (n_fft - self.frame_hop) % 2:
+            raise ValueError(f"n_fft {n_fft} must be >= the frame hop {self.frame_hop} with n_fft - frame hop even")
+        self.n_fft = n_fft
         self.n_freq = n_fft // 2 + 1
-        self.proj = nn.Linear(dim, 2 * self.n_freq)
+        self.proj = nn.Linear(dim, 2 * self.n_freq * self.subframes)
         self.log_max_magnitude = math.log(max_magnitude)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
@@ -100,44 +107,56 @@ class ISTFTHead(nn.Module):
     def render(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, frame_offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Audio ``[B, T * hop]`` and the frames it was made of: log-magnitude and phase ``[B, T, F]``
+        """Audio ``[B, T * hop]`` and the frames it was made of: log-magnitude and phase ``[B, T * subframes, F]``
         (the phase as predicted, before any wrap: what spectral losses compare)."""
         log_mag, phase = self.frames(x, frame_offset)
-        audio = self.istft(torch.polar(torch.exp(log_mag), phase), None if mask is None else mask[:, 0])
+        frame_mask = None if mask is None else self.frame_mask(mask[:, 0])
+        audio = self.istft(torch.polar(torch.exp(log_mag), phase), frame_mask)
         return audio, log_mag, phase
 
+    def per_frame(self, y: torch.Tensor) -> torch.Tensor:
+        """``[B, T, subframes * K]`` (one row per latent frame) → ``[B, T * subframes, K]`` (one per STFT frame)."""
+        b, t, _ = y.shape
+        return y.reshape(b, t * self.subframes, -1)
+
+    def frame_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Valid latent frames ``[B, T]`` → valid STFT frames ``[B, T * subframes]``."""
+        return mask.repeat_interleave(self.subframes, dim=1)
+
     def frames(self, x: torch.Tensor, frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted log-magnitude (capped) and phase ``[B, T, F]`` (fp32)."""
-        log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)  # [B, T, F] each
+        """Predicted log-magnitude (capped) and phase ``[B, T * subframes, F]`` (fp32)."""
+        log_mag, phase = self.per_frame(self.proj(x.transpose(1, 2)).float()).chunk(2, dim=-1)
         log_mag = log_mag.clamp(max=self.log_max_magnitude)
         if self.phase_advance:
-            phase = phase + self.advance(x.shape[-1], x.device, offset=frame_offset)
+            phase = phase + self.advance(x.shape[-1] * self.subframes, x.device, offset=frame_offset * self.subframes)
         return log_mag, phase
 
     def analysis(self, audio: torch.Tensor) -> torch.Tensor:
-        """``[B, T * hop]`` → complex frames ``[B, T, F]`` with this head's framing: the STFT that
-        :meth:`istft` inverts exactly (Hann window, frame ``t`` centred on block ``t``)."""
-        pad = (self.n_fft - self.hop) // 2
+        """``[B, T * hop]`` → complex frames ``[B, T * subframes, F]`` with this head's framing: the STFT that
+        :meth:`istft` inverts exactly (Hann window, frame ``t`` centred on samples ``[t, t + 1) * frame_hop``)."""
+        pad = (self.n_fft - self.frame_hop) // 2
         spec = torch.stft(
-            F.pad(audio.float(), (pad, pad)), n_fft=self.n_fft, hop_length=self.hop, window=self.window,
+            F.pad(audio.float(), (pad, pad)), n_fft=self.n_fft, hop_length=self.frame_hop, window=self.window,
             center=False, return_complex=True,
         )
         return spec.transpose(1, 2)
 
     def advance(self, n_frames: int, device: torch.device, offset: int = 0) -> torch.Tensor:
-        """``[T, F]`` phase of bin-centred sinusoids at frames ``offset..offset+T-1``: ``2 pi k hop t / n_fft``.
+        """``[T, F]`` phase of bin-centred sinusoids at STFT frames ``offset..offset+T-1``:
+        ``2 pi k frame_hop t / n_fft``.
 
         A translation-invariant network outputs the same phase for the same local input; overlap-add
-        needs frame ``t + 1`` to lead frame ``t`` by ``2 pi k hop / n_fft`` in bin ``k``. Adding this
+        needs frame ``t + 1`` to lead frame ``t`` by ``2 pi k frame_hop / n_fft`` in bin ``k``. Adding this
         reference (computed exactly in integers mod ``n_fft``) leaves the network the residual only.
         """
         t = torch.arange(offset, offset + n_frames, device=device).unsqueeze(1)
         k = torch.arange(self.n_freq, device=device).unsqueeze(0)
-        return (2 * math.pi / self.n_fft) * ((k * t * self.hop) % self.n_fft).float()
+        return (2 * math.pi / self.n_fft) * ((k * t * self.frame_hop) % self.n_fft).float()
 
     def istft(self, spec: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Complex frames ``[B, T, n_fft / 2 + 1]`` → ``[B, T * hop]`` (:func:`block_istft`)."""
-        return block_istft(spec, self.window, self.hop, frame_mask)
+        """Complex frames ``[B, T * subframes, n_fft / 2 + 1]`` → ``[B, T * hop]`` (:func:`block_istft`);
+        ``frame_mask`` ``[B, T * subframes]``."""
+        return block_istft(spec, self.window, self.frame_hop, frame_mask)
 
 
 def block_istft(
@@ -293,6 +312,7 @@ class FrameDecoder(nn.Module):
         sample_rate: int = 24000,
         f0_min: float = 60.0,
         f0_max: float = 500.0,
+        subframes: int = 1,
     ):
         super().__init__()
         self.hop = math.prod(int(s) for s in strides)
@@ -300,14 +320,14 @@ class FrameDecoder(nn.Module):
         self.kernel_size = int(kernel_size)
         self.num_layers = int(num_layers)
         self.stack = _ConvNeXtStack(latent_dim, dim, intermediate_dim, num_layers, kernel_size, layer_scale)
-        self.head = ISTFTHead(dim, self.hop, n_fft, phase_advance=phase_advance)
+        self.head = ISTFTHead(dim, self.hop, n_fft, phase_advance=phase_advance, subframes=subframes)
         self.harmonic = bool(harmonic)
         self.sample_rate = int(sample_rate)
         self.f0_range = (float(f0_min), float(f0_max))
         if self.harmonic:
             # Source-filter branch: a log gain per bin for the spectrum of an excitation at the pitch
             # that latent channel 0 carries (see pitch_from_latent).
-            self.gain_proj = nn.Linear(dim, self.head.n_freq)
+            self.gain_proj = nn.Linear(dim, self.head.n_freq * self.head.subframes)
             # The excitation's frames are scaled to ~1 per bin (unit white noise would give exactly 1),
             # so a zero-initialised gain starts the comb at the free frames' level.
             nn.init.zeros_(self.gain_proj.weight)
@@ -322,7 +342,7 @@ class FrameDecoder(nn.Module):
         integrates the pitch from the utterance's start, so a pitch change also shifts later phases:
         :class:`dac_vae.streaming.ChunkedDecoder` carries that phase as state."""
         half = self.kernel_size // 2
-        spill = math.ceil((self.head.n_fft - self.hop) / 2 / self.hop)
+        spill = math.ceil((self.head.n_fft - self.head.frame_hop) / 2 / self.hop)
         return half * (self.num_layers + 1) + spill + (2 if self.harmonic else 0)
 
     def forward(
@@ -357,9 +377,10 @@ class FrameDecoder(nn.Module):
         excitation = harmonic_excitation(pitch, self.hop, self.sample_rate, phase0)
         if latent_len is not None:
             excitation = excitation * lengths_to_mask(latent_len * self.hop, excitation.shape[-1])[:, 0]
-        gain = self.gain_proj(h.transpose(1, 2)).float().clamp(max=self.head.log_max_magnitude).exp()
+        gain = self.head.per_frame(self.gain_proj(h.transpose(1, 2)).float())
+        gain = gain.clamp(max=self.head.log_max_magnitude).exp()
         spec = torch.polar(torch.exp(log_mag), phase) + (gain * self.excitation_scale) * self.head.analysis(excitation)
-        audio = self.head.istft(spec, None if mask is None else mask[:, 0])
+        audio = self.head.istft(spec, None if mask is None else self.head.frame_mask(mask[:, 0]))
         return Rendered(audio, spec.abs().clamp_min(1e-5).log(), torch.angle(spec))
 
     def pitch(self, z: torch.Tensor, latent_len: torch.Tensor | None = None) -> torch.Tensor:

@@ -485,9 +485,10 @@ class DACVAE(nn.Module):
         if w["dispersive"] > 0:
             terms["dispersive"] = dispersive_loss(rec.mu, latent_mask)
         if rec.frames is not None:
-            n = rec.frames[0].shape[1] * self.hop
+            n = latent_mask.shape[1] * self.hop
             target = self.decoder.spectral_target(F.pad(real, (0, max(0, n - real.shape[-1])))[..., :n])
-            spectral = frame_spectral_losses(*rec.frames, target, latent_mask)
+            per_latent = rec.frames[0].shape[1] // latent_mask.shape[1]  # STFT frames per latent frame
+            spectral = frame_spectral_losses(*rec.frames, target, latent_mask.repeat_interleave(per_latent, dim=1))
             terms.update({k: v for k, v in spectral.items() if w[k] > 0})
         if adversarial and self._adversarial_on(step):
             with _frozen(self.discriminator):

@@ -20,14 +20,36 @@ def _reference_stft(wav: torch.Tensor, hop: int, n_fft: int) -> torch.Tensor:
     return torch.stack(frames)
 
 
-@pytest.mark.parametrize("hop", [480, 320])
-def test_istft_inverts_the_block_centred_stft(hop):
-    head = ISTFTHead(8, hop).double()
+@pytest.mark.parametrize("hop,subframes", [(480, 1), (320, 1), (480, 2), (480, 4)])
+def test_istft_inverts_the_block_centred_stft(hop, subframes):
+    head = ISTFTHead(8, hop, subframes=subframes).double()
+    frame_hop = hop // subframes
     wav = speech_like(hop * 12, seed=1).double()
-    spec = _reference_stft(wav, hop, head.n_fft).unsqueeze(0)
+    spec = _reference_stft(wav, frame_hop, head.n_fft).unsqueeze(0)
+    assert spec.shape[1] == 12 * subframes
+    torch.testing.assert_close(head.analysis(wav.unsqueeze(0)).to(spec.dtype), spec, atol=1e-4, rtol=1e-4)
     out = head.istft(spec)[0]
     assert out.shape == wav.shape
     torch.testing.assert_close(out, wav, atol=1e-6, rtol=0)  # the window buffer is fp32
+
+
+def test_subframes_split_each_latent_frame_into_consecutive_stft_frames():
+    """Row ``t`` of the projection holds STFT frames ``t * r .. t * r + r - 1`` (each: F log-magnitudes
+    then F phases), and the phase reference advances by the STFT frame hop."""
+    head = ISTFTHead(3, 480, n_fft=960, subframes=2, phase_advance=True)
+    x = torch.randn(1, 3, 5)
+    log_mag, phase = head.frames(x, frame_offset=2)
+    proj = head.proj(x.transpose(1, 2))[0]  # [T, 2 * (2F)]
+    f = head.n_freq
+    for t in range(5):
+        for r in range(2):
+            row = proj[t, r * 2 * f : (r + 1) * 2 * f]
+            torch.testing.assert_close(log_mag[0, 2 * t + r], row[:f].clamp(max=head.log_max_magnitude))
+            k = torch.arange(f)
+            ref = 2 * torch.pi * ((k * (2 * (t + 2) + r) * 240) % 960) / 960
+            torch.testing.assert_close(phase[0, 2 * t + r], row[f:] + ref)
+    with pytest.raises(ValueError, match="divide the hop"):
+        ISTFTHead(3, 480, subframes=7)
 
 
 def test_istft_of_a_padded_item_equals_the_item_alone():
@@ -67,9 +89,10 @@ def test_frame_codec_lengths_and_batch_equals_alone(strides):
         assert not decoded[i, len_i[0] * hop :].any()
 
 
-def test_decoder_receptive_field_is_bounded_by_context_frames():
+@pytest.mark.parametrize("subframes,n_fft", [(1, None), (2, 960), (4, 1440)])
+def test_decoder_receptive_field_is_bounded_by_context_frames(subframes, n_fft):
     torch.manual_seed(0)
-    dec = FrameDecoder(latent_dim=8, dim=16, intermediate_dim=32, num_layers=3).eval()
+    dec = FrameDecoder(latent_dim=8, dim=16, intermediate_dim=32, num_layers=3, subframes=subframes, n_fft=n_fft).eval()
     z = torch.randn(1, 8, 60)
     k = 30
     z2 = z.clone()
@@ -173,17 +196,34 @@ def test_frame_spectral_losses_match_a_loop_reference():
     assert float(anti_wrap(torch.tensor(2 * math.pi + 0.25))) == pytest.approx(0.25, abs=1e-6)
 
 
-def test_spectral_losses_reach_the_frame_decoder_and_need_one():
+@pytest.mark.parametrize("subframes", [1, 2])
+def test_spectral_losses_reach_the_frame_decoder_and_need_one(subframes):
+    from dac_vae.losses import frame_spectral_losses
     from dac_vae.model import Decoder, Encoder
 
+    torch.manual_seed(0)
     codec = DACVAE(
         FrameEncoder(dim=16, intermediate_dim=32, num_layers=1),
-        FrameDecoder(latent_dim=8, dim=16, intermediate_dim=32, num_layers=1),
+        FrameDecoder(latent_dim=8, dim=16, intermediate_dim=32, num_layers=1, subframes=subframes, n_fft=960),
         latent_dim=8,
         loss_weights={"magnitude": 1.0, "phase": 1.0},
-    )
-    out = codec({"audio": speech_like(4800).unsqueeze(0), "audio_len": torch.tensor([4700])}, group="generator")
+    ).eval()  # eval: the latent is the posterior mean, so the reference below sees the same frames
+    codec._frame_losses_on = lambda: True
+    audio = torch.stack([speech_like(4800), torch.cat([speech_like(2400, seed=3), torch.zeros(2400)])])
+    audio_len = torch.tensor([4800, 2400])
+    out = codec({"audio": audio, "audio_len": audio_len}, group="generator")
     assert {"magnitude", "phase"} <= set(out) and torch.isfinite(out["loss"])
+    # the losses cover each item's own STFT frames only: 10 and 5 latent frames, `subframes` STFT frames each
+    rec = codec.reconstruct(audio, audio_len)
+    assert rec.frames[0].shape[1] == 10 * subframes
+    target = codec.decoder.spectral_target(audio)
+    mask = (torch.arange(10 * subframes) < torch.tensor([[10 * subframes], [5 * subframes]]))
+    expected = frame_spectral_losses(*rec.frames, target, mask)
+    torch.testing.assert_close(out["magnitude"], expected["magnitude"])
+    torch.testing.assert_close(out["phase"], expected["phase"])
+    codec.train()
+    del codec._frame_losses_on
+    out = codec({"audio": audio, "audio_len": audio_len}, group="generator")
     out["loss"].backward()
     assert codec.decoder.head.proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="frame decoder"):
