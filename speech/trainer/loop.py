@@ -102,6 +102,7 @@ class Trainer:
         self._pending_rng: dict[str, Any] | None = None
         self._resumed_from: Path | None = None
         self._stop = False
+        self._due_at_epoch_end: str | None = None  # "save" / "cv": a step interval that ended an epoch
         self._window = _Window()
         self._ref_warned = False
 
@@ -151,8 +152,11 @@ class Trainer:
                 self.batch_in_epoch = 0
             every = self.conf.save_per_epoch
             last = self._stop or self.epoch >= self.conf.max_epoch  # _stop: max_steps reached
-            if last or (every and self.epoch % every == 0):
+            due, self._due_at_epoch_end = self._due_at_epoch_end, None  # a step interval ending on the epoch's end
+            if last or due == "save" or (every and self.epoch % every == 0):
                 self._off_clock(self.save_checkpoint)
+            elif due == "cv":
+                self._off_clock(self.run_cv)
             if self._stop:
                 break
         self.engine._select_group(None)
@@ -252,11 +256,16 @@ class Trainer:
                 if self._reached_max_steps():
                     self._stop = True
                     return is_last
+                due = ("save" if conf.save_per_step and self.step % conf.save_per_step == 0 else
+                       "cv" if conf.cv_per_step and self.step % conf.cv_per_step == 0 else None)
                 if is_last:
-                    return True  # fit() writes the epoch-end checkpoint
-                if conf.save_per_step and self.step % conf.save_per_step == 0:
+                    # fit() saves or runs CV once the epoch has ended, so a checkpoint resumes at the
+                    # next epoch's first batch rather than at the end of this one
+                    self._due_at_epoch_end = due
+                    return True
+                if due == "save":
                     self._off_clock(self.save_checkpoint)
-                elif conf.cv_per_step and self.step % conf.cv_per_step == 0:
+                elif due == "cv":
                     self._off_clock(self.run_cv)
         finally:
             bar.close()

@@ -129,6 +129,18 @@ def test_save_per_epoch_checkpoints_every_nth_epoch_end_and_the_last(toy_data, t
     assert saved == expected
 
 
+@pytest.mark.parametrize("save_per_step,save_per_epoch,expected", [
+    (4, 0, [4, 8, 12, 16, 20]), (3, 0, [3, 6, 9, 12, 15, 18, 20]), (4, 3, [4, 8, 12, 16, 18, 20])])
+def test_save_per_step_checkpoints_land_on_epoch_ends_too(toy_data, tmp_path, save_per_step, save_per_epoch, expected):
+    """6 steps per epoch: a step interval that ends an epoch (6, 12, 18) is saved after the epoch ends,
+    whatever save_per_epoch is (it was dropped when the epoch-end save was off)."""
+    model_dir = tmp_path / "exp"
+    assert main(train_args(toy_data, model_dir, "train_conf.max_epoch=5", f"train_conf.save_per_epoch={save_per_epoch}",
+                           f"train_conf.save_per_step={save_per_step}", "train_conf.max_steps=20")) == 0
+    saved = sorted(int(p.stem.split("_")[1]) for p in model_dir.glob("step_*.yaml"))
+    assert saved == expected
+
+
 def test_an_epoch_without_batches_fails_instead_of_training_nothing(toy_data, tmp_path, capsys):
     """A shard whose items all vanish (here: an empty one) would otherwise run max_epoch empty epochs
     and exit 0 with a step-0 checkpoint that looks like a trained model."""
