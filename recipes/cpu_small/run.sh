@@ -2,7 +2,7 @@
 # cpu_small: the demo's pipeline on a generated ~1.5 h corpus, sized for <= 3 hours on 2 CPU cores.
 #
 #   bash recipes/cpu_small/run.sh [--hours 1.5] [--seed 0] [--corpus exp/cpu_small/corpus] [--exp exp/cpu_small]
-#                                 [--stage 0] [--stop_stage 13] [--nj 2] [--fsq_steps 3000] [--codec_steps 3500]
+#                                 [--stage 0] [--stop_stage 13] [--nj 2] [--fsq_steps 3000] [--codec_steps 7000]
 #                                 [--llm_steps 4500] [--flow_steps 5000] [--known_per_speaker 10]
 #
 # Stages:
@@ -16,11 +16,12 @@
 #
 # Budgets and time on 2 cores. Seconds per step measured briefly on a 0.33 h generated corpus (40 steps
 # each, other jobs on the machine: +-30%) at 1 thread, and from the demo's run at 2 threads (--nj 2):
-#   FSQ 0.10 / 0.10, codec (harmonic frame-rate DAC-VAE) 1.3 / 0.74, LM 0.50 / 0.35, flow 0.30 / 0.30.
+#   FSQ 0.10 / 0.10, codec (harmonic frame-rate DAC-VAE) 1.3 / 0.74 with 1.0 s crops (its 0.5 s crops now: about
+#   half, so twice the steps in the same time), LM 0.50 / 0.35, flow 0.30 / 0.30.
 #   stage 0   corpus, 1.5 h = 1804 utterances (~40 utt/s on 2 processes)                    ~1 min
 #   stage 3   FSQ tokenizer, 3000 steps                                                        ~5 min
 #   stages 4, 6, 7: FSQ tokens, latents (~0.07 s/utt), indexes                           ~4 min
-#   stage 5   DAC-VAE, 3500 steps                                                         44-76 min
+#   stage 5   DAC-VAE, 7000 steps (0.5 s crops)                                           44-76 min
 #   stage 8   Stage 1 LM, 4500 steps                                                      26-38 min
 #   stage 9   Stage 2 flow, 5000 steps                                                       ~25 min
 #   stage 11  synthesis: 106 held-out + 92 test + 30 known-text utterances                  ~5 min
@@ -39,7 +40,7 @@ hours=1.5            # stage 0: hours of speech to generate
 seed=0               # stage 0: sentence and speaker-order seed
 nj=2
 fsq_steps=3000
-codec_steps=3500
+codec_steps=7000
 llm_steps=4500
 flow_steps=5000
 known_per_speaker=10

@@ -23,8 +23,9 @@ corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
 fsq_steps=700        # training budgets (optimizer steps), sized for <= 25 minutes on 2 cores (idle: 21.7 min)
-codec_steps=750      # harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml): ~7.5 minutes (dev, 600 -> 750
-                     # steps: PESQ-WB 1.60 -> 1.80, STOI 0.836 -> 0.865)
+codec_steps=         # default 1500 for the harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml, 0.5 s
+                     # crops): ~7 minutes, as its 1.0 s crops x 750 steps took (dev PESQ-WB 1.53-1.75 vs 1.88-2.03
+                     # now, see the config); 750 for flowae
 codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate DAC-VAE with a pitch-excited comb;
                      # configs/tiny/dac_vae_frame.yaml: without it; configs/tiny/dac_vae.yaml is
                      # the DAC decoder, far slower to learn) or, with --codec flowae, configs/tiny/flowae.yaml
@@ -49,9 +50,9 @@ codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the f
 parse_options "$@"
 case $codec in  # the codec's CLIs and its latent files <utt>_latent$tag.pt
   dac_vae) codec_cli=dac_vae.inference; extract_cli=dac_vae.extract_dac_latents; tag=2x
-    codec_config=${codec_config:-configs/tiny/dac_vae_harmonic.yaml} ;;
+    codec_config=${codec_config:-configs/tiny/dac_vae_harmonic.yaml}; codec_steps=${codec_steps:-1500} ;;
   flowae) codec_cli=flowae.inference; extract_cli=flowae.extract_latents; tag=fae
-    codec_config=${codec_config:-configs/tiny/flowae.yaml} ;;
+    codec_config=${codec_config:-configs/tiny/flowae.yaml}; codec_steps=${codec_steps:-750} ;;
   *) echo "--codec must be dac_vae or flowae, not $codec" >&2; exit 1 ;;
 esac
 
