@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE = {  # split -> utterance ids (two seen speakers, one held-out speaker)
@@ -45,7 +46,8 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     corpus = tiny_corpus(corpus_dir, tmp_path / "corpus")
     exp = tmp_path / "exp"
     budgets = ["--fsq_steps", "2", "--codec_steps", "2", "--llm_steps", "2", "--flow_steps", "2",
-               "--flow_width", "64", "--known_per_speaker", "2"]
+               "--flow_width", "64", "--known_per_speaker", "2",
+               "--fsq_levels", "3 3 3 3"]  # 81 ids: the levels reach the tokenizer, the LM and the flow
     # the recipe calls `python`: the interpreter running the tests, whatever PATH says
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run(
@@ -63,6 +65,10 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
         info = sf.info(str(synth / f"{m['utt']}.wav"))
         assert info.samplerate == 24000 and info.frames == m["n_tokens"] * 960
     report = (exp / "report.md").read_text()
+    tokens = [torch.load(p, weights_only=True) for p in (exp / "tokens").glob("*/*_fsq.pt")]
+    assert tokens and max(int(t.max()) for t in tokens) < 81
+    assert "speech_token_size: 81" in (exp / "llm" / "config.yaml").read_text()
+    assert "speech_vocab: 81" in (exp / "flow" / "config.yaml").read_text()
     known = [json.loads(line) for line in (exp / "synth_known" / "synthesis.jsonl").read_text().splitlines()]
     assert sorted(m["utt"] for m in known) == ["ensc_m7_known00", "ensc_m7_known01"]
     train_texts = {(corpus / "wavs" / u.rsplit("_", 1)[0] / f"{u}.txt").read_text().strip() for u in SLICE["train"]}

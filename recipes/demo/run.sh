@@ -3,6 +3,7 @@
 #
 #   bash recipes/demo/run.sh [--stage 0] [--stop_stage 12] [--exp exp/demo] [--nj 2] [--flow_objective cfm|meanflow]
 #                            [--codec dac_vae|flowae] [--codec_config FILE] [--corpus data] [--synth_test 0|1]
+#                            [--fsq_levels "3 3 3 3 3 3 3 3"] [--fsq_overrides "fsq.mel_weight=0 ..."]
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
 #   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
@@ -22,6 +23,10 @@ exp=exp/demo
 corpus=data
 nj=2                 # torch threads / loader workers
 asr=auto             # WER judge (stage 11): faster-whisper (Whisper base) when installed, else pocketsphinx
+fsq_levels="3 3 3 3 3 3 3 3"   # the speech tokenizer's FSQ levels (3^8 = 6561 ids, the s3tokenizer vocabulary);
+                     # stages 2, 7, 8 use them. Fewer ids are easier for the LM but carry less for the flow
+                     # (dev, true tokens; STOI / WER): 6561 0.723 / 55%, 5^4 = 625 0.680 / 70%, 3^4 = 81 0.659 / 98%
+fsq_overrides=       # more key=value overrides of configs/tiny/fsq.yaml (e.g. fsq.mel_weight=0)
 fsq_steps=700        # training budgets (optimizer steps), sized for <= 25 minutes on 2 cores (idle: 21.7 min)
 codec_steps=         # default 1500 for the harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml, 0.5 s
                      # crops): ~7 minutes, as its 1.0 s crops x 750 steps took (dev PESQ-WB 1.53-1.75 vs 1.88-2.03
@@ -48,6 +53,9 @@ sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that l
 codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the flow-matching autoencoder)
 . recipes/lib.sh
 parse_options "$@"
+# the token vocabulary the tokenizer, LM and flow share: prod(levels) ids, each embedded through its digits
+levels_yaml="[$(echo $fsq_levels | tr -s ' ' ',')]"
+speech_vocab=$(( $(echo $fsq_levels | tr -s ' ' '*') ))
 case $codec in  # the codec's CLIs and its latent files <utt>_latent$tag.pt
   dac_vae) codec_cli=dac_vae.inference; extract_cli=dac_vae.extract_dac_latents; tag=2x
     codec_config=${codec_config:-configs/tiny/dac_vae_harmonic.yaml}; codec_steps=${codec_steps:-1500} ;;
@@ -94,7 +102,7 @@ fi
 
 if run_stage 2 "train the FSQ speech tokenizer ($fsq_steps steps)"; then
   require "$data/train.list" "corpus index"
-  train_on_corpus fsq configs/tiny/fsq.yaml "$fsq_dir" train_conf.max_steps="$fsq_steps"
+  train_on_corpus fsq configs/tiny/fsq.yaml "$fsq_dir" train_conf.max_steps="$fsq_steps" fsq.levels="$levels_yaml" $fsq_overrides
 fi
 
 if run_stage 3 "extract FSQ tokens"; then
@@ -132,7 +140,8 @@ if run_stage 7 "train the Stage 1 LM ($llm_steps steps)"; then
   require "$index/train/data.list" "training index"
   train --model llm --config configs/tiny/llm.yaml --model_dir "$llm_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
-    text_tokenizer_path="$bpe" train_conf.max_steps=$llm_steps
+    text_tokenizer_path="$bpe" train_conf.max_steps=$llm_steps \
+    speech_token_size=$speech_vocab fsq_levels="$levels_yaml"
 fi
 
 if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
@@ -143,9 +152,11 @@ if run_stage 8 "train the Stage 2 flow ($flow_steps steps)"; then
   # max_steps (a top-level key) also sets the LR schedule's length
   if grep -q '^max_steps:' "$flow_config"; then steps_key=max_steps; else steps_key=train_conf.max_steps; fi
   size=(); if grep -q '^width:' "$flow_config"; then size=(width=$flow_width token_blocks=2); fi
+  if grep -q '^fsq_levels: *\[' "$flow_config"; then size+=(fsq_levels="$levels_yaml"); fi  # digit embedding
   train --model flow --config "$flow_config" --model_dir "$flow_dir" \
     --train_data "$index/train/data.list" --cv_data "$index/dev/data.list" \
     latent_stats="$latents/latent${tag}_stats.json" $steps_key=$flow_steps train_conf.max_epoch=1000 "${size[@]}" \
+    speech_vocab=$speech_vocab \
     train_conf.save_per_epoch=2  # ~34 short epochs: half the CV + saves (stage 9 averages the best 2 of the last 3)
 fi
 
