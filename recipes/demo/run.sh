@@ -102,7 +102,8 @@ fi
 
 if run_stage 2 "train the FSQ speech tokenizer ($fsq_steps steps)"; then
   require "$data/train.list" "corpus index"
-  train_on_corpus fsq configs/tiny/fsq.yaml "$fsq_dir" train_conf.max_steps="$fsq_steps" fsq.levels="$levels_yaml" $fsq_overrides
+  train_on_corpus fsq configs/tiny/fsq.yaml "$fsq_dir" train_conf.max_steps="$fsq_steps" \
+    fsq.levels="$levels_yaml" $fsq_overrides
 fi
 
 if run_stage 3 "extract FSQ tokens"; then
