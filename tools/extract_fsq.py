@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     written, seconds, start = 0, 0.0, time.perf_counter()
     progress = tqdm(
-        total=round(sum(float(x.get("duration") or 0.0) for x in todo), 1),
+        total=sum(float(x.get("duration") or 0.0) for x in todo),
         unit="s",
         desc="tokenizing",
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",
