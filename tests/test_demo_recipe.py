@@ -103,3 +103,9 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     assert bad.returncode == 1 and "run the earlier stages first" in bad.stderr
     unknown = subprocess.run(["bash", "recipes/demo/run.sh", "--nope", "1"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown option --nope" in unknown.stderr
+    for levels in ("3,3", "1 3", "3 x"):  # a comma would make bash's $(( )) quietly count 3 ids
+        bad_levels = subprocess.run(
+            ["bash", "recipes/demo/run.sh", "--fsq_levels", levels, "--exp", str(tmp_path / "bad")],
+            cwd=REPO, capture_output=True, text=True,
+        )
+        assert bad_levels.returncode == 2 and "--fsq_levels must be integers" in bad_levels.stderr, levels
