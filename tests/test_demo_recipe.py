@@ -88,6 +88,9 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
         assert summary["n"] == n, (part, summary)
         # every check is also heard on the real recordings of its sentences, by the same ASR
         assert [s["name"] for s in payload["systems"]][0] == "reference" and "wer" in summary, part
+        if part == "flow":  # the flow's samples beside the codec on the real latents of the same utterances
+            assert [s["name"] for s in payload["systems"]] == ["reference", "flow_samples", "true_latents"]
+            assert [s["summary"]["n"] for s in payload["systems"]] == [n, n, n]
         assert payload["meta"]["asr"] in ("faster-whisper", "pocketsphinx"), payload["meta"]
     assert list((exp / "llm").glob("**/events.out.tfevents.*")), "TensorBoard logs of the LM"
 

@@ -41,9 +41,26 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
     codec = next(line for line in lines if line.startswith("| codec round trip"))
     # an older run without the reference row: the real-recordings columns are empty, not invented
     assert codec.split(" | ")[1:] == ["test split", "1", "pocketsphinx", "25.0", "–", "12.5", "– |"]
-    assert "(missing: " in next(line for line in lines if line.startswith("| flow samples"))
+    assert "(missing: " in next(line for line in lines if line.startswith("| dev split decoded by the codec"))
     assert "Judged by PocketSphinx, the fallback" in text
 
+
+
+def test_flow_check_shows_the_samples_beside_the_codec_on_the_true_latents(tmp_path) -> None:
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "flow").mkdir(parents=True)
+    write_json(
+        eval_dir / "flow" / "results.json",
+        [_result("reference", {"a": 0.1, "b": 0.1}), _result("flow_samples", {"a": 0.6, "b": 0.4}),
+         _result("true_latents", {"a": 0.3, "b": 0.1})],
+        {"asr": "faster-whisper"},
+    )
+    lines = [line for line in _report_module().intelligibility_section(eval_dir) if line.startswith("| dev split")]
+    assert [line.split(" | ")[1:] for line in lines] == [
+        ["dev split", "2", "faster-whisper", "50.0", "10.0", "25.0", "5.0 |"],
+        ["dev split", "2", "faster-whisper", "20.0", "10.0", "10.0", "5.0 |"],
+    ]
+    assert ": flow_samples |" in lines[0] and ": true_latents |" in lines[1]
 
 def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voice(tmp_path) -> None:
     report = _report_module()

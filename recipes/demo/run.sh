@@ -218,13 +218,17 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
     --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) --output_dir "$eval_dir/codec/wavs" --quiet
   python tools/evaluate.py --ref_list "$data/test.jsonl" --hyp_dir "$eval_dir/codec/wavs" --out_dir "$eval_dir/codec" \
     --metrics codec,wer --asr "$asr" --with_reference --no_progress
-  # the flow alone: latents sampled from the dev split's true tokens vs the real latents, then decoded
+  # the flow alone: latents sampled from the dev split's true tokens vs the real latents, both decoded (the
+  # codec on the real latents is the most the flow can reach: its WER bounds the flow's)
   python -m speech.flow.evaluate --config "$flow_dir/config.yaml" --checkpoint "$flow_dir/final.pt" \
-    --data "$index/dev/data.list" --out_dir "$eval_dir/flow" --device cpu
-  python -m $codec_cli decode --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
-    --inputs "$eval_dir/flow" --output_dir "$eval_dir/flow/wavs" --quiet
-  python tools/evaluate.py --ref_list "$data/dev.jsonl" --hyp_dir "$eval_dir/flow/wavs" --out_dir "$eval_dir/flow" \
-    --metrics codec,wer --asr "$asr" --with_reference --no_progress
+    --data "$index/dev/data.list" --out_dir "$eval_dir/flow" --real_out "$eval_dir/flow_ceiling" --device cpu
+  for part in flow flow_ceiling; do
+    python -m $codec_cli decode --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
+      --inputs "$eval_dir/$part" --output_dir "$eval_dir/$part/wavs" --quiet
+  done
+  python tools/evaluate.py --ref_list "$data/dev.jsonl" --hyp_dir "$eval_dir/flow/wavs" "$eval_dir/flow_ceiling/wavs" \
+    --names flow_samples true_latents --out_dir "$eval_dir/flow" --metrics codec,wer --asr "$asr" --with_reference \
+    --no_progress
 fi
 
 if run_stage 12 "report"; then

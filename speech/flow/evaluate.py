@@ -80,6 +80,7 @@ def evaluate_batches(
     decode: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
     with_loss: bool = True,
     sample_rate: int = 24000,
+    real_latents: list[tuple[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
     """CV loss, sample-vs-real latent moments and distances, flow-stage speed over ``batches``.
 
@@ -89,6 +90,7 @@ def evaluate_batches(
     waveforms), ``mel_distance`` is the multi-scale log-mel L1 between the decoded sample and the
     decoded real latent (the codec's own error cancels). ``flow_rtf`` is seconds of flow stage
     (token encoder + solve) per second of audio; ``nfe`` the network evaluations (of batch B) per solve.
+    A ``real_latents`` list receives the ``(utt, real [D, T])`` pairs over the frames each sample is compared on.
     """
     model.eval()
     real, fake = MomentAccumulator(), MomentAccumulator()
@@ -142,6 +144,8 @@ def evaluate_batches(
                 mel_n += 1
         for b, utt in enumerate(batch.get("utt", [str(len(samples) + b) for b in range(latent.shape[0])])):
             samples.append((utt, latent[b, :, : int(lengths[b])].cpu()))
+            if real_latents is not None:
+                real_latents.append((utt, batch["latent"][b, :, : int(target_len[b])].float().cpu()))
     if not weights:
         raise ValueError("no batches to evaluate")
     (rm, rs), (fm, fs) = real.moments(), fake.moments()
@@ -193,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint, averaged .pt or .safetensors")
     parser.add_argument("--data", required=True, help="data.list of the held-out set (tokens + latents)")
     parser.add_argument("--out_dir", help="write <utt>_latent{r}x.pt samples and summary.json here")
+    parser.add_argument("--real_out", help="also write the real latents of the same utterances here (same file format); "
+                        "decoded, they are the flow's ceiling: the codec alone on the true latents")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
     parser.add_argument("--n_steps", type=int, nargs="+",
                         help="sampling steps; several values evaluate each in turn (samples are written for the first)")
@@ -257,11 +263,12 @@ def _evaluate(args: argparse.Namespace, config: dict[str, Any]) -> int:
     settings = args.n_steps or [None]
     if len(settings) > 1:
         batches = list(batches)
-    runs = []
+    runs, reals = [], []
     for k, n_steps in enumerate(settings):
         summary, found = evaluate_batches(
             model, batches, n_steps, args.cfg_w, args.solver, args.seed, args.max_batches,
             decode=decode, with_loss=k == 0, sample_rate=int(config.get("sample_rate", 24000)),
+            real_latents=reals if k == 0 else None,
         )
         if k == 0:
             first, samples = summary, found
@@ -274,13 +281,14 @@ def _evaluate(args: argparse.Namespace, config: dict[str, Any]) -> int:
         )
     summary = dict(first, sweep=runs) if len(runs) > 1 else first
     summary["checkpoint"] = str(args.checkpoint)
-    if args.out_dir:
-        out = Path(args.out_dir)
+    sample_rate = int(config.get("sample_rate", 24000))
+    hop = sample_rate // (TOKEN_RATE * model.ratio)
+
+    def write(folder: str, latents: list[tuple[str, torch.Tensor]], source: str) -> Path:
+        out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        sample_rate = int(config.get("sample_rate", 24000))
-        hop = sample_rate // (TOKEN_RATE * model.ratio)
-        for utt, latent in samples:
-            # A sample is a point, not a posterior: logs = -inf (std 0) in the codec's latent format.
+        for utt, latent in latents:
+            # A point, not a posterior: logs = -inf (std 0) in the codec's latent format.
             save_latent_file(
                 out / f"{utt}{latent_suffix(model.ratio)}",
                 latent.float(),
@@ -288,8 +296,14 @@ def _evaluate(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 sample_rate,
                 hop,
                 latent.shape[-1] * hop,
-                str(args.checkpoint),
+                source,
             )
+        return out
+
+    if args.real_out:
+        write(args.real_out, reals, str(args.data))
+    if args.out_dir:
+        out = write(args.out_dir, samples, str(args.checkpoint))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"{summary['utterances']} utterances, {summary['frames']} frames: cv loss {summary['cv_loss']:.4f}; "

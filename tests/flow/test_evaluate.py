@@ -43,10 +43,15 @@ def test_evaluate_batches_reports_loss_and_moments():
                 ref_audio_len=torch.full((len(lengths),), 2400),
             )
         )
-    summary, samples = evaluate_batches(model, batches, n_steps=2)
+    reals = []
+    summary, samples = evaluate_batches(model, batches, n_steps=2, real_latents=reals)
     assert summary["utterances"] == 3 and summary["frames"] == 30
     assert [u for u, _ in samples] == ["u0_0", "u0_1", "u1_0"]
     assert [s.shape for _, s in samples] == [(4, 12), (4, 8), (4, 10)]
+    # the real latents of the same utterances, over the same valid frames (the flow's ceiling, decoded)
+    truth = [batches[0]["latent"][0], batches[0]["latent"][1, :, :8], batches[1]["latent"][0, :, :10]]
+    assert [u for u, _ in reals] == ["u0_0", "u0_1", "u1_0"]
+    assert all(torch.equal(r, t) for (_, r), t in zip(reals, truth, strict=True))
     assert summary["cv_loss"] > 0 and summary["real_std_avg"] > 0 and summary["sample_std_avg"] > 0
 
 
