@@ -57,6 +57,8 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     banners = [line for line in run.stdout.splitlines() if line.startswith("==== stage")]
     assert len(banners) == 13  # stages 0..12, each announced
+    times = [line.split("\t") for line in (exp / "stage_times.tsv").read_text().splitlines()]
+    assert [r[0] for r in times] == ["run", *map(str, range(13)), "end"] and times[-1][2] == "exit status 0"
 
     synth = exp / "synth"
     manifest = [json.loads(line) for line in (synth / "synthesis.jsonl").read_text().splitlines()]

@@ -41,7 +41,7 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
     codec = next(line for line in lines if line.startswith("| codec round trip"))
     # an older run without the reference row: the real-recordings columns are empty, not invented
     assert codec.split(" | ")[1:] == ["test split", "1", "pocketsphinx", "25.0", "–", "12.5", "– |"]
-    assert "(missing: " in next(line for line in lines if line.startswith("| dev split decoded by the codec"))
+    assert "(missing: " in next(line for line in lines if line.startswith("| dev split, decoded by the codec"))
     assert "Judged by PocketSphinx, the fallback" in text
 
 
@@ -70,6 +70,10 @@ def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voic
     lines = "\n".join(report.stage_times_section(log, now=1600.0))
     assert "| 3 | tokens | 30 |" in lines and "| 4 | codec | 470 |" in lines and "| 5 | latents | 100 |" in lines
     assert "**600** (10.0 min)" in lines and "bpe" not in lines
+    # a finished run: the report regenerated later keeps the recorded end
+    log.write_text(log.read_text() + "end\t1520\texit status 0\n")
+    lines = "\n".join(report.stage_times_section(log, now=9999.0))
+    assert "| 5 | latents | 20 |" in lines and "**520** (8.7 min)" in lines and "end" not in lines
     match = tmp_path / "voice_match.json"
     match.write_text(json.dumps({"speaker_encoder": "resemblyzer", "lists": {"synth/list.jsonl": {
         "a": {"utterances": 2, "closest_own": 2, "sim": {"a": 0.8, "b": 0.5}},

@@ -159,7 +159,7 @@ CHECKS = [
     ("tts_known", "synthesis, held-out voices, trained sentences (zero-shot voice, known text)",
      "training speakers' (other voices)"),
     ("codec", "codec round trip, test split", "test split"),
-    ("flow", "dev split decoded by the codec (flow samples from true tokens; true latents)", "dev split"),
+    ("flow", "dev split, decoded by the codec", "dev split"),
 ]
 
 
@@ -263,17 +263,20 @@ def results_section(title: str, results_md: Path) -> list[str]:
 
 
 def stage_times_section(path: Path, now: float) -> list[str]:
-    """Durations of the stages of the latest recipe run (``stage_times.tsv``; the report stage is
-    still running, so it ends at ``now``)."""
+    """Durations of the stages of the latest recipe run (``stage_times.tsv``). The run's ``end`` row
+    (written when run.sh exits) ends the last stage; without one the report stage is still running, so
+    it ends at ``now``."""
     lines = ["## Stage times (latest run of the recipe)", ""]
     if not path.is_file():
         return lines + [f"(missing: `{path}`)", ""]
     rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line.count("\t") >= 2]
     starts = [i for i, r in enumerate(rows) if r[0] == "run"]
     run = rows[starts[-1] :] if starts else rows
-    stages = [r for r in run if r[0] != "run"]
+    stages = [r for r in run if r[0] not in ("run", "end")]
     if not stages:
         return lines + ["(no stage recorded)", ""]
+    finished = [float(r[1]) for r in run if r[0] == "end"]
+    now = finished[-1] if finished else now
     ends = [float(r[1]) for r in stages[1:]] + [now]
     lines += [f"Recipe run of {run[0][2]}." if run[0][0] == "run" else "", "",
               "| stage | what | seconds |", "|---:|---|---:|"]
