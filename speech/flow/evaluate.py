@@ -12,6 +12,8 @@ latents with the real DAC-VAE latents of the same utterances. With ``--out_dir``
 sample as ``<utt>_latent{r}x.pt`` in the codec's latent file format (``mu [D, T]``, ``logs`` = -inf,
 ``sample_rate``, ``hop``, ``n_samples``, ``checkpoint``), so ``python -m dac_vae.inference decode --inputs OUT_DIR`` turns them
 into ``<utt>.wav`` for the eval toolkit (mel distance to the ground truth), and a ``summary.json``.
+``--real_out DIR`` writes the real latents of the same utterances there in the same format: decoded,
+they score the codec alone, the most the flow can reach (the demo reports both side by side).
 """
 
 from __future__ import annotations
@@ -197,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint, averaged .pt or .safetensors")
     parser.add_argument("--data", required=True, help="data.list of the held-out set (tokens + latents)")
     parser.add_argument("--out_dir", help="write <utt>_latent{r}x.pt samples and summary.json here")
-    parser.add_argument("--real_out", help="also write the real latents of the same utterances here (same file format); "
-                        "decoded, they are the flow's ceiling: the codec alone on the true latents")
+    parser.add_argument("--real_out", help="also write the real latents of the same utterances here (same file "
+                        "format); decoded, they are the flow's ceiling: the codec alone on the true latents")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
     parser.add_argument("--n_steps", type=int, nargs="+",
                         help="sampling steps; several values evaluate each in turn (samples are written for the first)")
