@@ -106,6 +106,7 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     bad = subprocess.run(["bash", "recipes/demo/run.sh", "--stage", "10", "--exp", str(tmp_path / "empty")],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 1 and "run the earlier stages first" in bad.stderr
+    assert (tmp_path / "empty" / "stage_times.tsv").read_text().splitlines()[-1].endswith("\texit status 1")
     unknown = subprocess.run(["bash", "recipes/demo/run.sh", "--nope", "1"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown option --nope" in unknown.stderr
     for levels in ("3,3", "1 3", "3 x"):  # a comma would make bash's $(( )) quietly count 3 ids

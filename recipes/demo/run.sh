@@ -84,7 +84,7 @@ eval_dir=$exp/eval                  # stage 11
 stage_log=$exp/stage_times.tsv      # every stage's start time; report.md shows the durations
 mkdir -p "$exp"; printf 'run\t%s\tstages %s-%s\n' "$(date +%s)" "$stage" "$stop_stage" >> "$stage_log"
 # the run's end (also on failure), so a report regenerated later keeps the last stage's time
-trap 'printf "end\t%s\texit status %s\n" "$(date +%s)" "$?" >> "$stage_log"' EXIT
+trap 'rc=$?; printf "end\t%s\texit status %s\n" "$(date +%s)" "$rc" >> "$stage_log"' EXIT
 export OMP_NUM_THREADS=$nj
 train() { python train.py --num_workers 0 --comet_disabled "$@"; }
 # train_on_corpus MODEL CONFIG DIR [OVERRIDES]: a tiny model on the corpus audio, its last checkpoint as DIR/final.pt
