@@ -45,7 +45,6 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
     assert "Judged by PocketSphinx, the fallback" in text
 
 
-
 def test_flow_check_shows_the_samples_beside_the_codec_on_the_true_latents(tmp_path) -> None:
     eval_dir = tmp_path / "eval"
     (eval_dir / "flow").mkdir(parents=True)
@@ -62,6 +61,7 @@ def test_flow_check_shows_the_samples_beside_the_codec_on_the_true_latents(tmp_p
     ]
     assert ": flow_samples |" in lines[0] and ": true_latents |" in lines[1]
 
+
 def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voice(tmp_path) -> None:
     report = _report_module()
     log = tmp_path / "stage_times.tsv"
@@ -73,7 +73,7 @@ def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voic
     # a finished run: the report regenerated later keeps the recorded end
     log.write_text(log.read_text() + "end\t1520\texit status 0\n")
     lines = "\n".join(report.stage_times_section(log, now=9999.0))
-    assert "| 5 | latents | 20 |" in lines and "**520** (8.7 min)" in lines and "end" not in lines
+    assert "| 5 | latents | 20 |" in lines and "**520** (8.7 min)" in lines and "| end |" not in lines
     match = tmp_path / "voice_match.json"
     match.write_text(json.dumps({"speaker_encoder": "resemblyzer", "lists": {"synth/list.jsonl": {
         "a": {"utterances": 2, "closest_own": 2, "sim": {"a": 0.8, "b": 0.5}},

@@ -276,13 +276,13 @@ def stage_times_section(path: Path, now: float) -> list[str]:
     if not stages:
         return lines + ["(no stage recorded)", ""]
     finished = [float(r[1]) for r in run if r[0] == "end"]
-    now = finished[-1] if finished else now
-    ends = [float(r[1]) for r in stages[1:]] + [now]
+    finish = finished[-1] if finished else now
+    ends = [float(r[1]) for r in stages[1:]] + [finish]
     lines += [f"Recipe run of {run[0][2]}." if run[0][0] == "run" else "", "",
               "| stage | what | seconds |", "|---:|---|---:|"]
     for r, end in zip(stages, ends):
         lines.append(f"| {r[0]} | {r[2]} | {end - float(r[1]):.0f} |")
-    total = now - float(run[0][1])
+    total = finish - float(run[0][1])
     lines += [f"| | **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
     return lines
 
