@@ -96,6 +96,15 @@ class WhisperLogMel(nn.Module):
         return mel.masked_fill(~valid, 0.0), mel_len
 
 
+def utterance_mel_stats(mel: torch.Tensor, mel_len: torch.Tensor) -> torch.Tensor:
+    """Mean and std over each item's valid frames of ``mel [B, M, T]`` -> ``[B, 2M]``: its long-term spectrum."""
+    mask = lengths_to_mask(mel_len, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
+    n = mask.sum(-1).clamp_min(1.0)
+    mean = (mel * mask).sum(-1) / n
+    var = (((mel - mean[..., None]) * mask) ** 2).sum(-1) / n
+    return torch.cat([mean, var.clamp_min(1e-8).sqrt()], dim=-1)
+
+
 class ConvSubsampling(nn.Module):
     """Two stride-2 convolutions (kernel 3): ``[B, C, T]`` at 100 Hz -> ``[B, T', D]`` at 25 Hz.
 
@@ -259,6 +268,7 @@ class FSQTokenizerModel(nn.Module):
         ctc_weight: float = 1.0,
         inter_ctc_weight: float = 0.0,
         mel_weight: float = 0.0,
+        mel_voice: bool = False,
         spec_augment: SpecAugment | None = None,
     ):
         super().__init__()
@@ -287,6 +297,8 @@ class FSQTokenizerModel(nn.Module):
         self.ctc_head = nn.Linear(dim, ctc_upsample * (vocab_size + 1))
         self.inter_norm = nn.LayerNorm(dim) if inter_ctc_weight > 0 else None
         self.mel_head = nn.Linear(dim, SUBSAMPLING * n_mels) if mel_weight > 0 else None
+        # the utterance's long-term spectrum (mean and std of its log-mel) for the mel head only
+        self.mel_voice = nn.Linear(2 * n_mels, dim) if mel_weight > 0 and mel_voice else None
         self.heads = heads
         self._targets_checked = False
 
@@ -387,6 +399,8 @@ class FSQTokenizerModel(nn.Module):
         if self.mel_head is not None:
             mel, mel_len = enc["mel"], enc["mel_len"]
             b, t, _ = h.shape
+            if self.mel_voice is not None:
+                h = h + self.mel_voice(utterance_mel_stats(mel, mel_len).to(h.dtype))[:, None, :]
             pred = self.mel_head(h).float().view(b, t * SUBSAMPLING, -1).transpose(1, 2)[..., : mel.shape[-1]]
             mel_mask = lengths_to_mask(mel_len, mel.shape[-1]).unsqueeze(1).float()
             out["mel"] = ((pred - mel).abs() * mel_mask).sum() / (mel_mask.sum() * mel.shape[1]).clamp_min(1.0)

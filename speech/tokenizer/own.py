@@ -177,9 +177,10 @@ class OwnFSQTokenizer(SpeechTokenizer):
         except RuntimeError as exc:  # shape mismatches: keep the first line of PyTorch's report
             detail = str(exc).strip().splitlines()
             raise SpeechTokenizerError(f"{checkpoint} does not match its config: {detail[-1].strip()}") from None
-        # The mel-reconstruction head is a training loss only: tokens never depend on it, so its weights
-        # may be absent (trained without it) or left over (a config that leaves mel_weight out).
-        missing, unexpected = ([k for k in keys if not k.startswith("mel_head.")] for keys in (missing, unexpected))
+        # The mel-reconstruction head (and its voice vector) is a training loss only: tokens never depend on
+        # it, so its weights may be absent (trained without it) or left over (a config without mel_weight).
+        loss_only = ("mel_head.", "mel_voice.")
+        missing, unexpected = ([k for k in keys if not k.startswith(loss_only)] for keys in (missing, unexpected))
         if missing or unexpected:
             # Strict in substance, with one clear line instead of a page of key names.
             raise SpeechTokenizerError(

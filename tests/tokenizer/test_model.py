@@ -21,6 +21,7 @@ from speech.tokenizer.model import (
     WhisperLogMel,
     _rotary,
     ctc_greedy_decode,
+    utterance_mel_stats,
 )
 from speech.tokenizer.own import model_config_text
 
@@ -174,6 +175,35 @@ def test_gradients_reach_the_front_end_through_fsq():
     for name in ("subsample.conv1.weight", "pre.0.qkv.weight", "to_code.weight", "from_code.weight", "mel_head.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_utterance_mel_stats_match_a_per_item_loop():
+    mel = torch.randn(3, 5, 9) * 2 + 1
+    mel_len = torch.tensor([9, 4, 1])
+    stats = utterance_mel_stats(mel, mel_len)
+    for b, n in enumerate(mel_len.tolist()):
+        frames = mel[b, :, :n]
+        expected = torch.cat([frames.mean(-1), frames.std(-1, unbiased=False).clamp_min(1e-4)])
+        assert torch.allclose(stats[b], expected, atol=1e-5), b
+
+
+def test_mel_voice_feeds_only_the_mel_head():
+    """The voice vector changes the mel loss, never the tokens or the CTC path; it gets gradients."""
+    torch.manual_seed(0)
+    plain = tiny_model(mel_weight=1.0).eval()
+    torch.manual_seed(0)
+    voiced = tiny_model(mel_weight=1.0, mel_voice=True).eval()
+    assert voiced.mel_voice is not None and tiny_model(mel_voice=True).mel_voice is None  # no mel head, no vector
+    missing = voiced.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["mel_voice.weight", "mel_voice.bias"]
+    batch = make_batch([24000, 9000], [5, 3])
+    a, b = plain(batch), voiced(batch)
+    assert torch.equal(a["ctc"], b["ctc"]) and torch.equal(a["cer"], b["cer"])
+    assert not torch.allclose(a["mel"], b["mel"])
+    assert torch.equal(plain.tokenize(batch["audio"], batch["audio_len"])[0],
+                       voiced.tokenize(batch["audio"], batch["audio_len"])[0])
+    voiced.train()(batch)["loss"].backward()
+    assert voiced.mel_voice.weight.grad.abs().sum() > 0
 
 
 def test_bf16_autocast_forward_and_backward():
