@@ -26,7 +26,7 @@ from torchaudio.functional import edit_distance
 
 from speech.audio import MelSpectrogram
 from speech.tokenizer.fsq import FSQ, codebook_stats
-from speech.utils.mask import lengths_to_mask
+from speech.utils.mask import lengths_to_mask, masked_mean
 
 __all__ = [
     "WhisperLogMel", "ConvSubsampling", "ConvModule", "EncoderBlock", "SpecAugment", "FSQTokenizerModel",
@@ -98,10 +98,9 @@ class WhisperLogMel(nn.Module):
 
 def utterance_mel_stats(mel: torch.Tensor, mel_len: torch.Tensor) -> torch.Tensor:
     """Mean and std over each item's valid frames of ``mel [B, M, T]`` -> ``[B, 2M]``: its long-term spectrum."""
-    mask = lengths_to_mask(mel_len, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
-    n = mask.sum(-1).clamp_min(1.0)
-    mean = (mel * mask).sum(-1) / n
-    var = (((mel - mean[..., None]) * mask) ** 2).sum(-1) / n
+    mask = lengths_to_mask(mel_len, mel.shape[-1]).unsqueeze(1)
+    mean = masked_mean(mel, mask, dim=-1)
+    var = masked_mean((mel - mean[..., None]) ** 2, mask, dim=-1)
     return torch.cat([mean, var.clamp_min(1e-8).sqrt()], dim=-1)
 
 
