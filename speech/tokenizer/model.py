@@ -9,7 +9,10 @@ The S3Tokenizer recipe, trained from transcripts instead of loaded from weights:
 Blocks: pre-norm self-attention (SDPA, rotary positions) + optional depthwise-conv module + MLP.
 CTC makes the quantised frames carry what is said (ASR supervision); the FSQ bottleneck keeps only
 ``log2(6561) ~ 12.7`` bits per frame. An optional intermediate CTC on the pre-quantiser features
-speeds up learning. Only the part up to FSQ is needed to tokenize.
+speeds up learning. The mel-reconstruction head makes tokens keep acoustics beyond the text; with
+``mel_voice`` it also sees the utterance's long-term spectrum (log-mel mean and std), so the tokens
+need not spend codes on the voice, which makes them easier for the LM to predict. Only the part up
+to FSQ is needed to tokenize.
 
 Token count for ``n`` samples at rate ``sr`` (``sr`` a multiple of 100): ``ceil(n * 25 / sr)``,
 i.e. ``ceil(duration * 25)``, for every input length.
