@@ -282,6 +282,7 @@ def run(argv: Sequence[str] | None = None, setup: Setup | None = None):
             cv_pipeline = list(configs.get("cv_data_pipeline") or configs["data_pipeline"]) + [attach_skip_counts]
             cv_set = Dataset(args.cv_data, cv_pipeline, shuffle=False, partition=True, seed=conf.seed)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype] if args.use_amp else None
+        log.info("precision: %s", f"{args.amp_dtype} autocast (--use_amp)" if args.use_amp else "fp32")
         if amp_dtype == torch.bfloat16 and info.device.type == "cpu" and info.is_main:
             warn_slow_cpu_bf16()
         common = dict(optim=configs.get("optim"), scheduler=configs.get("scheduler"), conf=conf, info=info,
