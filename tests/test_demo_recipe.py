@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,10 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     banners = [line for line in run.stdout.splitlines() if line.startswith("==== stage")]
     assert len(banners) == 13  # stages 0..12, each announced
+    # --codec_amp auto: bf16 only where this CPU multiplies bf16 faster than fp32; the codec's own log agrees
+    chosen = re.search(r"codec training precision: (bf16 autocast|fp32)\n", run.stdout)
+    assert chosen, run.stdout[-3000:]
+    assert f"speech.trainer: precision: {chosen.group(1)}" in (exp / "dac_vae" / "train.log").read_text()
     times = [line.split("\t") for line in (exp / "stage_times.tsv").read_text().splitlines()]
     assert [r[0] for r in times] == ["run", *map(str, range(13)), "end"] and times[-1][2] == "exit status 0"
 
@@ -109,6 +114,9 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     assert (tmp_path / "empty" / "stage_times.tsv").read_text().splitlines()[-1].endswith("\texit status 1")
     unknown = subprocess.run(["bash", "recipes/demo/run.sh", "--nope", "1"], cwd=REPO, capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown option --nope" in unknown.stderr
+    bad_amp = subprocess.run(["bash", "recipes/demo/run.sh", "--codec_amp", "yes", "--exp", str(tmp_path / "bad")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert bad_amp.returncode == 2 and "--codec_amp must be auto, 0 or 1" in bad_amp.stderr
     for levels in ("3,3", "1 3", "3 x"):  # a comma would make bash's $(( )) quietly count 3 ids
         bad_levels = subprocess.run(
             ["bash", "recipes/demo/run.sh", "--fsq_levels", levels, "--exp", str(tmp_path / "bad")],
