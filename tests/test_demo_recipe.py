@@ -100,6 +100,9 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
             assert [s["summary"]["n"] for s in payload["systems"]] == [n, n, n]
         assert payload["meta"]["asr"] in ("faster-whisper", "pocketsphinx"), payload["meta"]
     assert list((exp / "llm").glob("**/events.out.tfevents.*")), "TensorBoard logs of the LM"
+    probe = json.loads((exp / "eval" / "llm_probe.json").read_text())  # does the LM read its text?
+    assert probe["utterances"] > 0 and 0 <= probe["acc_random_history"] <= 1 and 0 <= probe["acc"] <= 1
+    assert "Does the LM read its text?" in report
 
     # Re-running a finished stage range is safe: extraction skips what exists, nothing is deleted.
     again = subprocess.run(["bash", "recipes/demo/run.sh", "--corpus", str(corpus), "--exp", str(exp),

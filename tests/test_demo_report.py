@@ -121,3 +121,14 @@ def test_the_codec_section_follows_the_codec_dir_run_sh_passes(tmp_path) -> None
         assert "no training log" in text and "codec: no training log" not in text  # only the other models
     report = _report_module()
     assert report.codec_title(tmp_path / "flowae") == "flowae codec"  # no config (yet): by the dir's name
+
+
+def test_llm_probe_line_shows_both_histories_and_is_left_out_without_a_probe(tmp_path) -> None:
+    report = _report_module()
+    probe = tmp_path / "llm_probe.json"
+    assert report.llm_probe_section(probe) == []
+    probe.write_text(json.dumps({"utterances": 109, "targets": 6740, "acc": 0.4451, "loss": 2.29,
+                                 "acc_random_history": 0.0241, "loss_random_history": 8.882}))
+    line = report.llm_probe_section(probe)[0]
+    assert "109 of its training utterances (6740 targets)" in line
+    assert "0.445 (loss 2.290) with the true previous speech ids and 0.024 (loss 8.882) with random ones" in line

@@ -128,6 +128,22 @@ def unigram_section(exp: Path) -> list[str]:
     ]
 
 
+def llm_probe_section(probe: Path) -> list[str]:
+    """Does the LM read its text? Its next-id accuracy on training utterances with the true previous ids
+    and with random ones (``python -m speech.llm.probe``): near the baseline above, it recites."""
+    if not probe.is_file():
+        return []
+    p = json.loads(probe.read_text())
+    return [
+        f"Does the LM read its text? On {p['utterances']} of its training utterances ({p['targets']} targets) its "
+        f"next-id accuracy is {p['acc']:.3f} (loss {p['loss']:.3f}) with the true previous speech ids and "
+        f"{p['acc_random_history']:.3f} (loss {p['loss_random_history']:.3f}) with random ones, the text and voice "
+        "unchanged. Near the baseline above, the LM recites its training sequences from the previous ids rather "
+        "than reading the text, and free-running synthesis drifts from the text.",
+        "",
+    ]
+
+
 def flow_section(eval_dir: Path, codec: str) -> list[str]:
     summary = eval_dir / "summary.json"
     lines = ["## Stage 2 flow alone: latents sampled from the dev split's true tokens", ""]
@@ -365,6 +381,7 @@ def main() -> None:
                   (args.exp / "flow", "Stage 2 flow")]
     lines += losses_section(model_dirs, out.parent / "losses.png")
     lines += unigram_section(args.exp)
+    lines += llm_probe_section(args.exp / "eval" / "llm_probe.json")
     lines += results_section(f"Codec round trip ({codec}), corpus test split",
                              args.exp / "eval" / "codec" / "results.md")
     lines += flow_section(args.exp / "eval" / "flow", codec)

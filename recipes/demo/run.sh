@@ -32,8 +32,8 @@ fsq_steps=700        # training budgets (optimizer steps), sized for <= 25 minut
 codec_steps=         # default 1500 for the harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml, 0.5 s
                      # crops): ~7 minutes with codec_amp (~9 in fp32), as its 1.0 s crops x 750 steps took (dev
                      # PESQ-WB 1.53-1.75 vs 1.88-2.03 now, see the config); 750 for flowae
-codec_amp=auto       # bf16 autocast in the codec's training (stage 4): auto = only where this CPU multiplies bf16 faster
-                     # than fp32 (native AVX512-BF16 or AMX; elsewhere bf16 is emulated, ~100x slower); 1 | 0.
+codec_amp=auto       # bf16 autocast in the codec's training (stage 4): auto = only where this CPU multiplies bf16
+                     # faster than fp32 (native AVX512-BF16 or AMX; elsewhere it is emulated, ~100x slower); 1 | 0.
                      # Here (Zen 4, 2 threads) 1500 steps take 403 s instead of 528 s; dev round trip PESQ-WB /
                      # STOI / Whisper WER 2.015 / 0.893 / 37.3% vs fp32's 2.005 / 0.893 / 30.7% (one run each)
 codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate DAC-VAE with a pitch-excited comb;
@@ -224,6 +224,9 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
     python tools/evaluate.py --ref_list "$synth_test_dir/list.jsonl" --hyp_dir "$synth_test_dir" \
       --out_dir "$eval_dir/tts_test" --metrics wer,sim --asr "$asr" --with_reference --no_progress
   fi
+  # does the LM read its text? next-id accuracy on its training utterances with the true and a random history
+  python -m speech.llm.probe --checkpoint "$llm_dir/final.pt" --data "$index/train/data.list" \
+    --out "$eval_dir/llm_probe.json"
   # does each cloned voice sound more like its own speaker than like the other held-out one?
   python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
     "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
