@@ -34,7 +34,7 @@ codec_steps=         # default 1500 for the harmonic frame-rate DAC-VAE (configs
                      # PESQ-WB 1.53-1.75 vs 1.88-2.03 now, see the config); 750 for flowae
 codec_amp=auto       # bf16 autocast in the codec's training (stage 4): auto = only where this CPU multiplies bf16
                      # faster than fp32 (native AVX512-BF16 or AMX; elsewhere it is emulated, ~100x slower); 1 | 0.
-                     # Here (Zen 4, 2 threads) 1500 steps take 403 s instead of 528 s; dev round trip PESQ-WB /
+                     # Here (Zen 4, 2 threads) 1500 steps take 403-443 s instead of 528 s; dev round trip PESQ-WB /
                      # STOI / Whisper WER 2.015 / 0.893 / 37.3% vs fp32's 2.005 / 0.893 / 30.7% (one run each)
 codec_config=        # default: configs/tiny/dac_vae_harmonic.yaml (frame-rate DAC-VAE with a pitch-excited comb;
                      # configs/tiny/dac_vae_frame.yaml: without it; configs/tiny/dac_vae.yaml is
