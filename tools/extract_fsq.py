@@ -12,6 +12,10 @@ soundfile in ``--num_workers`` loader processes. Under torchrun every process ta
 atomically; ``--skip_existing`` leaves finished ones alone, so a killed run simply resumes.
 Nothing is ever deleted. Unreadable audio is skipped and counted.
 
+``--align`` (own tokenizer) also writes ``name_align.pt`` beside each token file: speech tokens per
+character of the transcript, from a forced alignment of the tokenizer's CTC head (the aligned LM
+layout reads them; :mod:`speech.tokenizer.align`). A text that does not fit its frames gets none.
+
     python tools/extract_fsq.py --index exp/data/train.jsonl --checkpoint speech_tokenizer_v2.onnx --skip_existing
     torchrun --nproc_per_node 8 tools/extract_fsq.py --index ... --checkpoint ... --skip_existing
 """
@@ -33,7 +37,7 @@ from tqdm import tqdm
 from speech.audio import AudioError, load_audio
 from speech.dataset.context import SkipCounter
 from speech.dataset.dataset import read_index
-from speech.dataset.paths import TOKEN_SUFFIX, feature_path
+from speech.dataset.paths import ALIGN_SUFFIX, TOKEN_SUFFIX, feature_path
 from speech.tokenizer import SpeechTokenizerError, tokenizer_class
 
 log = logging.getLogger("extract_fsq")
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out_dir", type=Path, help="write OUT/<spk>/<utt>_fsq.pt instead of beside the wav")
     parser.add_argument("--skip_existing", action="store_true", help="leave utterances whose token file exists")
+    parser.add_argument("--align", action="store_true",
+                        help="also write <utt>_align.pt: tokens per text character (own tokenizer, its CTC head)")
     parser.add_argument("--batch_seconds", type=float, default=300.0, help="padded seconds of audio per batch")
     parser.add_argument("--max_batch", type=int, default=64, help="most utterances per batch")
     parser.add_argument("--num_workers", type=int, default=2, help="audio reading processes")
@@ -129,17 +135,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (SpeechTokenizerError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    if args.align and getattr(tokenizer, "chars", None) is None:
+        sys.exit(f"error: --align needs a tokenizer with a CTC alphabet (--tokenizer own), not {args.tokenizer}")
 
     skips = SkipCounter(f"extract_fsq rank {rank}/{world}" if world > 1 else "extract_fsq")
     items = [item for path in args.index for item in read_index(path, skips)]
     for item in items:
         item["out"] = feature_path(item, TOKEN_SUFFIX, args.out_dir)
+        item["align_out"] = item["out"][: -len(TOKEN_SUFFIX)] + ALIGN_SUFFIX
     # Split the length-sorted list round-robin before looking at the disk: every rank gets the
     # same share whatever the others have already written.
     items.sort(key=lambda x: (-float(x.get("duration") or 0.0), x["out"]))
     mine = items[rank::world]
-    existing = sum(os.path.exists(x["out"]) for x in mine) if args.skip_existing else 0
-    todo = [x for x in mine if not (args.skip_existing and os.path.exists(x["out"]))]
+    def done(item: dict) -> bool:
+        return os.path.exists(item["out"]) and (not args.align or os.path.exists(item["align_out"]))
+
+    existing = sum(done(x) for x in mine) if args.skip_existing else 0
+    todo = [x for x in mine if not (args.skip_existing and done(x))]
     batches = make_batches(todo, args.batch_seconds, args.max_batch)
     loader = DataLoader(
         AudioBatches(batches, tokenizer.sample_rate),
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         collate_fn=_as_is,
     )
 
-    written, seconds, start = 0, 0.0, time.perf_counter()
+    written, aligned, seconds, start = 0, 0, 0.0, time.perf_counter()
     progress = tqdm(
         total=sum(float(x.get("duration") or 0.0) for x in todo),
         unit="s",
@@ -164,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 good.append((item, wav))
         codes = tokenizer.tokenize([wav for _, wav in good]) if good else []
-        for (item, wav), ids in zip(good, codes, strict=False):
+        if args.align and good:
+            texts = [item.get("text") if isinstance(item.get("text"), str) else "" for item, _ in good]
+            alignments = tokenizer.align([wav for _, wav in good], texts)
+        else:
+            alignments = [None] * len(good)
+        for (item, wav), ids, chars in zip(good, codes, alignments, strict=False):
             if ids.numel() == 0:
                 skips.skip("too short to tokenize", item["wav"], f"{wav.shape[0] / tokenizer.sample_rate:.3f} s")
                 continue
@@ -172,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                 skips.skip("tokenizer produced out-of-range ids", item["wav"])
                 continue
             save_atomic(ids.to(torch.int32), item["out"])
+            if args.align:
+                if chars is None or int(chars.sum()) != ids.numel():
+                    skips.skip("no alignment (text does not fit its frames)", item["wav"])
+                else:
+                    save_atomic(chars, item["align_out"])
+                    aligned += 1
             written += 1
             seconds += wav.shape[0] / tokenizer.sample_rate
         progress.update(sum(float(item.get("duration") or 0.0) for item, _ in batch))
@@ -180,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"rank {rank}/{world}: " if world > 1 else ""
     print(
         f"{where}wrote {written} token files ({seconds / 3600:.3f} h of audio in {elapsed:.1f} s, "
-        f"{seconds / max(elapsed, 1e-9):.1f} s of audio per s), {existing} already existed, {skips.summary()}"
+        f"{seconds / max(elapsed, 1e-9):.1f} s of audio per s)" + (f", {aligned} alignments" if args.align else "")
+        + f", {existing} already existed, {skips.summary()}"
     )
     return 0
 

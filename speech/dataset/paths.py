@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["feature_path", "TOKEN_SUFFIX", "LATENT_SUFFIX"]
+__all__ = ["feature_path", "TOKEN_SUFFIX", "ALIGN_SUFFIX", "LATENT_SUFFIX"]
 
 TOKEN_SUFFIX = "_fsq.pt"
+ALIGN_SUFFIX = "_align.pt"  # beside the token file: speech tokens per text character (speech.tokenizer.align)
 LATENT_SUFFIX = "_latent2x.pt"
 
 

@@ -37,11 +37,13 @@ from speech.audio import AudioError, resample
 from speech.audio import load_audio as _read_audio
 
 from .context import PipelineContext
+from .paths import ALIGN_SUFFIX, TOKEN_SUFFIX
 
 __all__ = [
     "filter_items",
     "tokenize_text",
     "load_speech_token",
+    "load_text_alignment",
     "load_latent",
     "load_audio",
     "random_crop",
@@ -60,7 +62,7 @@ __all__ = [
 Item = dict[str, Any]
 
 # Batch tensors and how they pad: 1-D ones as [B, T]; ``latent`` [D, T] as [B, D, T].
-PAD_KEYS = ("text_token", "speech_token", "latent", "ref_audio", "audio")
+PAD_KEYS = ("text_token", "text_token_dur", "speech_token", "latent", "ref_audio", "audio")
 SPEECH_VOCAB = 6561
 
 
@@ -247,6 +249,47 @@ def load_speech_token(
             skips.skip(f"token id outside 0..{vocab_size - 1}", path, f"ids span {low}..{high}")
             continue
         item["speech_token"] = ids
+        yield item
+
+
+def load_text_alignment(
+    items: Iterable[Item],
+    tokenizer: Any,
+    ctx: PipelineContext | None = None,
+) -> Iterator[Item]:
+    """Add ``text_token_dur`` ``[L]``: speech tokens per text token, from the ``<utt>_align.pt`` beside the
+    item's token file (speech tokens per character, :mod:`speech.tokenizer.align`), summed over each text
+    token's characters. An item without a usable one is kept with -1 durations (counted in ``ctx.events``):
+    it trains in the other layouts. Needs ``text_token`` and ``speech_token``."""
+    from speech.tokenizer.align import token_durations
+
+    ctx = _context(ctx)
+    for item in items:
+        text, ids, speech = item.get("text"), item.get("text_token"), item.get("speech_token")
+        if ids is None or speech is None:
+            raise ValueError("load_text_alignment needs tokenize_text and load_speech_token before it")
+        dur, why = None, None
+        token_path = item.get("token_path")
+        path = None
+        if isinstance(token_path, str) and token_path.endswith(TOKEN_SUFFIX):
+            path = token_path[: -len(TOKEN_SUFFIX)] + ALIGN_SUFFIX
+        if path is None or not os.path.isfile(path):
+            why = "no alignment file"
+        else:
+            try:
+                chars = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - any unreadable file is one counted reason
+                chars = None
+            if not _is_int_tensor(chars) or chars.dim() != 1 or chars.numel() != len(text):
+                why = "alignment does not match the text"
+            elif int(chars.long().sum()) != speech.numel() or int(chars.min()) < 0:
+                why = "alignment does not match the speech tokens"
+            else:
+                dur = token_durations(chars, tokenizer.char_starts(text, ids.tolist()))
+        if dur is None:
+            ctx.events[f"unaligned ({why})"] += 1
+            dur = torch.full((ids.numel(),), -1, dtype=torch.long)
+        item["text_token_dur"] = dur
         yield item
 
 

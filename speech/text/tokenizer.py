@@ -37,6 +37,13 @@ class TextTokenizer(ABC):
     def vocab_size(self) -> int:
         """Number of ids, added special tokens included: the LM's text embedding size."""
 
+    def char_starts(self, text: str, ids: Sequence[int] | None = None) -> list[int]:
+        """For each id of ``encode(text)`` (or ``ids``), the index in ``text`` of its first character: the
+        length of the decoded ids before it (a token that starts inside a multi-byte character counts
+        from the next one)."""
+        ids = self.encode(text) if ids is None else list(ids)
+        return [len(self.decode(ids[:k]).rstrip("\ufffd")) for k in range(len(ids))]
+
 
 class HFTextTokenizer(TextTokenizer):
     """A pretrained tokenizer directory (e.g. Qwen2-0.5B's or CosyVoice2's), loaded locally."""

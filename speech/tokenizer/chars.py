@@ -38,6 +38,24 @@ class CharTokenizer(TextTokenizer):
         kept = "".join(c for c in text if c in self._ids)
         return re.sub(" +", " ", kept).strip() if self._space else kept
 
+    def spell(self, text: str) -> tuple[list[int], list[int]]:
+        """:meth:`encode`'s ids and, for each, the index in ``text`` of the character it came from."""
+        kept: list[tuple[str, int]] = []
+        for i, raw in enumerate(text):
+            for c in unicodedata.normalize("NFKC", raw):
+                c = c.lower() if self.lowercase else c
+                if c.isspace():
+                    if self._space and kept and kept[-1][0] != " ":  # runs of (dropped or white) space merge
+                        kept.append((" ", i))
+                elif c in self._ids:
+                    kept.append((c, i))
+        if kept and kept[-1][0] == " ":
+            kept.pop()
+        ids, sources = [self._ids[c] for c, _ in kept], [i for _, i in kept]
+        if self.decode(ids) != self.normalise(text):  # NFKC across characters (rare): no per-character map
+            raise ValueError(f"cannot map the spelling of {text!r} back to its characters")
+        return ids, sources
+
     def encode(self, text: str) -> list[int]:
         """Ids of the normalised text's characters."""
         return [self._ids[c] for c in self.normalise(text)]

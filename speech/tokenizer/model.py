@@ -340,14 +340,23 @@ class FSQTokenizerModel(nn.Module):
         return ids.masked_fill(~mask, 0), enc["token_len"]
 
     @torch.inference_mode()
-    def transcribe(self, audio: torch.Tensor, audio_len: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
-        """Greedy CTC transcription through the quantised path: (text-id lists, token ids ``[B, T]``)."""
+    def ctc_log_probs(self, audio: torch.Tensor, audio_len: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CTC head through the quantised path: ``log_probs [B, T * ctc_upsample, V + 1]`` (float32),
+        their ``ctc_len [B]``, and the token ``ids [B, T]`` with ``token_len [B]``."""
         enc = self.encode(audio, audio_len)
         codes, ids = self.fsq(enc["z"])
         h = self._decode_codes(codes.to(enc["z"].dtype), enc["token_len"])
         b, t, _ = h.shape
-        log_probs = self.ctc_head(h).view(b, t * self.ctc_upsample, self.vocab_size + 1).float()
-        return ctc_greedy_decode(log_probs, enc["token_len"] * self.ctc_upsample, self.blank), ids
+        logits = self.ctc_head(h).view(b, t * self.ctc_upsample, self.vocab_size + 1).float()
+        return {
+            "log_probs": logits.log_softmax(-1), "ctc_len": enc["token_len"] * self.ctc_upsample,
+            "ids": ids, "token_len": enc["token_len"],
+        }
+
+    def transcribe(self, audio: torch.Tensor, audio_len: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+        """Greedy CTC transcription through the quantised path: (text-id lists, token ids ``[B, T]``)."""
+        out = self.ctc_log_probs(audio, audio_len)
+        return ctc_greedy_decode(out["log_probs"], out["ctc_len"], self.blank), out["ids"]
 
     def _decode_codes(self, codes: torch.Tensor, token_len: torch.Tensor) -> torch.Tensor:
         """Quantised codes ``[B, T, D_fsq]`` -> normalised post-quantiser features ``[B, T, D]``."""

@@ -21,7 +21,9 @@ import torch
 import yaml
 from dac_vae.safe_config import UntrustedConfigError, build_config, resolve_config
 
+from speech.tokenizer.align import char_durations, ctc_forced_align, frames_per_target
 from speech.tokenizer.base import SpeechTokenizer, SpeechTokenizerError
+from speech.tokenizer.chars import ENGLISH, CharTokenizer
 from speech.tokenizer.model import FSQTokenizerModel
 
 __all__ = ["OwnFSQTokenizer", "load_checkpoint", "model_config_text"]
@@ -102,11 +104,17 @@ def _read_config(path: str | os.PathLike) -> str:
 
 def _build_model(
     config_text: str, model_key: str, trust_config: bool = False, source: str = "config"
-) -> FSQTokenizerModel:
+) -> tuple[FSQTokenizerModel, CharTokenizer | None]:
+    """The model under ``model_key`` and, when the config has one, its CTC alphabet (``text_tokenizer``)."""
     try:
         # The whole text is checked (nothing imported) before any of it is resolved or built.
         resolved = resolve_config(config_text, trust=trust_config, source=source)
         model = build_config(model_config_text(resolved, model_key), trust=trust_config, source=source)[model_key]
+        try:
+            chars = build_config(model_config_text(resolved, "text_tokenizer"), trust=trust_config, source=source)
+            chars = chars["text_tokenizer"]
+        except SpeechTokenizerError:  # no such entry
+            chars = None
     except (SpeechTokenizerError, UntrustedConfigError):
         raise
     except Exception as exc:
@@ -114,7 +122,7 @@ def _build_model(
         raise SpeechTokenizerError(message) from None
     if not isinstance(model, FSQTokenizerModel):
         raise SpeechTokenizerError(f"config key {model_key!r} builds a {type(model).__name__}, not FSQTokenizerModel")
-    return model
+    return model, chars if isinstance(chars, CharTokenizer) else None
 
 
 class OwnFSQTokenizer(SpeechTokenizer):
@@ -124,9 +132,15 @@ class OwnFSQTokenizer(SpeechTokenizer):
     token_rate = 25
     codebook_size = 6561
 
-    def __init__(self, model: FSQTokenizerModel, device: str | torch.device = "cpu"):
+    def __init__(
+        self, model: FSQTokenizerModel, device: str | torch.device = "cpu", chars: CharTokenizer | None = None
+    ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # the CTC head's alphabet (for align); the default English one when the config names none
+        if chars is None and model.vocab_size == len(ENGLISH):
+            chars = CharTokenizer()
+        self.chars = chars if chars is not None and chars.vocab_size == model.vocab_size else None
         # Instance values from the model (class values above are only the defaults' description).
         self.sample_rate = model.sample_rate
         self.token_rate = model.token_rate
@@ -151,6 +165,7 @@ class OwnFSQTokenizer(SpeechTokenizer):
         """
         checkpoint = Path(checkpoint)
         state, stored = load_checkpoint(checkpoint)
+        chars = None
         if isinstance(config, Mapping):
             try:
                 model = FSQTokenizerModel(**config)
@@ -171,7 +186,7 @@ class OwnFSQTokenizer(SpeechTokenizer):
                         f"{checkpoint} stores no config and there is no {folder / 'config.yaml'}; pass --config"
                     )
                 text, source = _read_config(beside), str(beside)
-            model = _build_model(text, model_key, trust_config, source)
+            model, chars = _build_model(text, model_key, trust_config, source)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches: keep the first line of PyTorch's report
@@ -188,7 +203,7 @@ class OwnFSQTokenizer(SpeechTokenizer):
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
         log.info("loaded FSQ tokenizer %s (%d codes, %d Hz input)", checkpoint, model.codebook_size, model.sample_rate)
-        return cls(model, device)
+        return cls(model, device, chars)
 
     @torch.inference_mode()
     def tokenize(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -203,3 +218,32 @@ class OwnFSQTokenizer(SpeechTokenizer):
         ids, token_len = self.model.tokenize(audio.to(self.device), lengths.to(self.device))
         ids, token_len = ids.cpu(), token_len.cpu().tolist()
         return [row[:n].clone() for row, n in zip(ids, token_len)]
+
+    @torch.inference_mode()
+    def align(self, wavs: Sequence[torch.Tensor], texts: Sequence[str]) -> list[torch.Tensor | None]:
+        """Speech tokens per character of each transcript (int32 ``[len(text)]``, summing to the
+        utterance's :meth:`tokenize` length; see :mod:`speech.tokenizer.align`), from a forced alignment
+        of the CTC head; ``None`` for an item whose text spells to nothing or does not fit its frames."""
+        if self.chars is None:
+            raise SpeechTokenizerError("this FSQ tokenizer's CTC alphabet is unknown: its config has no CharTokenizer")
+        if len(wavs) != len(texts):
+            raise ValueError(f"align needs one text per waveform, got {len(wavs)} and {len(texts)}")
+        if not wavs:
+            return []
+        lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
+        audio = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
+        out = self.model.ctc_log_probs(audio.to(self.device), lengths.to(self.device))
+        log_probs, ctc_len = out["log_probs"].cpu(), out["ctc_len"].cpu().tolist()
+        result: list[torch.Tensor | None] = []
+        for lp, n, text in zip(log_probs, ctc_len, texts):
+            try:
+                ids, sources = self.chars.spell(text)
+            except ValueError:
+                ids, sources = [], []
+            path = ctc_forced_align(lp[:n], ids, self.model.blank) if ids else None
+            if path is None:
+                result.append(None)
+                continue
+            frames = frames_per_target(path, len(ids), group=self.model.ctc_upsample)
+            result.append(char_durations(text, sources, frames))
+        return result

@@ -65,6 +65,7 @@ def test_padding_matches_the_items_one_by_one():
             "utt": f"u{n}",
             "spk": "s",
             "text_token": torch.arange(1, n + 2),
+            "text_token_dur": torch.arange(1, n + 2) % 2 + 1,
             "speech_token": torch.arange(2 * n) + 1,
             "latent": torch.randn(5, 4 * n),
             "ref_audio": torch.randn(100 + n),
