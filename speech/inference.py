@@ -471,6 +471,11 @@ class Synthesizer:
         mu, _, _ = self.codec.encode(audio, audio_len)
         return {"pt": pt, "pt_len": pt_len, "ps": ps, "ps_len": ps_len, "latent": mu}
 
+    def _lm_prompt(self, prompt: dict[str, torch.Tensor] | None) -> bool:
+        """Whether the LM continues the one-shot prompt: not an aligned-layout LM, whose prompt speech has no
+        alignment to its text (it speaks from the prompt's voice alone; the flow still continues the prompt)."""
+        return prompt is not None and getattr(self.llm, "decode_layout", "unistream") != "aligned"
+
     @torch.inference_mode()
     def synthesize(self, batch: list[Utterance], options: SynthesisOptions | None = None) -> list[Synthesis]:
         """One forward pass of each model over ``batch``; results in the batch's order."""
@@ -491,10 +496,10 @@ class Synthesizer:
                 text,
                 text_len,
                 spk_vector=spk,
-                prompt_text_token=prompt["pt"] if prompt else None,
-                prompt_text_token_len=prompt["pt_len"] if prompt else None,
-                prompt_speech_token=prompt["ps"] if prompt else None,
-                prompt_speech_token_len=prompt["ps_len"] if prompt else None,
+                prompt_text_token=prompt["pt"] if self._lm_prompt(prompt) else None,
+                prompt_text_token_len=prompt["pt_len"] if self._lm_prompt(prompt) else None,
+                prompt_speech_token=prompt["ps"] if self._lm_prompt(prompt) else None,
+                prompt_speech_token_len=prompt["ps_len"] if self._lm_prompt(prompt) else None,
                 sampler=opt.sampler(self.llm.sampler),
                 min_len_ratio=opt.min_len_ratio,
                 max_len_ratio=opt.max_len_ratio,
@@ -604,9 +609,10 @@ class Synthesizer:
         prompt = self._one_shot_prompt([request]) if request.prompt_text_token is not None else None
         p_text = prompt["pt"][0] if prompt else None
         p_speech = prompt["ps"][0, : int(prompt["ps_len"][0])] if prompt else None
+        lm_prompt = self._lm_prompt(prompt)
         lm_kw = dict(
-            prompt_text_token=p_text,
-            prompt_speech_token=p_speech,
+            prompt_text_token=p_text if lm_prompt else None,
+            prompt_speech_token=p_speech if lm_prompt else None,
             sampler=sampler,
             min_len_ratio=opt.min_len_ratio,
             max_len_ratio=opt.max_len_ratio,

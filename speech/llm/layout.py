@@ -19,13 +19,26 @@ tokens while a full text chunk remains; the last speech token of a chunk predict
 
 Both layouts have the same length ``3 + L + T`` per item; only the order and targets differ, and
 unistream is bistream with zero chunks, so one formula serves both.
+
+*Aligned* (each text token right before its own ``d_j`` speech tokens, from a forced alignment,
+:mod:`speech.tokenizer.align`): the last input of a token's chunk predicts ``fill`` ("the next text
+token, please"), or ``eos`` after the last token; a token with no speech predicts that at once::
+
+    input   sos spk t0 s0 s1 t1 s2 .. t(L-1) .. s(T-1)
+    target   -  s0 s1 fill s2 ..            ..   eos
+
+It is ``2 + L + T`` long (no ``task``) and fits the same padded width. The LM reads the text locally,
+as it speaks, instead of learning to find its place in the whole text (ELLA-V's interleaving; here
+the LM itself decides when to move on, so decoding needs no durations).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Layout", "bistream_allowed", "build_layout"]
+__all__ = [
+    "Layout", "aligned_allowed", "bistream_allowed", "build_aligned_layout", "build_layout", "merge_layouts",
+]
 
 
 class Layout:
@@ -96,3 +109,49 @@ def build_layout(
     src = torch.where(valid, src, 0)
     tgt = torch.where(valid, tgt, t_ignore)
     return Layout(src, tgt, valid)
+
+
+def aligned_allowed(text_len: torch.Tensor, speech_len: torch.Tensor, text_dur: torch.Tensor) -> torch.Tensor:
+    """Items whose per-text-token durations ``text_dur [B, Lmax]`` are non-negative and add up to their
+    speech length."""
+    mask = torch.arange(text_dur.shape[1], device=text_dur.device).unsqueeze(0) < text_len.unsqueeze(1)
+    dur = text_dur.long().masked_fill(~mask, 0)
+    return (dur.sum(1) == speech_len) & ((dur >= 0) | ~mask).all(1)
+
+
+def build_aligned_layout(
+    text_len: torch.Tensor, speech_len: torch.Tensor, text_dur: torch.Tensor, max_text: int, max_speech: int
+) -> Layout:
+    """Indices of the aligned layout (module docstring) for items whose ``text_dur`` passes :func:`aligned_allowed`."""
+    device = text_len.device
+    seq = 3 + max_text + max_speech
+    text0, speech0 = 2, 3 + max_text
+    t_speech, t_eos, t_fill, t_ignore = 0, max_speech, max_speech + 1, max_speech + 2
+    text_len, speech_len = text_len.long().unsqueeze(1), speech_len.long().unsqueeze(1)  # [B, 1]
+    j_all = torch.arange(max_text, device=device).unsqueeze(0)  # [1, Lmax]
+    dur = text_dur.long().masked_fill(j_all >= text_len, 0)
+    before = dur.cumsum(1) - dur  # speech tokens before text token j
+    start = (j_all + before).masked_fill(j_all >= text_len, seq)  # its position after sos, spk (increasing)
+
+    p = torch.arange(seq, device=device).unsqueeze(0).expand(text_len.shape[0], -1)
+    q = p - 2
+    j = (torch.searchsorted(start, q.clamp_min(0).contiguous(), right=True) - 1).clamp(0, max_text - 1)
+    o = q - start.gather(1, j)  # 0 at text token j, k at its k-th speech token
+    d_j, c_j = dur.gather(1, j), before.gather(1, j)
+    src = torch.where(o == 0, text0 + j, speech0 + c_j + o - 1)
+    tgt = torch.where(o < d_j, t_speech + c_j + o, torch.where(j == text_len - 1, t_eos, t_fill))
+
+    valid = q < text_len + speech_len
+    src = torch.where(q < 0, p, src)
+    tgt = torch.where(q < 0, t_ignore, tgt)
+    return Layout(torch.where(valid, src, 0), torch.where(valid, tgt, t_ignore), valid)
+
+
+def merge_layouts(choose: torch.Tensor, first: Layout, second: Layout) -> Layout:
+    """Per item, ``first`` where ``choose [B]`` holds, else ``second`` (same batch, same width)."""
+    c = choose.unsqueeze(1)
+    return Layout(
+        torch.where(c, first.src, second.src),
+        torch.where(c, first.tgt, second.tgt),
+        torch.where(c, first.valid, second.valid),
+    )

@@ -21,13 +21,15 @@ from torch import nn
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from speech.config import ConfigError
-from speech.llm.layout import bistream_allowed, build_layout
+from speech.llm.layout import aligned_allowed, bistream_allowed, build_aligned_layout, build_layout, merge_layouts
 from speech.llm.sampling import RasSampler, RowRandom, Sampler
 from speech.tokenizer.fsq import FSQEmbedding, FSQLinear
 from speech.utils.mask import lengths_to_mask
 
 __all__ = [
     "IGNORE_ID",
+    "ArrivingText",
+    "KnownText",
     "PrefixDecoder",
     "SpeechLM",
     "build_qwen2",
@@ -247,6 +249,69 @@ class PrefixDecoder:
         return self.hidden
 
 
+class KnownText:
+    """A batch's whole text for aligned decoding: the embedding of text token ``fed [B]`` and whether it is the last."""
+
+    def __init__(self, embed_text: Callable[[torch.Tensor], torch.Tensor], text_token: torch.Tensor,
+                 text_token_len: torch.Tensor):
+        self.len = text_token_len.to(text_token.device)
+        self.emb = embed_text(text_token.masked_fill(~lengths_to_mask(self.len, text_token.shape[1]), 0))  # [B, L, H]
+
+    def count(self) -> torch.Tensor:
+        return self.len
+
+    def complete(self) -> bool:
+        return True
+
+    def embed(self, fed: torch.Tensor) -> torch.Tensor:
+        index = fed.clamp(0, max(self.emb.shape[1] - 1, 0)).view(-1, 1, 1).expand(-1, 1, self.emb.shape[2])
+        return self.emb.gather(1, index)  # [B, 1, H]
+
+    def last(self, fed: torch.Tensor) -> torch.Tensor:
+        return fed >= self.len - 1
+
+
+class ArrivingText:
+    """One request's text arriving in pieces (a chat LLM's output) for aligned decoding: a piece is read only
+    when the decoder asks for a text token not yet there, or must know whether the one it has is the last."""
+
+    def __init__(self, embed_text: Callable[[torch.Tensor], torch.Tensor], pieces: Iterable[torch.Tensor | list[int]],
+                 device: torch.device):
+        self.embed_text, self.pieces, self.device = embed_text, iter(pieces), device
+        self.ids: list[int] = []
+        self.ended = False
+
+    def _need(self, k: int) -> None:
+        while len(self.ids) <= k and not self.ended:
+            piece = next(self.pieces, None)
+            if piece is None:
+                self.ended = True
+            else:
+                self.ids += piece.reshape(-1).tolist() if isinstance(piece, torch.Tensor) else [int(i) for i in piece]
+
+    def count(self) -> torch.Tensor:
+        """Text ids read so far (the whole text's once :meth:`complete`)."""
+        self._need(0)
+        return torch.tensor([len(self.ids)], device=self.device)
+
+    def complete(self) -> bool:
+        return self.ended
+
+    def read_more(self) -> None:
+        """Read at least one more id, or learn that the text has ended."""
+        self._need(len(self.ids))
+
+    def embed(self, fed: torch.Tensor) -> torch.Tensor:
+        k = int(fed[0])
+        self._need(k)
+        return self.embed_text(torch.tensor([[self.ids[min(k, len(self.ids) - 1)]]], device=self.device))
+
+    def last(self, fed: torch.Tensor) -> torch.Tensor:
+        k = int(fed[0])
+        self._need(k + 1)
+        return torch.tensor([self.ended and k >= len(self.ids) - 1], device=self.device)
+
+
 class SpeechLM(nn.Module):
     """``[sos][spk] text [task] speech eos`` language model over FSQ speech tokens.
 
@@ -270,10 +335,15 @@ class SpeechLM(nn.Module):
         max_len_ratio: float = 20.0,
         gradient_checkpointing: bool = False,
         fsq_levels: list[int] | None = None,
+        aligned_prob: float = 0.0,
+        decode_layout: str = "unistream",
+        max_chunk: int = 50,
     ):
         super().__init__()
-        if not 0.0 <= bistream_prob <= 1.0:
-            raise ConfigError(f"bistream_prob must be in [0, 1], got {bistream_prob}")
+        if not 0.0 <= bistream_prob <= 1.0 or not 0.0 <= aligned_prob <= 1.0:
+            raise ConfigError(f"bistream_prob and aligned_prob must be in [0, 1], got {bistream_prob}, {aligned_prob}")
+        if decode_layout not in ("unistream", "aligned"):
+            raise ConfigError(f"decode_layout must be unistream or aligned, got {decode_layout!r}")
         if len(mix_ratio) != 2 or min(mix_ratio) < 1:
             raise ConfigError(f"mix_ratio must be two positive ints (text, speech), got {mix_ratio}")
         self.backbone = backbone
@@ -284,6 +354,10 @@ class SpeechLM(nn.Module):
         self.reserved_id = speech_token_size + 1
         self.fill_id = speech_token_size + 2
         self.bistream_prob = bistream_prob
+        self.aligned_prob, self.decode_layout = aligned_prob, decode_layout
+        if max_chunk < 1:
+            raise ConfigError(f"max_chunk must be >= 1, got {max_chunk}")
+        self.max_chunk = max_chunk
         self.mix_ratio = (int(mix_ratio[0]), int(mix_ratio[1]))
         self.label_smoothing = label_smoothing
         self.sampler = sampler if sampler is not None else RasSampler()
@@ -327,12 +401,13 @@ class SpeechLM(nn.Module):
 
     # ------------------------------------------------------------------ training
     def logits_and_targets(
-        self, batch: dict[str, Any], bistream: torch.Tensor | None = None
+        self, batch: dict[str, Any], bistream: torch.Tensor | None = None, aligned: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Speech-head logits ``[B, S, V]`` and targets ``[B, S]`` (``IGNORE_ID`` where not trained).
 
-        ``bistream [B]`` forces the layout per item; by default each item whose speech/text ratio
-        allows it is bistream with probability ``bistream_prob``.
+        ``bistream [B]`` / ``aligned [B]`` force the layout per item (aligned wins; it needs the batch's
+        ``text_token_dur``). By default an item with durations that add up is aligned with probability
+        ``aligned_prob``, else one whose speech/text ratio allows it is bistream with ``bistream_prob``.
         """
         text, text_len = batch["text_token"], batch["text_token_len"]
         speech, speech_len = batch["speech_token"], batch["speech_token_len"]
@@ -340,6 +415,15 @@ class SpeechLM(nn.Module):
             allowed = bistream_allowed(text_len, speech_len, self.mix_ratio)
             bistream = allowed & (torch.rand(allowed.shape, device=allowed.device) < self.bistream_prob)
         layout = build_layout(text_len, speech_len, text.shape[1], speech.shape[1], bistream, self.mix_ratio)
+        dur = batch.get("text_token_dur")
+        if aligned is None and dur is not None and self.aligned_prob > 0:
+            aligned = aligned_allowed(text_len, speech_len, dur)
+            aligned = aligned & (torch.rand(aligned.shape, device=aligned.device) < self.aligned_prob)
+        if aligned is not None:
+            if dur is None:
+                raise ValueError("the aligned layout needs the batch's text_token_dur")
+            by_dur = build_aligned_layout(text_len, speech_len, dur, text.shape[1], speech.shape[1])
+            layout = merge_layouts(aligned, by_dur, layout)
 
         spk = self.speaker_slot(batch["ref_audio"], batch["ref_audio_len"])
         # Padded text/speech ids may be anything: clamp them into range (their positions are never used).
@@ -448,6 +532,73 @@ class SpeechLM(nn.Module):
                 break
             hidden = decoder.feed(self.speech_embedding(ids).unsqueeze(1))
 
+    def _decode_aligned_steps(
+        self,
+        spk: torch.Tensor,
+        text: "KnownText | ArrivingText",
+        min_ratio: float,
+        max_ratio: float,
+        sampler: Sampler,
+        generator: torch.Generator | RowRandom | None,
+        use_cache: bool = True,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Aligned-layout decoding (:mod:`speech.llm.layout`): ``sos spk t0``, then per step one sampled id per
+        item, fed back as itself, or as the next text token when it is ``fill``; eos only once the last text
+        token is in (and ``min_ratio`` ids per text token are out), fill only before; at most ``max_ratio``
+        ids per text token, and ``max_chunk`` in a row for one text token (then fill, or eos, is forced).
+        Yields ``(ids [B], emitted [B])`` per step, ``emitted`` marking new speech ids; finished items yield
+        eos. Every item feeds one position per step, so the batch needs no padding."""
+        device = spk.device
+        b = spk.shape[0]
+        sos = self.sos_task_embedding.weight[0].expand(b, 1, -1)
+        fed = torch.zeros(b, dtype=torch.long, device=device)  # index of the last text token fed
+        if not bool((text.count() > 0).any()):
+            return
+        first = text.embed(fed)
+        prefix = torch.cat([sos.to(first.dtype), spk.unsqueeze(1).to(first.dtype), first], dim=1)
+        decoder = PrefixDecoder(self.decoder, self.backbone.config, prefix, prefix.new_ones(b, 3, dtype=torch.bool),
+                                use_cache)
+        hidden = decoder.hidden
+        history = torch.full((b, sampler.window), -1, dtype=torch.long, device=device)
+        lengths = torch.zeros(b, dtype=torch.long, device=device)
+        chunk = torch.zeros(b, dtype=torch.long, device=device)  # speech ids since the last text token
+        finished = text.count() == 0
+        while True:
+            min_len, max_len = length_bounds(text.count(), min_ratio, max_ratio)
+            # the bounds count the whole text: an arriving one is read on while its partial bound is reached
+            while not text.complete() and bool((lengths >= max_len).any()):
+                text.read_more()
+                min_len, max_len = length_bounds(text.count(), min_ratio, max_ratio)
+            finished = finished | (lengths >= max_len)
+            logits = self.speech_head(hidden).float()
+            last = text.last(fed)
+            over = chunk >= self.max_chunk  # a token that never ends: move on (fill, or eos after the last)
+            logits[:, : self.speech_token_size] = logits[:, : self.speech_token_size].masked_fill(
+                over.unsqueeze(1), float("-inf"))
+            logits[:, self.reserved_id] = float("-inf")
+            logits[:, self.fill_id] = logits[:, self.fill_id].masked_fill(last, float("-inf"))
+            eos_ok = last & ((lengths >= min_len) | over)
+            logits[:, self.eos_id] = logits[:, self.eos_id].masked_fill(~eos_ok, float("-inf"))
+            ids = sampler(logits.log_softmax(-1), history, generator).masked_fill(finished, self.eos_id)
+            fill = ids == self.fill_id
+            emitted = ~finished & ~fill & (ids != self.eos_id)
+            if bool(finished.all()):
+                return
+            yield ids, emitted
+            lengths += emitted
+            chunk = torch.where(fill, 0, chunk + emitted.long())
+            finished = finished | (ids == self.eos_id)
+            if history.shape[1]:
+                history = torch.where(emitted.unsqueeze(1), torch.cat([history[:, 1:], ids.unsqueeze(1)], 1), history)
+            fed = fed + fill
+            fed_speech = self.speech_embedding(ids).unsqueeze(1)
+            hidden = decoder.feed(torch.where(fill.view(b, 1, 1), text.embed(fed), fed_speech))
+
+    @staticmethod
+    def _no_prompt(prompt_text_token: torch.Tensor | None, prompt_speech_token: torch.Tensor | None) -> None:
+        if prompt_text_token is not None or prompt_speech_token is not None:
+            raise ValueError("an aligned-layout LM decodes from the voice alone: prompt tokens have no alignment")
+
     @torch.inference_mode()
     def generate(
         self,
@@ -484,6 +635,18 @@ class SpeechLM(nn.Module):
         b, device = text_token.shape[0], text_token.device
         text_token_len = text_token_len.to(device)
         min_len, max_len = length_bounds(text_token_len, min_ratio, max_ratio)
+        if self.decode_layout == "aligned":
+            self._no_prompt(prompt_text_token, prompt_speech_token)
+            tokens = torch.zeros(b, int(max_len.max()) + 1, dtype=torch.long, device=device)
+            lengths = torch.zeros(b, dtype=torch.long, device=device)
+            rows = torch.arange(b, device=device)
+            known = KnownText(self.embed_text, text_token, text_token_len)
+            steps = self._decode_aligned_steps(spk, known, min_ratio, max_ratio, sampler, generator, use_cache)
+            for ids, emitted in steps:  # an emitted id goes to its item's next slot; others to a spare last slot
+                tokens[rows, torch.where(emitted, lengths, tokens.shape[1] - 1)] = ids
+                lengths += emitted
+            tokens = tokens[:, :-1].masked_fill(~lengths_to_mask(lengths, tokens.shape[1] - 1), 0)
+            return tokens[:, : int(lengths.max()) if b else 0], lengths
 
         prefix, valid = self._inference_prefix(
             spk,
@@ -542,6 +705,13 @@ class SpeechLM(nn.Module):
         size = lambda x: None if x is None else torch.tensor([x.numel()], device=x.device)  # noqa: E731
         text = text_token.reshape(1, -1)
         n_text = torch.tensor([text.shape[1]], device=text.device)
+        if self.decode_layout == "aligned":
+            self._no_prompt(prompt_text_token, prompt_speech_token)
+            known = KnownText(self.embed_text, text, n_text)
+            for ids, emitted in self._decode_aligned_steps(spk, known, min_ratio, max_ratio, sampler, generator):
+                if bool(emitted[0]):
+                    yield int(ids[0])
+            return
         prefix, valid = self._inference_prefix(
             spk, text, n_text, one(prompt_text_token), size(prompt_text_token),
             one(prompt_speech_token), size(prompt_speech_token),
@@ -576,8 +746,20 @@ class SpeechLM(nn.Module):
         eos, within ``min_len_ratio``/``max_len_ratio`` times the text length (prompt excluded). One KV
         cache serves the whole request (``use_cache=False`` recomputes: the test reference). Yields
         speech ids only, each as soon as it is sampled.
+
+        An aligned-layout LM instead reads each text id when it asks for it (samples ``fill``), and looks
+        one id ahead (is this the last?), so speech starts after the first two text ids: the ids
+        :meth:`generate` gives for the whole text.
         """
         spk, sampler, min_ratio, max_ratio = self._request(spk_vector, sampler, min_len_ratio, max_len_ratio)
+        if self.decode_layout == "aligned":  # text tokens are read as the LM asks for them (fill)
+            self._no_prompt(prompt_text_token, prompt_speech_token)
+            text = ArrivingText(self.embed_text, text_pieces, spk.device)
+            steps = self._decode_aligned_steps(spk, text, min_ratio, max_ratio, sampler, generator, use_cache)
+            for ids, emitted in steps:
+                if bool(emitted[0]):
+                    yield int(ids[0])
+            return
         a, b = self.mix_ratio
         device = self.sos_task_embedding.weight.device
         sos, task = self.sos_task_embedding.weight.unsqueeze(1).unbind(0)  # [1, H] each

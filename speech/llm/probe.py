@@ -9,7 +9,8 @@ voice stay as they are, so the second pair is what the text alone gives. A small
 little data can learn to recite its training sequences from the previous ids: its teacher-forced
 accuracy is high, yet with a random history it does no better than a unigram model, and free-running
 decoding (whose history is its own imperfect ids) drifts away from the text. The layout is
-unistream (text, then speech), so both passes score the same targets at the same positions.
+unistream (text, then speech), or for an aligned-layout LM its own (fill targets not scored), so
+both passes score the same targets at the same positions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from speech.llm.layout import aligned_allowed
 from speech.llm.model import IGNORE_ID, SpeechLM
 
 __all__ = ["history_probe", "probe_batches", "main"]
@@ -36,10 +38,13 @@ def history_probe(model: SpeechLM, batch: dict[str, Any], generator: torch.Gener
     ``correct_random`` and ``nll_random`` with random ones (drawn from ``generator`` on the CPU)."""
     speech = batch["speech_token"]
     unistream = torch.zeros(speech.shape[0], dtype=torch.bool, device=speech.device)
-    logits, targets = model.logits_and_targets(batch, unistream)
+    aligned = None  # an aligned-layout LM is probed in its own layout where the batch has durations
+    if model.decode_layout == "aligned" and batch.get("text_token_dur") is not None:
+        aligned = aligned_allowed(batch["text_token_len"], batch["speech_token_len"], batch["text_token_dur"])
+    logits, targets = model.logits_and_targets(batch, unistream, aligned)
     random_ids = torch.randint(0, model.speech_token_size, speech.shape, generator=generator).to(speech.device)
-    logits_random, _ = model.logits_and_targets({**batch, "speech_token": random_ids}, unistream)
-    trained = targets != IGNORE_ID
+    logits_random, _ = model.logits_and_targets({**batch, "speech_token": random_ids}, unistream, aligned)
+    trained = (targets != IGNORE_ID) & (targets != model.fill_id)
     out = {"targets": float(trained.sum())}
     for suffix, scores in (("", logits), ("_random", logits_random)):
         flat = scores[trained].float()

@@ -22,6 +22,24 @@ def test_true_history_figures_are_the_training_forward_ones():
     assert sums["nll_random"] != pytest.approx(sums["nll"], rel=1e-3)
 
 
+def test_an_aligned_lm_is_probed_in_its_layout_without_fill_targets():
+    import torch.nn.functional as F
+
+    from speech.llm.model import IGNORE_ID
+
+    model = make_lm(bistream_prob=0.0, head_scale=4.0, decode_layout="aligned")
+    batch = make_batch(text_len=[4, 3], speech_len=[10, 6], ref_len=[3000, 1700])
+    batch["text_token_dur"] = torch.tensor([[3, 0, 7, 0], [-1, -1, -1, 0]])  # the second has no alignment
+    sums = history_probe(model, batch, torch.Generator().manual_seed(0))
+    assert sums["targets"] == (10 + 1) + (6 + 1)  # speech ids + eos of both; the first item's 3 fills not scored
+    with torch.no_grad():
+        logits, targets = model.logits_and_targets(batch, torch.tensor([False, False]), torch.tensor([True, False]))
+    keep = (targets != IGNORE_ID) & (targets != model.fill_id)
+    assert int((targets == model.fill_id).sum()) == 3
+    nll = F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+    assert sums["nll"] == pytest.approx(float(nll), rel=1e-5)
+
+
 def test_random_history_is_the_same_for_a_model_that_ignores_its_speech_inputs():
     model = make_lm(bistream_prob=0.0, head_scale=4.0)
     with torch.no_grad():
