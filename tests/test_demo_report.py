@@ -124,11 +124,20 @@ def test_the_codec_section_follows_the_codec_dir_run_sh_passes(tmp_path) -> None
 
 
 def test_llm_probe_line_shows_both_histories_and_is_left_out_without_a_probe(tmp_path) -> None:
+    from collections import Counter
+
     report = _report_module()
     probe = tmp_path / "llm_probe.json"
-    assert report.llm_probe_section(probe) == []
+    counts = Counter({1: 32, 2: 500, "eos": 468})  # most frequent id: accuracy 0.5
+    assert report.llm_probe_section(probe, counts) == []
     probe.write_text(json.dumps({"utterances": 109, "targets": 6740, "acc": 0.4451, "loss": 2.29,
-                                 "acc_random_history": 0.0241, "loss_random_history": 8.882}))
-    line = report.llm_probe_section(probe)[0]
+                                 "acc_random_history": 0.6241, "loss_random_history": 8.882}))
+    line = report.llm_probe_section(probe, counts)[0]
     assert "109 of its training utterances (6740 targets)" in line
-    assert "0.445 (loss 2.290) with the true previous speech ids and 0.024 (loss 8.882) with random ones" in line
+    assert "0.445 (loss 2.290) with the true previous speech ids and 0.624 (loss 8.882) with random ones" in line
+    assert "near the most-frequent-id baseline (0.500): the LM recites" in line
+    probe.write_text(json.dumps({"utterances": 109, "targets": 6740, "acc": 0.4451, "loss": 2.29,
+                                 "acc_random_history": 0.9, "loss_random_history": 3.1}))
+    line = report.llm_probe_section(probe, counts)[0]
+    assert "1.8x the most-frequent-id baseline (0.500): the text alone predicts part of the speech" in line
+    assert "recites" not in report.llm_probe_section(probe, Counter())[0]  # no tokens: no verdict

@@ -8,7 +8,7 @@
 #
 # Stages (each reads only what an earlier stage wrote; paths are defined once below):
 #   0 index the corpus          1 text BPE              2 train the FSQ speech tokenizer
-#   3 extract FSQ tokens         4 train the DAC-VAE     5 extract DAC-VAE latents
+#   3 FSQ tokens + alignments    4 train the DAC-VAE     5 extract DAC-VAE latents
 #   6 training indexes           7 train the Stage 1 LM  8 train the Stage 2 flow
 #   9 final checkpoints         10 synthesize the held-out speakers
 #  11 evaluate                  12 write report.md
@@ -77,7 +77,7 @@ splits="train dev test heldout"
 data=$exp/data                      # stage 0: <split>.jsonl, <split>.list
 bpe=$exp/bpe/tokenizer.json         # stage 1
 fsq_dir=$exp/fsq                    # stage 2
-tokens=$exp/tokens                  # stage 3: <spk>/<utt>_fsq.pt
+tokens=$exp/tokens                  # stage 3: <spk>/<utt>_fsq.pt, <utt>_align.pt
 codec_dir=$exp/$codec               # stage 4
 latents=$exp/latents                # stage 5: <spk>/<utt>_latent2x.pt, latent2x_stats.json
 index=$exp/index                    # stage 6: <split>/data.list
@@ -117,10 +117,11 @@ if run_stage 2 "train the FSQ speech tokenizer ($fsq_steps steps)"; then
     fsq.levels="$levels_yaml" $fsq_overrides
 fi
 
-if run_stage 3 "extract FSQ tokens"; then
+if run_stage 3 "extract FSQ tokens and their text alignments"; then
   require "$fsq_dir/final.pt" "FSQ tokenizer"
+  # --align: <utt>_align.pt (tokens per text character, the tokenizer's CTC alignment) for the LM's aligned layout
   python tools/extract_fsq.py --tokenizer own --checkpoint "$fsq_dir/final.pt" --out_dir "$tokens" \
-    --index $(for s in $splits; do echo "$data/$s.jsonl"; done) --skip_existing --num_workers 0
+    --index $(for s in $splits; do echo "$data/$s.jsonl"; done) --skip_existing --num_workers 0 --align
 fi
 
 if run_stage 4 "train the DAC-VAE ($codec_steps steps)"; then
