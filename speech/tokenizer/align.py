@@ -78,9 +78,6 @@ def char_durations(text: str, sources: Sequence[int], frames: torch.Tensor) -> t
 def token_durations(char_dur: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:
     """Speech tokens per text token ``[L]``, given each text token's first character ``starts`` (sorted):
     token ``k`` owns the characters from its start to the next token's, the first also any before it."""
-    n_chars = char_dur.shape[0]
-    owner = torch.zeros(n_chars, dtype=torch.long)
-    starts = [min(max(int(s), 0), n_chars) for s in starts]
-    for k, s in enumerate(starts[1:], 1):
-        owner[s:] = k
-    return torch.zeros(len(starts), dtype=torch.long).index_add_(0, owner, char_dur.long())
+    first = torch.as_tensor(list(starts), dtype=torch.long)
+    owner = (torch.searchsorted(first, torch.arange(char_dur.shape[0]), right=True) - 1).clamp_min(0)
+    return torch.zeros(len(first), dtype=torch.long).index_add_(0, owner, char_dur.long())
