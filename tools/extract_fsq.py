@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     # same share whatever the others have already written.
     items.sort(key=lambda x: (-float(x.get("duration") or 0.0), x["out"]))
     mine = items[rank::world]
+
     def done(item: dict) -> bool:
         return os.path.exists(item["out"]) and (not args.align or os.path.exists(item["align_out"]))
 

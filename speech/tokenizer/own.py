@@ -110,11 +110,6 @@ def _build_model(
         # The whole text is checked (nothing imported) before any of it is resolved or built.
         resolved = resolve_config(config_text, trust=trust_config, source=source)
         model = build_config(model_config_text(resolved, model_key), trust=trust_config, source=source)[model_key]
-        try:
-            chars = build_config(model_config_text(resolved, "text_tokenizer"), trust=trust_config, source=source)
-            chars = chars["text_tokenizer"]
-        except SpeechTokenizerError:  # no such entry
-            chars = None
     except (SpeechTokenizerError, UntrustedConfigError):
         raise
     except Exception as exc:
@@ -122,6 +117,11 @@ def _build_model(
         raise SpeechTokenizerError(message) from None
     if not isinstance(model, FSQTokenizerModel):
         raise SpeechTokenizerError(f"config key {model_key!r} builds a {type(model).__name__}, not FSQTokenizerModel")
+    try:  # optional: only align() needs it, so a missing or unbuildable entry is no error here
+        chars = build_config(model_config_text(resolved, "text_tokenizer"), trust=trust_config, source=source)
+        chars = chars["text_tokenizer"]
+    except Exception:  # noqa: BLE001
+        chars = None
     return model, chars if isinstance(chars, CharTokenizer) else None
 
 

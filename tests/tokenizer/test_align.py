@@ -19,7 +19,7 @@ from speech.tokenizer.own import OwnFSQTokenizer
 from tests.dataset.synth import write_corpus, write_index
 from tools.extract_fsq import main as extract
 
-from .test_own import trained  # noqa: F401 - the module's tiny tokenizer checkpoint fixture
+from .test_own import REPO, trained  # noqa: F401 - the module's tiny tokenizer checkpoint fixture
 
 BLANK = 2
 
@@ -173,3 +173,15 @@ def test_extract_fsq_align_needs_a_ctc_alphabet(tmp_path, capsys):
     torch.save(model.eval().state_dict(), tmp_path / "s3.pt")
     with pytest.raises(SystemExit, match="--align needs a tokenizer with a CTC alphabet"):
         extract(["--index", str(index), "--num_workers", "0", "--checkpoint", str(tmp_path / "s3.pt"), "--align"])
+
+
+def test_a_config_whose_alphabet_cannot_be_built_still_loads(trained, tmp_path):  # noqa: F811
+    model, _ = trained
+    text = (REPO / "configs/tiny/fsq.yaml").read_text()
+    text = text.replace("vocab_size: !ref <text_tokenizer.vocab_size>", "vocab_size: 38")
+    text = text.replace("text_tokenizer: !new:speech.tokenizer.chars.CharTokenizer",
+                        "text_tokenizer: !new:speech.tokenizer.chars.CharTokenizer {alphabet: aa}")
+    ckpt = tmp_path / "fsq.pt"
+    torch.save({"model": model.state_dict(), "config": text}, ckpt)
+    tok = OwnFSQTokenizer.from_checkpoint(ckpt)  # the broken alphabet only matters to align()
+    assert tok.chars is not None and tok.chars.alphabet == CharTokenizer().alphabet  # 38 ids: the English default
