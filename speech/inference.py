@@ -802,7 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = parser.add_argument_group("input / output (one utterance, or a list)")
     i.add_argument("--text", help="text to speak")
     i.add_argument("--prompt_wav", help="reference clip of the voice to clone")
-    i.add_argument("--prompt_text", help="transcript of --prompt_wav (optional: one-shot continuation)")
+    i.add_argument("--prompt_text", help="transcript of --prompt_wav (optional: one-shot continuation; an "
+                   "aligned-layout LM takes only the voice, the flow still continues the prompt)")
     i.add_argument("--out", help="output wav (with --text)")
     i.add_argument("--list", help="JSON lines (utt, text, prompt_wav[, prompt_text]) or TSV of requests")
     i.add_argument("--out_dir", help="folder for <utt>.wav, synthesis.jsonl and rtf.json (with --list)")

@@ -58,9 +58,14 @@ def tiny_system(tmp_path_factory, corpus_dir) -> dict[str, Path]:
     # The flow trains with latent statistics from a file that is gone by inference time: the checkpoint has them.
     stats = root / "latent_stats.json"
     stats.write_text(json.dumps({"mean": [0.01] * 80, "std": [0.5] * 80}))
+    unistream = root / "llm_unistream.yaml"  # the tiny LM decoding its text as a whole (it continues one-shot prompts)
+    tiny_llm = (REPO / "configs/tiny/llm.yaml").read_text(encoding="utf-8")
+    assert "decode_layout: aligned" in tiny_llm
+    unistream.write_text(tiny_llm.replace("decode_layout: aligned", "decode_layout: unistream"), encoding="utf-8")
     paths = {
         "bpe": bpe,
         "llm": save_like_trainer(root / "llm", REPO / "configs/tiny/llm.yaml", "llm", {"text_tokenizer_path": str(bpe)}),
+        "llm_unistream": save_like_trainer(root / "llm_unistream", unistream, "llm", {"text_tokenizer_path": str(bpe)}),
         "flow": save_like_trainer(root / "flow", REPO / "configs/tiny/flow.yaml", "flow", {"latent_stats": str(stats)}),
         "codec": save_like_trainer(root / "codec", REPO / "configs/tiny/dac_vae.yaml", "dac_vae", {}),
         "codec3x": save_like_trainer(root / "codec3x", REPO / "configs/tiny/dac_vae_3x.yaml", "dac_vae", {}),

@@ -36,6 +36,32 @@ def test_batch_equals_each_item_alone(synthesizer, tiny_system):
         torch.testing.assert_close(ra.audio, rb.audio, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("llm_key, lm_takes_prompt", [("llm", False), ("llm_unistream", True)])
+def test_one_shot_prompt_reaches_the_lm_unless_it_decodes_aligned(tiny_system, monkeypatch, llm_key, lm_takes_prompt):
+    from speech.inference import Synthesizer
+
+    s = tiny_system
+    synth = Synthesizer.from_checkpoints(s[llm_key], s["flow"], s["codec"], speech_tokenizer=s["fsq"], device="cpu")
+    assert synth.llm.decode_layout == ("unistream" if lm_takes_prompt else "aligned")
+    seen = {}
+    generate, sample = synth.llm.generate, synth.flow.sample
+
+    def spy_generate(*args, **kw):
+        seen["lm"] = kw["prompt_speech_token"] is not None and kw["prompt_text_token"] is not None
+        return generate(*args, **kw)
+
+    def spy_sample(*args, **kw):
+        seen["flow"] = kw["prompt_latent"] is not None and kw["prompt_token"] is not None
+        return sample(*args, **kw)
+
+    monkeypatch.setattr(synth.llm, "generate", spy_generate)
+    monkeypatch.setattr(synth.flow, "sample", spy_sample)
+    prompt_text = s["prompt"].with_suffix(".txt").read_text().strip()
+    u = synth.prepare("a", TEXTS[1], s["prompt"], prompt_text=prompt_text)
+    (r,) = synth.synthesize([u], SynthesisOptions(max_len_ratio=4.0, n_steps=2))
+    assert r.n_tokens > 0 and seen == {"lm": lm_takes_prompt, "flow": True}
+
+
 def test_run_sorts_by_length_and_keeps_every_item(synthesizer, tiny_system):
     utts = [synthesizer.prepare(str(i), t, tiny_system["prompt"]) for i, t in enumerate(TEXTS)]
     out = list(synthesizer.run(utts, FAST, batch_size=2))
