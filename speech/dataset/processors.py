@@ -2,13 +2,13 @@
 
 A typical chain (each stage only if the model needs it)::
 
-    tokenize_text → filter_items → load_speech_token → load_latent → align_lengths
+    tokenize_text → filter_items → load_speech_token → [load_text_alignment] → load_latent → align_lengths
     → load_audio → random_crop → speaker_reference → shuffle → sort → batch → padding
 
 Items are dicts from the index (``utt, spk, wav, text, duration, token_path, n_tokens,
 latent_path, n_latent_frames`` plus ``shard`` and ``offset``); processors add tensors:
-``text_token [L]``, ``speech_token [T]``, ``latent [D, T_lat]``, ``audio [S]``, ``ref_audio [S]``
-(and ``audio_len`` when a crop is zero-padded). ``batch`` turns items into lists, ``padding`` turns
+``text_token [L]``, ``text_token_dur [L]``, ``speech_token [T]``, ``latent [D, T_lat]``, ``audio [S]``,
+``ref_audio [S]`` (and ``audio_len`` when a crop is zero-padded). ``batch`` turns items into lists, ``padding`` turns
 lists into the batch dicts of docs/contracts.md.
 
 Bad items are never fatal: they are dropped with a short reason on ``ctx.skips`` (counted, the
