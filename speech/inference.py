@@ -492,14 +492,15 @@ class Synthesizer:
             prompt = self._one_shot_prompt(batch) if one_shot else None
         with timer("lm", dev):
             spk = torch.stack([u.speaker[0] for u in batch]).to(dev) if cached else self.llm.speaker(ref, ref_len)
+            lm_prompt = prompt if self._lm_prompt(prompt) else None
             tokens, n_tok = self.llm.generate(
                 text,
                 text_len,
                 spk_vector=spk,
-                prompt_text_token=prompt["pt"] if self._lm_prompt(prompt) else None,
-                prompt_text_token_len=prompt["pt_len"] if self._lm_prompt(prompt) else None,
-                prompt_speech_token=prompt["ps"] if self._lm_prompt(prompt) else None,
-                prompt_speech_token_len=prompt["ps_len"] if self._lm_prompt(prompt) else None,
+                prompt_text_token=lm_prompt["pt"] if lm_prompt else None,
+                prompt_text_token_len=lm_prompt["pt_len"] if lm_prompt else None,
+                prompt_speech_token=lm_prompt["ps"] if lm_prompt else None,
+                prompt_speech_token_len=lm_prompt["ps_len"] if lm_prompt else None,
                 sampler=opt.sampler(self.llm.sampler),
                 min_len_ratio=opt.min_len_ratio,
                 max_len_ratio=opt.max_len_ratio,

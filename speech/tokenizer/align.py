@@ -21,7 +21,8 @@ __all__ = ["ctc_forced_align", "frames_per_target", "char_durations", "token_dur
 
 def ctc_forced_align(log_probs: torch.Tensor, targets: Sequence[int], blank: int) -> torch.Tensor | None:
     """The most likely CTC path of ``targets`` through ``log_probs [T, V]``: per frame, the index of the
-    target it emits or -1 for blank; ``None`` when ``T`` frames cannot hold the targets (repeats need a blank)."""
+    target it emits or -1 for blank; ``None`` when ``T`` frames cannot hold the targets (repeats need a blank).
+    (torchaudio's ``forced_align`` does this too, but is deprecated and slated for removal.)"""
     t_len, n = log_probs.shape[0], len(targets)
     if n == 0:
         return None
@@ -60,11 +61,10 @@ def frames_per_target(path: torch.Tensor, n_targets: int, group: int = 1) -> tor
     """Frames of each target ``[n_targets]`` (int64), a frame being ``group`` consecutive path steps (the CTC
     head's upsampling): a blank step belongs to the target emitted before it, leading blanks to the first
     target, and a frame to the target of its first step. Sums to ``len(path) // group``."""
-    idx = path.clone()
-    for t in range(1, idx.shape[0]):  # forward fill (a few hundred steps)
-        if idx[t] < 0:
-            idx[t] = idx[t - 1]
-    return torch.bincount(idx[::group][: path.shape[0] // group].clamp_min(0), minlength=n_targets)
+    steps = torch.arange(path.shape[0])
+    last_emit = torch.cummax(torch.where(path >= 0, steps, 0), 0).values  # the latest emitting step (or 0)
+    idx = path[last_emit].clamp_min(0)  # leading blanks (nothing emitted yet) go to target 0
+    return torch.bincount(idx[::group][: path.shape[0] // group], minlength=n_targets)
 
 
 def char_durations(text: str, sources: Sequence[int], frames: torch.Tensor) -> torch.Tensor:
