@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 skips.skip(f"unreadable audio ({wav.split(':')[0]})", item["wav"], wav)
             else:
                 good.append((item, wav))
-        codes = tokenizer.tokenize([wav for _, wav in good]) if good else []
-        if args.align and good:
+        if args.align:  # one encoder pass gives the ids and the CTC alignment
             texts = [item.get("text") if isinstance(item.get("text"), str) else "" for item, _ in good]
-            alignments = tokenizer.align([wav for _, wav in good], texts)
+            codes, alignments = tokenizer.tokenize_and_align([wav for _, wav in good], texts)
         else:
+            codes = tokenizer.tokenize([wav for _, wav in good]) if good else []
             alignments = [None] * len(good)
         for (item, wav), ids, chars in zip(good, codes, alignments, strict=False):
             if ids.numel() == 0:

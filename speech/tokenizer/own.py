@@ -205,17 +205,21 @@ class OwnFSQTokenizer(SpeechTokenizer):
         log.info("loaded FSQ tokenizer %s (%d codes, %d Hz input)", checkpoint, model.codebook_size, model.sample_rate)
         return cls(model, device, chars)
 
-    @torch.inference_mode()
-    def tokenize(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """1-D float waveforms at :attr:`sample_rate` -> 1-D int64 CPU tensors of ids, one batched pass."""
-        if not wavs:
-            return []
+    def _padded(self, wavs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """1-D waveforms -> padded float audio ``[B, S]`` and lengths ``[B]`` on the device."""
         for i, wav in enumerate(wavs):
             if wav.dim() != 1:
                 raise ValueError(f"tokenize expects 1-D waveforms, item {i} has shape {tuple(wav.shape)}")
         lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
         audio = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
-        ids, token_len = self.model.tokenize(audio.to(self.device), lengths.to(self.device))
+        return audio.to(self.device), lengths.to(self.device)
+
+    @torch.inference_mode()
+    def tokenize(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """1-D float waveforms at :attr:`sample_rate` -> 1-D int64 CPU tensors of ids, one batched pass."""
+        if not wavs:
+            return []
+        ids, token_len = self.model.tokenize(*self._padded(wavs))
         ids, token_len = ids.cpu(), token_len.cpu().tolist()
         return [row[:n].clone() for row, n in zip(ids, token_len)]
 
@@ -224,16 +228,22 @@ class OwnFSQTokenizer(SpeechTokenizer):
         """Speech tokens per character of each transcript (int32 ``[len(text)]``, summing to the
         utterance's :meth:`tokenize` length; see :mod:`speech.tokenizer.align`), from a forced alignment
         of the CTC head; ``None`` for an item whose text spells to nothing or does not fit its frames."""
+        return self.tokenize_and_align(wavs, texts)[1]
+
+    @torch.inference_mode()
+    def tokenize_and_align(
+        self, wavs: Sequence[torch.Tensor], texts: Sequence[str]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """:meth:`tokenize` and :meth:`align` from one encoder pass (the CTC pass yields the ids too)."""
         if self.chars is None:
             raise SpeechTokenizerError("this FSQ tokenizer's CTC alphabet is unknown: its config has no CharTokenizer")
         if len(wavs) != len(texts):
             raise ValueError(f"align needs one text per waveform, got {len(wavs)} and {len(texts)}")
         if not wavs:
-            return []
-        lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
-        audio = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
-        out = self.model.ctc_log_probs(audio.to(self.device), lengths.to(self.device))
+            return [], []
+        out = self.model.ctc_log_probs(*self._padded(wavs))
         log_probs, ctc_len = out["log_probs"].cpu(), out["ctc_len"].cpu().tolist()
+        ids_out = [row[:n].clone() for row, n in zip(out["ids"].cpu(), out["token_len"].cpu().tolist())]
         result: list[torch.Tensor | None] = []
         for lp, n, text in zip(log_probs, ctc_len, texts):
             try:
@@ -246,4 +256,4 @@ class OwnFSQTokenizer(SpeechTokenizer):
                 continue
             frames = frames_per_target(path, len(ids), group=self.model.ctc_upsample)
             result.append(char_durations(text, sources, frames))
-        return result
+        return ids_out, result

@@ -114,6 +114,9 @@ def test_own_tokenizer_alignments_add_up_to_its_tokens(trained):  # noqa: F811
         assert a.dtype == torch.int32 and a.shape == (len(text),) and int(a.sum()) == i.numel()
         assert all(int(a[k]) == 0 for k, c in enumerate(text) if c in ",.")  # spelled away: no frames
     assert out[2] is None
+    both_ids, both_align = tok.tokenize_and_align(wavs, texts)  # one encoder pass: the same ids and alignments
+    assert all(torch.equal(a, b) for a, b in zip(both_ids, ids, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(both_align[:2], out[:2], strict=True)) and both_align[2] is None
     assert tok.align(wavs[:1], ["!!!"]) == [None]
     with pytest.raises(ValueError, match="one text per waveform"):
         tok.align(wavs, texts[:1])
