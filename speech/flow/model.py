@@ -30,7 +30,9 @@ from speech.flow.estimator import Estimator
 from speech.flow.matching import FlowMatching
 from speech.utils.mask import lengths_to_mask
 
-__all__ = ["FlowModel", "load_latent_stats", "seeded_noise", "concat_padded", "fit_length", "shift_left"]
+__all__ = [
+    "FlowModel", "load_latent_stats", "seeded_noise", "concat_padded", "fit_length", "shift_left", "smooth_pitch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,25 @@ def shift_left(x: torch.Tensor, offset: torch.Tensor, length: int) -> torch.Tens
     return x.gather(-1, idx) * inside.view(inside.shape[0], *([1] * len(lead)), length).to(x.dtype)
 
 
+def smooth_pitch(
+    x: torch.Tensor, frames: int, history: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal moving average over ``frames`` frames of channel 0 of latents ``x [B, D, T]`` (raw space).
+
+    ``history [B, frames - 1]``: channel 0's raw values just before ``x`` (``None``: the first frame
+    repeated), so chunks smoothed one after another with the returned history equal the whole
+    sequence smoothed at once. Causal: a frame never waits for later ones (streaming stays exact).
+    """
+    if frames <= 1 or x.shape[-1] == 0:
+        return x, history
+    c = x[:, 0]
+    past = c[:, :1].expand(-1, frames - 1) if history is None else history.to(c)
+    full = torch.cat([past, c], dim=-1)
+    out = x.clone()
+    out[:, 0] = F.avg_pool1d(full[:, None], frames, stride=1)[:, 0]
+    return out, full[:, full.shape[-1] - (frames - 1) :]
+
+
 class FlowModel(nn.Module):
     """Token-to-latent flow-matching decoder (Stage 2): ``forward(batch)`` -> named losses; ``sample`` -> latents."""
 
@@ -130,8 +151,11 @@ class FlowModel(nn.Module):
         prompt_max_ratio: float = 0.3,
         streaming_prob: float = 0.0,
         cv_seed: int = 1234,
+        pitch_smoothing: int = 0,
     ):
         super().__init__()
+        if int(pitch_smoothing) != pitch_smoothing or pitch_smoothing < 0:
+            raise ConfigError(f"flow: pitch_smoothing must be a whole number of frames >= 0, not {pitch_smoothing!r}")
         if encoder.out_dim != latent_dim:
             raise ConfigError(f"flow: encoder out_dim {encoder.out_dim} != latent_dim {latent_dim}")
         if estimator.in_channels != latent_dim or estimator.out_channels != latent_dim:
@@ -166,6 +190,9 @@ class FlowModel(nn.Module):
         self.latent_dim, self.ratio = latent_dim, encoder.ratio
         self.prompt_prob, self.prompt_max_ratio = prompt_prob, prompt_max_ratio
         self.streaming_prob, self.cv_seed = streaming_prob, cv_seed
+        # For a harmonic codec (latent channel 0 = its pitch): a sampled pitch track that the tokens do not
+        # determine jitters, and the codec's comb renders jitter as roughness (smooth_pitch).
+        self.pitch_smoothing = int(pitch_smoothing)
         self.speaker = speaker
         spk_dim = spk_dim or getattr(speaker, "dim", 192)
         self.spk_proj = nn.Linear(spk_dim, estimator.spk_channels) if speaker is not None else None
@@ -336,7 +363,8 @@ class FlowModel(nn.Module):
         x = shift_left(x, prompt_frames, out_frames)
         out_len = speech_token_len * r
         out_mask = lengths_to_mask(out_len, out_frames)[:, None, :]
-        return self.denormalise(x) * out_mask, out_len
+        latent, _ = smooth_pitch(self.denormalise(x), self.pitch_smoothing)
+        return latent * out_mask, out_len
 
     @torch.inference_mode()
     def media(self, batch: dict[str, Any]) -> dict[str, Any]:

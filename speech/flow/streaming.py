@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from speech.flow.estimator import ChunkCache
-from speech.flow.model import fit_length, seeded_noise
+from speech.flow.model import fit_length, seeded_noise, smooth_pitch
 
 __all__ = ["StreamingError", "look_ahead_tokens", "check_streamable", "stream_latents"]
 
@@ -130,11 +130,18 @@ def stream_latents(
         solved = stop * r
         return flow.denormalise(x[..., done * r - first : stop * r - first])
 
+    pitch_history = None  # channel 0 of the frames already emitted, for the causal pitch smoothing
+
+    def emit(n_known: int, stop: int) -> torch.Tensor:
+        nonlocal pitch_history
+        out, pitch_history = smooth_pitch(solve(n_known, stop), flow.pitch_smoothing, pitch_history)
+        return out
+
     for token in tokens:
         ids.append(int(token))
         end = (done // chunk + 1) * chunk  # the end of the chunk being filled
         while len(ids) >= end + ahead:  # (a long prompt can complete several at once)
-            yield solve(end + ahead, end)
+            yield emit(end + ahead, end)
             done, end = end, end + chunk
     if len(ids) > done:
-        yield solve(len(ids), len(ids))
+        yield emit(len(ids), len(ids))

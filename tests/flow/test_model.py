@@ -12,7 +12,7 @@ from speech.config import ConfigError
 from speech.flow.encoder import TokenEncoder
 from speech.flow.estimator import DiT, UNet1D
 from speech.flow.matching import FlowMatching
-from speech.flow.model import FlowModel, concat_padded, seeded_noise, shift_left
+from speech.flow.model import FlowModel, concat_padded, seeded_noise, shift_left, smooth_pitch
 from tests.flow.stand_in import REPO, TinySpeaker, load_flow_config
 
 CONFIGS = {2: "tiny/flow.yaml", 3: "tiny/flow_3x.yaml"}
@@ -327,6 +327,38 @@ def test_concat_padded_and_shift_left_equal_loops():
         o = int(off[i])
         ref = x[i, :, o : o + 5]
         assert torch.equal(y[i, :, : ref.shape[-1]], ref) and (y[i, :, ref.shape[-1] :] == 0).all()
+
+
+def test_smooth_pitch_is_a_causal_moving_average_of_channel_0_in_any_chunking():
+    x = torch.randn(2, 3, 23)
+    y, _ = smooth_pitch(x, 5)
+    for b in range(2):  # reference: the mean of the last 5 frames, the first frame standing in before the start
+        padded = [float(x[b, 0, 0])] * 4 + x[b, 0].tolist()
+        ref = torch.tensor([sum(padded[t : t + 5]) / 5 for t in range(23)])
+        torch.testing.assert_close(y[b, 0], ref)
+    assert torch.equal(y[:, 1:], x[:, 1:])
+    for cuts in ([0, 1, 23], [0, 3, 4, 17, 23], [0, 10, 10, 23]):  # chunk by chunk with the carried history
+        parts, history = [], None
+        for s, e in zip(cuts, cuts[1:]):
+            part, history = smooth_pitch(x[..., s:e], 5, history)
+            parts.append(part)
+        torch.testing.assert_close(torch.cat(parts, -1), y)
+    assert smooth_pitch(x, 1)[0] is x and smooth_pitch(x, 0)[0] is x
+
+
+def test_pitch_smoothing_in_batched_sampling_and_its_config_check():
+    model = _model(2).eval()
+    b = _batch(model, lengths=(8, 3, 6))
+    kw = dict(ref_audio=b["ref_audio"], ref_audio_len=b["ref_audio_len"], n_steps=2, seed=3)
+    rough, lengths = model.sample(b["speech_token"], b["speech_token_len"], **kw)
+    model.pitch_smoothing = 4
+    smooth, _ = model.sample(b["speech_token"], b["speech_token_len"], **kw)
+    for i in range(3):  # each item smoothed over its own frames only; padding stays 0
+        n = int(lengths[i])
+        torch.testing.assert_close(smooth[i, :, :n], smooth_pitch(rough[i : i + 1, :, :n], 4)[0][0])
+        assert (smooth[i, :, n:] == 0).all()
+    with pytest.raises(ConfigError, match="pitch_smoothing"):
+        FlowModel(model.encoder, model.estimator, model.matching, model.latent_dim, model.speaker, pitch_smoothing=2.5)
 
 
 def test_media_returns_a_latent_figure():

@@ -68,6 +68,27 @@ def test_streamed_latents_with_a_prompt_equal_offline():
         torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
 
 
+def test_streamed_latents_with_pitch_smoothing_equal_offline():
+    """The causal pitch smoothing carries its history across chunks: the stream still equals offline
+    (a window of 7 frames spans chunks of 16), with and without a prompt, and it changes channel 0 only."""
+    tokens, spk = _inputs()
+    kw = dict(n_steps=2, cfg_w=0.7, seed=4)
+    rough = _flow(8).sample(tokens, torch.tensor([N_TOKENS]), streaming=True, **spk, **kw)[0]
+    flow = _flow(8, pitch_smoothing=7)
+    offline, _ = flow.sample(tokens, torch.tensor([N_TOKENS]), streaming=True, **spk, **kw)
+    torch.testing.assert_close(offline[:, 1:], rough[:, 1:], atol=0, rtol=0)
+    assert (offline[0, 0] - rough[0, 0]).abs().max() > 1e-3
+    chunks = list(stream_latents(flow, tokens[0].tolist(), **spk, **kw))
+    assert len(chunks) == 4  # three chunks of 8 tokens, then the last 9 when the stream ends
+    torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
+    prompt = torch.randint(0, 6561, (1, 5), generator=torch.Generator().manual_seed(5))
+    p_lat = torch.randn(1, 80, 10, generator=torch.Generator().manual_seed(6))
+    offline, _ = flow.sample(tokens, torch.tensor([N_TOKENS]), prompt_token=prompt, prompt_token_len=torch.tensor([5]),
+                             prompt_latent=p_lat, streaming=True, **spk, **kw)
+    chunks = list(stream_latents(flow, tokens[0].tolist(), prompt_token=prompt[0], prompt_latent=p_lat, **spk, **kw))
+    torch.testing.assert_close(torch.cat(chunks, -1), offline, atol=1e-4, rtol=0)
+
+
 def test_a_non_causal_flow_is_refused():
     with pytest.raises(ConfigError, match="needs a causal estimator"):
         load_config(REPO / "configs/tiny/flow.yaml", {"streaming_prob": 0.5})
