@@ -230,28 +230,34 @@ class TorchEngine(Engine):
         return ckpt
 
 
-def bf16_matmul_slowdown(n: int = 256, seconds: float = 0.04) -> float:
-    """How many times slower a bf16 matmul is than an fp32 one on this CPU (about 0.1 s).
+def bf16_matmul_slowdown(n: int = 256, seconds: float = 0.12, rounds: int = 3) -> float:
+    """How many times slower a bf16 matmul is than an fp32 one on this CPU (about ``seconds``).
 
     CPUs without native bf16 matmul (AVX2 only, no AVX512-BF16/AMX) emulate it, often about
     100x slower than fp32, which makes bf16 autocast a large slowdown instead of a speed-up.
-    Constant inputs: the probe draws nothing from the random generators.
+    Both kinds are warmed up first (a fresh process builds its bf16 kernels on the first calls:
+    one warm-up call once read a native-bf16 CPU as 17x slower), then timed in alternating rounds;
+    the median ratio is returned. Constant inputs: the probe draws nothing from the random generators.
     """
+    import statistics
     import time
 
-    def rate(dtype: torch.dtype) -> float:
-        a = torch.full((n, n), 0.5, dtype=dtype)
-        b = torch.full((n, n), 0.25, dtype=dtype)
-        torch.mm(a, b)  # warm-up
+    def rate(a: torch.Tensor, b: torch.Tensor, budget: float) -> float:
         reps, start = 0, time.perf_counter()
         while True:
             torch.mm(a, b)
             reps += 1
             elapsed = time.perf_counter() - start
-            if elapsed >= seconds / 2 and reps >= 2:
+            if elapsed >= budget and reps >= 2:
                 return reps / elapsed
 
-    return rate(torch.float32) / rate(torch.bfloat16)
+    pairs = [(torch.full((n, n), 0.5, dtype=dt), torch.full((n, n), 0.25, dtype=dt))
+             for dt in (torch.float32, torch.bfloat16)]
+    share = seconds / (2 + 2 * rounds)
+    for a, b in pairs:  # warm-up
+        rate(a, b, share)
+    ratios = [rate(*pairs[0], share) / rate(*pairs[1], share) for _ in range(rounds)]
+    return statistics.median(ratios)
 
 
 def prepare_deepspeed_config(path: str | os.PathLike, conf: TrainConf) -> dict[str, Any]:
