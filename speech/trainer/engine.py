@@ -235,9 +235,9 @@ def bf16_matmul_slowdown(n: int = 256, seconds: float = 0.12, rounds: int = 3) -
 
     CPUs without native bf16 matmul (AVX2 only, no AVX512-BF16/AMX) emulate it, often about
     100x slower than fp32, which makes bf16 autocast a large slowdown instead of a speed-up.
-    Both kinds are warmed up first (a fresh process builds its bf16 kernels on the first calls:
-    one warm-up call once read a native-bf16 CPU as 17x slower), then timed in alternating rounds;
-    the median ratio is returned. Constant inputs: the probe draws nothing from the random generators.
+    Both kinds are warmed up first, then timed in alternating rounds, and the median ratio is
+    returned: a single short timing after one warm-up call once read this native-bf16 CPU as 17x
+    slower (a fresh process under load), and a demo run then trained its codec in fp32. Constant inputs: the probe draws nothing from the random generators.
     """
     import statistics
     import time
