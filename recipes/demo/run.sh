@@ -54,9 +54,9 @@ flow_config=configs/tiny/flow_stream.yaml   # causal, streaming-trained: stage 1
                      # no streaming; dev at 1200 steps CV 0.89 vs 1.12, STOI 0.525 vs 0.481, WER 124% vs 126%);
                      # it predicts data, not velocity (logit-normal times, lr 3e-3): dev STOI 0.604 -> 0.680;
                      # FSQ-digit token embedding (fsq_levels): 0.675 -> 0.719
-pitch_smoothing=25   # stage 8, with the harmonic DAC-VAE: the flow smooths its sampled pitch (latent channel 0) over
-                     # this many frames (0.5 s, causal; 0 = off). Dev, true tokens: STOI / WER 0.734 / 59% -> 0.751 / 53%;
-                     # the synthesis' WER is unchanged (dev 95.5 -> 96.5%): its LM-made tokens limit it
+pitch_smoothing=25   # stage 8, with the harmonic DAC-VAE: the flow smooths its sampled pitch (latent channel 0)
+                     # over this many frames (0.5 s, causal; 0 = off). Dev, true tokens: STOI / WER 0.734 / 59%
+                     # -> 0.751 / 53%; the synthesis' WER is unchanged (dev 95.5 -> 96.5%): its LM-made tokens limit it
 flow_objective=cfm   # stage 8: cfm (10 guided Euler steps) | meanflow (one-step, configs/tiny/flow_meanflow.yaml)
 sled_steps=0         # > 0: stage 13 trains the continuous AR (SLED) path that long, synthesizes and evaluates it
 codec=dac_vae        # the codec the TTS renders with: dac_vae, or flowae (the flow-matching autoencoder)

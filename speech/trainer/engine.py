@@ -237,7 +237,8 @@ def bf16_matmul_slowdown(n: int = 256, seconds: float = 0.12, rounds: int = 3) -
     100x slower than fp32, which makes bf16 autocast a large slowdown instead of a speed-up.
     Both kinds are warmed up first, then timed in alternating rounds, and the median ratio is
     returned: a single short timing after one warm-up call once read this native-bf16 CPU as 17x
-    slower (a fresh process under load), and a demo run then trained its codec in fp32. Constant inputs: the probe draws nothing from the random generators.
+    slower (a fresh process under load), and a demo run then trained its codec in fp32.
+    Constant inputs: the probe draws nothing from the random generators.
     """
     import statistics
     import time
