@@ -829,4 +829,5 @@ class SpeechLM(nn.Module):
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return (f"speech_token_size={self.speech_token_size}, params={n / 1e6:.2f}M, "
-                f"bistream_prob={self.bistream_prob}, aligned_prob={self.aligned_prob}, decode_layout={self.decode_layout}")
+                f"bistream_prob={self.bistream_prob}, aligned_prob={self.aligned_prob}, "
+                f"decode_layout={self.decode_layout}")
