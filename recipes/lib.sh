@@ -39,15 +39,18 @@ require() {
 # run_lanes FUNC...: run the functions (or commands) at the same time, each in a subshell with one CPU
 # thread (OMP_NUM_THREADS=1), and wait for all; returns the status of the last lane that failed (0 if none).
 # For independent single-threaded work (the scorers run one thread each): a second lane uses a second core.
-# Ctrl-C or a TERM stops every lane. Call it as a plain command: bash ignores set -e inside a tested
-# `run_lanes ... || ...`, so a lane would then run on past a failing command.
+# Each lane is its own process group (set -m), so Ctrl-C or a TERM stops every lane with all it started.
+# Call it as a plain command: bash ignores set -e inside a tested `run_lanes ... || ...`, so a lane would
+# then run on past a failing command.
 run_lanes() {
   local pids=() pid lane rc=0
+  set -m
   for lane in "$@"; do
     ( export OMP_NUM_THREADS=1; "$lane" ) &
     pids+=("$!")
   done
-  trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+  set +m
+  trap 'for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done; exit 130' INT TERM
   for pid in "${pids[@]}"; do
     wait "$pid" || rc=$?
   done

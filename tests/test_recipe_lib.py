@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,17 +47,19 @@ echo unreachable
     assert not (tmp_path / "after_failure").exists()  # a lane stops at its first failing command
 
 
-def test_run_lanes_stops_every_lane_on_term(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_lanes_stops_every_lane_and_its_children(tmp_path, sig):
     proc = subprocess.Popen(
         ["bash", "-c", f"set -euo pipefail; . recipes/lib.sh\n"
-                       f"late() {{ touch {tmp_path}/started_$1; sleep 2; touch {tmp_path}/finished_$1; }}\n"
+                       # the child process outlives its lane's subshell unless its whole process group is stopped
+                       f"late() {{ touch {tmp_path}/started_$1; bash -c 'sleep 2; touch {tmp_path}/finished_$1'; }}\n"
                        "a() { late a; }; b() { late b; }\nrun_lanes a b"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 10
     while not all((tmp_path / f"started_{x}").exists() for x in "ab") and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=10) == 130
     time.sleep(2.5)
     assert not list(tmp_path.glob("finished_*"))
