@@ -214,14 +214,17 @@ class OwnFSQTokenizer(SpeechTokenizer):
         audio = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
         return audio.to(self.device), lengths.to(self.device)
 
+    @staticmethod
+    def _unpadded(ids: torch.Tensor, token_len: torch.Tensor) -> list[torch.Tensor]:
+        """Padded ids ``[B, N]`` and lengths ``[B]`` -> one 1-D int64 CPU tensor per item."""
+        return [row[:n].clone() for row, n in zip(ids.cpu(), token_len.cpu().tolist())]
+
     @torch.inference_mode()
     def tokenize(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """1-D float waveforms at :attr:`sample_rate` -> 1-D int64 CPU tensors of ids, one batched pass."""
         if not wavs:
             return []
-        ids, token_len = self.model.tokenize(*self._padded(wavs))
-        ids, token_len = ids.cpu(), token_len.cpu().tolist()
-        return [row[:n].clone() for row, n in zip(ids, token_len)]
+        return self._unpadded(*self.model.tokenize(*self._padded(wavs)))
 
     @torch.inference_mode()
     def align(self, wavs: Sequence[torch.Tensor], texts: Sequence[str]) -> list[torch.Tensor | None]:
@@ -243,7 +246,7 @@ class OwnFSQTokenizer(SpeechTokenizer):
             return [], []
         out = self.model.ctc_log_probs(*self._padded(wavs))
         log_probs, ctc_len = out["log_probs"].cpu(), out["ctc_len"].cpu().tolist()
-        ids_out = [row[:n].clone() for row, n in zip(out["ids"].cpu(), out["token_len"].cpu().tolist())]
+        ids_out = self._unpadded(out["ids"], out["token_len"])
         result: list[torch.Tensor | None] = []
         for lp, n, text in zip(log_probs, ctc_len, texts):
             try:
