@@ -463,18 +463,59 @@ class Synthesizer:
         text_ids = [u.prompt_text_token if h else empty for u, h in zip(batch, has)]
         with_text = [u for u, h in zip(batch, has) if h]
         sr_tok = self.speech_tokenizer.sample_rate
-        ids = iter(self.speech_tokenizer.tokenize([resample(u.prompt, self.sample_rate, sr_tok) for u in with_text]))
+        wavs = [resample(u.prompt, self.sample_rate, sr_tok) for u in with_text]
+        aligned = {}
+        if self._aligned_lm():  # its prompt goes in the aligned layout: speech tokens per prompt text token
+            tokens, durs = self._tokenize_and_align(with_text, wavs)
+            dur = iter(durs)
+            aligned["pt_dur"] = _pad([next(dur).clamp_min(0) if h else empty for h in has], dev)[0]
+        else:
+            tokens, durs = self.speech_tokenizer.tokenize(wavs), None
+        ids = iter(tokens)
         speech_ids = [next(ids).long() if h else empty for h in has]
         pt, pt_len = _pad(text_ids, dev)
         ps, ps_len = _pad(speech_ids, dev)
+        # what the LM continues: every prompt with a transcript, except one an aligned LM could not align
+        ok = iter([bool((d >= 0).all()) for d in durs] if durs is not None else [True] * len(with_text))
+        lm_ok = torch.tensor([next(ok) if h else False for h in has], device=dev)
         audio, audio_len = _pad([u.prompt for u in batch], dev)
         mu, _, _ = self.codec.encode(audio, audio_len)
-        return {"pt": pt, "pt_len": pt_len, "ps": ps, "ps_len": ps_len, "latent": mu}
+        return {"pt": pt, "pt_len": pt_len, "ps": ps, "ps_len": ps_len, "latent": mu, **aligned,
+                "lm_pt_len": pt_len * lm_ok, "lm_ps_len": ps_len * lm_ok}
+
+    def _aligned_lm(self) -> bool:
+        return getattr(self.llm, "decode_layout", "unistream") == "aligned"
+
+    def _tokenize_and_align(
+        self, batch: list[Utterance], wavs: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Prompt speech ids and speech tokens per prompt text token (as the LM trained on, from the speech
+        tokenizer's CTC alignment); all -1 for a prompt that did not align (a warning says which)."""
+        from speech.tokenizer.align import token_durations
+
+        tok = self.speech_tokenizer
+        unaligned = [torch.full((len(u.prompt_text_token),), -1, dtype=torch.long) for u in batch]
+        if not hasattr(tok, "tokenize_and_align") or getattr(tok, "chars", None) is None:
+            log.warning("the speech tokenizer cannot align a prompt's transcript (it has no CTC head): the "
+                        "aligned-layout LM speaks from the prompt's voice, the flow still continues the prompt")
+            return tok.tokenize(wavs), unaligned
+        ids, chars = tok.tokenize_and_align(wavs, [u.prompt_text for u in batch])
+        durs = []
+        for u, c, none in zip(batch, chars, unaligned):
+            if c is None or c.numel() != len(u.prompt_text):
+                log.warning("%s: the prompt's transcript did not align to its audio; the LM speaks from its voice",
+                            u.utt)
+                durs.append(none)
+            else:
+                starts = self.text_tokenizer.char_starts(u.prompt_text, u.prompt_text_token.tolist())
+                durs.append(token_durations(c, starts))
+        return ids, durs
 
     def _lm_prompt(self, prompt: dict[str, torch.Tensor] | None) -> bool:
-        """Whether the LM continues the one-shot prompt: not an aligned-layout LM, whose prompt speech has no
-        alignment to its text (it speaks from the prompt's voice alone; the flow still continues the prompt)."""
-        return prompt is not None and getattr(self.llm, "decode_layout", "unistream") != "aligned"
+        """Whether the LM continues the one-shot prompt of any item. An aligned-layout LM needs the prompt's
+        alignment to its text (from the speech tokenizer's CTC head, as in training); without one it speaks
+        from the prompt's voice alone, and the flow still continues the prompt."""
+        return prompt is not None and bool((prompt["lm_pt_len"] > 0).any())
 
     @torch.inference_mode()
     def synthesize(self, batch: list[Utterance], options: SynthesisOptions | None = None) -> list[Synthesis]:
@@ -498,9 +539,10 @@ class Synthesizer:
                 text_len,
                 spk_vector=spk,
                 prompt_text_token=lm_prompt["pt"] if lm_prompt else None,
-                prompt_text_token_len=lm_prompt["pt_len"] if lm_prompt else None,
+                prompt_text_token_len=lm_prompt["lm_pt_len"] if lm_prompt else None,
+                prompt_text_token_dur=lm_prompt.get("pt_dur") if lm_prompt else None,
                 prompt_speech_token=lm_prompt["ps"] if lm_prompt else None,
-                prompt_speech_token_len=lm_prompt["ps_len"] if lm_prompt else None,
+                prompt_speech_token_len=lm_prompt["lm_ps_len"] if lm_prompt else None,
                 sampler=opt.sampler(self.llm.sampler),
                 min_len_ratio=opt.min_len_ratio,
                 max_len_ratio=opt.max_len_ratio,
@@ -614,6 +656,7 @@ class Synthesizer:
         lm_kw = dict(
             prompt_text_token=p_text if lm_prompt else None,
             prompt_speech_token=p_speech if lm_prompt else None,
+            prompt_text_token_dur=prompt["pt_dur"][0] if lm_prompt and "pt_dur" in prompt else None,
             sampler=sampler,
             min_len_ratio=opt.min_len_ratio,
             max_len_ratio=opt.max_len_ratio,
@@ -803,8 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = parser.add_argument_group("input / output (one utterance, or a list)")
     i.add_argument("--text", help="text to speak")
     i.add_argument("--prompt_wav", help="reference clip of the voice to clone")
-    i.add_argument("--prompt_text", help="transcript of --prompt_wav (optional: one-shot continuation; an "
-                   "aligned-layout LM takes only the voice, the flow still continues the prompt)")
+    i.add_argument("--prompt_text", help="transcript of --prompt_wav (optional: one-shot continuation, with "
+                   "--speech_tokenizer; an aligned-layout LM needs the tokenizer's CTC head to align it)")
     i.add_argument("--out", help="output wav (with --text)")
     i.add_argument("--list", help="JSON lines (utt, text, prompt_wav[, prompt_text]) or TSV of requests")
     i.add_argument("--out_dir", help="folder for <utt>.wav, synthesis.jsonl and rtf.json (with --list)")

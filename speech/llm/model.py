@@ -177,6 +177,13 @@ def speaker_input(
     return spk_proj(spk_vector.to(spk_proj.weight.dtype))
 
 
+def _one_request(ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One request's ids (any shape) as a batch of one ``[1, N]`` and its length ``[1]``; None stays None."""
+    if ids is None:
+        return None, None
+    return ids.reshape(1, -1), torch.tensor([ids.numel()], device=ids.device)
+
+
 def length_bounds(text_len: torch.Tensor, min_ratio: float, max_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(floor(text_len·min_ratio), floor(text_len·max_ratio))`` ``[B]``, computed in float64; the maximum is
     raised to the minimum where it is below."""
@@ -482,6 +489,45 @@ class SpeechLM(nn.Module):
             self.speech_embedding(ps), ps_len,
         )
 
+    def _aligned_prompt(
+        self,
+        spk: torch.Tensor,
+        pt: torch.Tensor | None,
+        pt_len: torch.Tensor | None,
+        pt_dur: torch.Tensor | None,
+        ps: torch.Tensor | None,
+        ps_len: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The prompt of an aligned-layout LM: left-padded ``[sos, spk, pt_0, its speech.., pt_1, ..]``
+        ``[B, P, H]`` (the prompt utterance in the aligned training layout, so decoding continues it) and its
+        valid mask ``[B, P]``; None without a prompt. The layout needs the prompt's alignment ``pt_dur``
+        (speech tokens per prompt text token). An item with no prompt text (length 0) gets ``[sos, spk]``."""
+        if pt is None and ps is None:
+            return None
+        if pt_dur is None:
+            raise ValueError("an aligned-layout LM continues a prompt only with its alignment (prompt_text_token_dur)")
+        if pt is None or ps is None or pt_len is None or ps_len is None:
+            raise ValueError("a prompt needs its text and speech tokens and their lengths")
+        device = spk.device
+        pt, ps, pt_dur = pt.to(device), ps.to(device), pt_dur.to(device)
+        pt_len, ps_len = pt_len.to(device), ps_len.to(device)
+        if pt_dur.shape != pt.shape:
+            raise ValueError(f"prompt_text_token_dur {tuple(pt_dur.shape)} must match "
+                             f"prompt_text_token {tuple(pt.shape)}")
+        if pt.shape[1] == 0 or not bool((pt_len > 0).any()):
+            return None
+        if not bool(aligned_allowed(pt_len, ps_len, pt_dur).all()):
+            raise ValueError("prompt_text_token_dur must be >= 0 and add up to each prompt's speech length")
+        text_emb = self.embed_text(pt.masked_fill(~lengths_to_mask(pt_len, pt.shape[1]), 0))
+        speech_emb = self.speech_embedding(ps.masked_fill(~lengths_to_mask(ps_len, ps.shape[1]), 0))
+        pool = self._pool(spk, text_emb, speech_emb)
+        src = build_aligned_layout(pt_len, ps_len, pt_dur, pt.shape[1], ps.shape[1]).src
+        n = 2 + pt_len + ps_len  # sos, spk, then the interleaved prompt (no task token in this layout)
+        width = int(n.max())
+        k = torch.arange(width, device=pt.device).unsqueeze(0) - (width - n).unsqueeze(1)  # < 0: left padding
+        src = src.gather(1, k.clamp_min(0))
+        return pool.gather(1, src.unsqueeze(-1).expand(-1, -1, pool.shape[-1])), k >= 0
+
     def _decode(
         self,
         inputs: torch.Tensor,
@@ -541,8 +587,10 @@ class SpeechLM(nn.Module):
         sampler: Sampler,
         generator: torch.Generator | RowRandom | None,
         use_cache: bool = True,
+        prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Aligned-layout decoding (:mod:`speech.llm.layout`): ``sos spk t0``, then per step one sampled id per
+        """Aligned-layout decoding (:mod:`speech.llm.layout`): ``sos spk t0`` (or ``prompt``, the left-padded
+        prefix and mask of :meth:`_aligned_prompt`, before ``t0``), then per step one sampled id per
         item, fed back as itself, or as the next text token when it is ``fill``; eos only once the last text
         token is in (and ``min_ratio`` ids per text token are out), fill only before; at most ``max_ratio``
         ids per text token, and ``max_chunk`` in a row for one text token (then fill, or eos, is forced).
@@ -555,9 +603,14 @@ class SpeechLM(nn.Module):
         if not bool((text.count() > 0).any()):
             return
         first = text.embed(fed)
-        prefix = torch.cat([sos.to(first.dtype), spk.unsqueeze(1).to(first.dtype), first], dim=1)
-        decoder = PrefixDecoder(self.decoder, self.backbone.config, prefix, prefix.new_ones(b, 3, dtype=torch.bool),
-                                use_cache)
+        if prompt is None:
+            head = torch.cat([sos.to(first.dtype), spk.unsqueeze(1).to(first.dtype)], dim=1)
+            head_valid = torch.ones(b, 2, dtype=torch.bool, device=device)
+        else:
+            head, head_valid = prompt[0].to(first.dtype), prompt[1]
+        prefix = torch.cat([head, first], dim=1)
+        valid = torch.cat([head_valid, head_valid.new_ones(b, 1)], dim=1)
+        decoder = PrefixDecoder(self.decoder, self.backbone.config, prefix, valid, use_cache)
         hidden = decoder.hidden
         history = torch.full((b, sampler.window), -1, dtype=torch.long, device=device)
         lengths = torch.zeros(b, dtype=torch.long, device=device)
@@ -594,11 +647,6 @@ class SpeechLM(nn.Module):
             fed_speech = self.speech_embedding(ids).unsqueeze(1)
             hidden = decoder.feed(torch.where(fill.view(b, 1, 1), text.embed(fed), fed_speech))
 
-    @staticmethod
-    def _no_prompt(prompt_text_token: torch.Tensor | None, prompt_speech_token: torch.Tensor | None) -> None:
-        if prompt_text_token is not None or prompt_speech_token is not None:
-            raise ValueError("an aligned-layout LM decodes from the voice alone: prompt tokens have no alignment")
-
     @torch.inference_mode()
     def generate(
         self,
@@ -617,14 +665,17 @@ class SpeechLM(nn.Module):
         max_len_ratio: float | None = None,
         generator: torch.Generator | RowRandom | None = None,
         use_cache: bool = True,
+        prompt_text_token_dur: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Speech tokens for a batch of texts: ``(tokens [B, N], lengths [B])``, eos excluded, 0-padded.
 
         The voice comes from ``ref_audio`` (or a precomputed ``spk_vector [B, speaker.dim]``, e.g.
         :meth:`SpeakerExtractor.embed_references` of several clips). With ``prompt_text_token`` and
         ``prompt_speech_token`` the model continues the prompt utterance (one-shot); without them it
-        is zero-shot from the reference alone. Each item yields between ``min_len_ratio`` and
-        ``max_len_ratio`` times its text length (prompt text excluded) tokens. Batched items are
+        is zero-shot from the reference alone. An aligned-layout LM also needs the prompt's alignment,
+        ``prompt_text_token_dur [B, Lp]`` (speech tokens per prompt text token, as in training). Each item
+        yields between ``min_len_ratio`` and ``max_len_ratio`` times its text length (prompt text excluded)
+        tokens. Batched items are
         left-padded with exact per-item positions and masks, so a batch decodes as each item alone;
         with a :class:`RowRandom` generator the random draws are per item too, so sampled tokens
         do not depend on the batch either.
@@ -636,12 +687,13 @@ class SpeechLM(nn.Module):
         text_token_len = text_token_len.to(device)
         min_len, max_len = length_bounds(text_token_len, min_ratio, max_ratio)
         if self.decode_layout == "aligned":
-            self._no_prompt(prompt_text_token, prompt_speech_token)
+            prompt = self._aligned_prompt(spk, prompt_text_token, prompt_text_token_len, prompt_text_token_dur,
+                                          prompt_speech_token, prompt_speech_token_len)
             tokens = torch.zeros(b, int(max_len.max()) + 1, dtype=torch.long, device=device)
             lengths = torch.zeros(b, dtype=torch.long, device=device)
             rows = torch.arange(b, device=device)
             known = KnownText(self.embed_text, text_token, text_token_len)
-            steps = self._decode_aligned_steps(spk, known, min_ratio, max_ratio, sampler, generator, use_cache)
+            steps = self._decode_aligned_steps(spk, known, min_ratio, max_ratio, sampler, generator, use_cache, prompt)
             for ids, emitted in steps:  # an emitted id goes to its item's next slot; others to a spare last slot
                 tokens[rows, torch.where(emitted, lengths, tokens.shape[1] - 1)] = ids
                 lengths += emitted
@@ -697,25 +749,25 @@ class SpeechLM(nn.Module):
         min_len_ratio: float | None = None,
         max_len_ratio: float | None = None,
         generator: torch.Generator | RowRandom | None = None,
+        prompt_text_token_dur: torch.Tensor | None = None,
     ) -> Iterator[int]:
         """Uni-stream decoding of one whole text ``[L]``, token by token: the ids :meth:`generate` returns
-        for it (same sampler, ratios and generator), each yielded as soon as it is sampled; never eos/fill."""
+        for it (same sampler, ratios, generator and prompt), each yielded as soon as it is sampled; never
+        eos/fill."""
         spk, sampler, min_ratio, max_ratio = self._request(spk_vector, sampler, min_len_ratio, max_len_ratio)
-        one = lambda x: None if x is None else x.reshape(1, -1)  # noqa: E731
-        size = lambda x: None if x is None else torch.tensor([x.numel()], device=x.device)  # noqa: E731
         text = text_token.reshape(1, -1)
         n_text = torch.tensor([text.shape[1]], device=text.device)
+        pt, pt_len = _one_request(prompt_text_token)
+        ps, ps_len = _one_request(prompt_speech_token)
         if self.decode_layout == "aligned":
-            self._no_prompt(prompt_text_token, prompt_speech_token)
+            prompt = self._aligned_prompt(spk, pt, pt_len, _one_request(prompt_text_token_dur)[0], ps, ps_len)
             known = KnownText(self.embed_text, text, n_text)
-            for ids, emitted in self._decode_aligned_steps(spk, known, min_ratio, max_ratio, sampler, generator):
+            steps = self._decode_aligned_steps(spk, known, min_ratio, max_ratio, sampler, generator, prompt=prompt)
+            for ids, emitted in steps:
                 if bool(emitted[0]):
                     yield int(ids[0])
             return
-        prefix, valid = self._inference_prefix(
-            spk, text, n_text, one(prompt_text_token), size(prompt_text_token),
-            one(prompt_speech_token), size(prompt_speech_token),
-        )
+        prefix, valid = self._inference_prefix(spk, text, n_text, pt, pt_len, ps, ps_len)
         min_len, max_len = length_bounds(n_text, min_ratio, max_ratio)
         for ids in self._decode_steps(prefix, valid, min_len, max_len, sampler, generator):
             if int(ids[0]) == self.eos_id:
@@ -735,6 +787,7 @@ class SpeechLM(nn.Module):
         max_len_ratio: float | None = None,
         generator: torch.Generator | RowRandom | None = None,
         use_cache: bool = True,
+        prompt_text_token_dur: torch.Tensor | None = None,
     ) -> Iterator[int]:
         """Bi-stream decoding of one request whose text ids arrive in pieces (e.g. from a chat LLM).
 
@@ -749,13 +802,14 @@ class SpeechLM(nn.Module):
 
         An aligned-layout LM instead reads each text id when it asks for it (samples ``fill``), and looks
         one id ahead (is this the last?), so speech starts after the first two text ids: the ids
-        :meth:`generate` gives for the whole text.
+        :meth:`generate` gives for the whole text (a prompt needs its ``prompt_text_token_dur`` there too).
         """
         spk, sampler, min_ratio, max_ratio = self._request(spk_vector, sampler, min_len_ratio, max_len_ratio)
         if self.decode_layout == "aligned":  # text tokens are read as the LM asks for them (fill)
-            self._no_prompt(prompt_text_token, prompt_speech_token)
+            prompt = self._aligned_prompt(spk, *_one_request(prompt_text_token), _one_request(prompt_text_token_dur)[0],
+                                          *_one_request(prompt_speech_token))
             text = ArrivingText(self.embed_text, text_pieces, spk.device)
-            steps = self._decode_aligned_steps(spk, text, min_ratio, max_ratio, sampler, generator, use_cache)
+            steps = self._decode_aligned_steps(spk, text, min_ratio, max_ratio, sampler, generator, use_cache, prompt)
             for ids, emitted in steps:
                 if bool(emitted[0]):
                     yield int(ids[0])

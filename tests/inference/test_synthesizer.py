@@ -36,18 +36,22 @@ def test_batch_equals_each_item_alone(synthesizer, tiny_system):
         torch.testing.assert_close(ra.audio, rb.audio, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("llm_key, lm_takes_prompt", [("llm", False), ("llm_unistream", True)])
-def test_one_shot_prompt_reaches_the_lm_unless_it_decodes_aligned(tiny_system, monkeypatch, llm_key, lm_takes_prompt):
+@pytest.mark.parametrize("llm_key", ["llm", "llm_unistream"])
+def test_one_shot_prompt_reaches_the_lm_and_the_flow(tiny_system, monkeypatch, llm_key):
+    """Both layouts continue the prompt; an aligned-layout LM also gets its alignment (speech tokens per prompt
+    text token, from the speech tokenizer's CTC head), which adds up to the prompt's speech tokens."""
     from speech.inference import Synthesizer
 
     s = tiny_system
     synth = Synthesizer.from_checkpoints(s[llm_key], s["flow"], s["codec"], speech_tokenizer=s["fsq"], device="cpu")
-    assert synth.llm.decode_layout == ("unistream" if lm_takes_prompt else "aligned")
+    assert synth.llm.decode_layout == ("aligned" if llm_key == "llm" else "unistream")
     seen = {}
     generate, sample = synth.llm.generate, synth.flow.sample
 
     def spy_generate(*args, **kw):
         seen["lm"] = kw["prompt_speech_token"] is not None and kw["prompt_text_token"] is not None
+        seen["dur"] = kw.get("prompt_text_token_dur")
+        seen["ps_len"] = kw["prompt_speech_token_len"]
         return generate(*args, **kw)
 
     def spy_sample(*args, **kw):
@@ -59,7 +63,54 @@ def test_one_shot_prompt_reaches_the_lm_unless_it_decodes_aligned(tiny_system, m
     prompt_text = s["prompt"].with_suffix(".txt").read_text().strip()
     u = synth.prepare("a", TEXTS[1], s["prompt"], prompt_text=prompt_text)
     (r,) = synth.synthesize([u], SynthesisOptions(max_len_ratio=4.0, n_steps=2))
-    assert r.n_tokens > 0 and seen == {"lm": lm_takes_prompt, "flow": True}
+    assert r.n_tokens > 0 and seen["lm"] and seen["flow"]
+    if llm_key == "llm":
+        assert seen["dur"].shape == (1, len(u.prompt_text_token))
+        assert (seen["dur"] >= 0).all() and int(seen["dur"].sum()) == int(seen["ps_len"][0]) > 0
+    else:
+        assert seen["dur"] is None
+
+
+def test_an_aligned_lm_speaks_from_the_voice_when_the_prompt_does_not_align(synthesizer, tiny_system, monkeypatch,
+                                                                             caplog):
+    """A transcript far too long for its clip has no CTC alignment: the LM decodes without the prompt (a warning
+    says so), the flow still continues it, and a batch with an aligned prompt beside it is unaffected."""
+    s = tiny_system
+    prompt_text = s["prompt"].with_suffix(".txt").read_text().strip()
+    seen = {}
+    generate = synthesizer.llm.generate
+
+    def spy_generate(*args, **kw):
+        seen["pt_len"], seen["ps_len"] = kw["prompt_text_token_len"], kw["prompt_speech_token_len"]
+        return generate(*args, **kw)
+
+    monkeypatch.setattr(synthesizer.llm, "generate", spy_generate)
+    bad = synthesizer.prepare("bad", TEXTS[1], s["prompt"], prompt_text=" ".join([prompt_text] * 4))
+    good = synthesizer.prepare("good", TEXTS[1], s["prompt"], prompt_text=prompt_text)
+    with caplog.at_level("WARNING", logger="speech.inference"):
+        out = synthesizer.synthesize([bad, good], FAST)
+    assert "bad: the prompt's transcript did not align" in caplog.text
+    assert seen["pt_len"].tolist() == [0, len(good.prompt_text_token)] and int(seen["ps_len"][0]) == 0
+    (alone,) = synthesizer.synthesize([good], FAST)
+    torch.testing.assert_close(out[1].audio, alone.audio, atol=1e-4, rtol=0)
+
+
+def test_an_aligned_lm_skips_prompts_a_tokenizer_without_ctc_head_cannot_align(synthesizer, tiny_system,
+                                                                               monkeypatch, caplog):
+    seen = {}
+    generate = synthesizer.llm.generate
+
+    def spy_generate(*args, **kw):
+        seen["prompt"] = kw["prompt_text_token"]
+        return generate(*args, **kw)
+
+    monkeypatch.setattr(synthesizer.llm, "generate", spy_generate)
+    monkeypatch.setattr(synthesizer.speech_tokenizer, "chars", None)
+    prompt_text = tiny_system["prompt"].with_suffix(".txt").read_text().strip()
+    u = synthesizer.prepare("a", TEXTS[1], tiny_system["prompt"], prompt_text=prompt_text)
+    with caplog.at_level("WARNING", logger="speech.inference"):
+        (r,) = synthesizer.synthesize([u], FAST)
+    assert r.n_tokens > 0 and seen["prompt"] is None and "cannot align a prompt's transcript" in caplog.text
 
 
 def test_run_sorts_by_length_and_keeps_every_item(synthesizer, tiny_system):

@@ -114,21 +114,33 @@ def fill_favoured(model, bias: float = 4.0):
     return model
 
 
-@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
-def test_decoding_matches_the_training_forward(fsq_levels):
-    """Each decoding step sees what the aligned training forward sees at that position: the sampled ids,
-    cut into chunks at each fill, are teacher-forced with those durations, and the log-probabilities match."""
-    model = fill_favoured(make_lm(fsq_levels=fsq_levels, decode_layout="aligned"))
-    inputs = aligned_inputs()
-    rec = Recorder()
-    tokens, lengths = model.generate(**inputs, sampler=rec, min_len_ratio=1, max_len_ratio=6,
-                                     generator=torch.Generator().manual_seed(3))
+# prompts for aligned_inputs' three items: (text ids, speech tokens per text id, speech ids); the second has none
+PROMPTS = [([7, 8, 9], [2, 0, 3], [11, 12, 13, 14, 15]), ([], [], []), ([5, 6], [1, 4], [21, 22, 23, 24, 25])]
+
+
+def prompt_kwargs(prompts=PROMPTS) -> dict:
+    def padded(rows):
+        width = max(len(r) for r in rows)
+        return torch.tensor([list(r) + [0] * (width - len(r)) for r in rows]), torch.tensor([len(r) for r in rows])
+
+    pt, pt_len = padded([p[0] for p in prompts])
+    dur, _ = padded([p[1] for p in prompts])
+    ps, ps_len = padded([p[2] for p in prompts])
+    return {"prompt_text_token": pt, "prompt_text_token_len": pt_len, "prompt_text_token_dur": dur,
+            "prompt_speech_token": ps, "prompt_speech_token_len": ps_len}
+
+
+def check_against_training_forward(model, inputs, rec, tokens, lengths, max_ratio, prompts=None):
+    """Each decoding step of item ``i`` sees what the aligned training forward sees at that position: the
+    sampled ids, cut into chunks at each fill, are teacher-forced with those durations (after the prompt's
+    text, durations and speech ids, when there is one), and the log-probabilities match."""
     ids = torch.stack(rec.ids, 1)  # [B, steps]
-    for i in range(3):
+    for i in range(ids.shape[0]):
         x = one(inputs, i)
         n_text, row = int(x["text_token_len"][0]), ids[i].tolist()
+        p_text, p_dur, p_speech = prompts[i] if prompts else ([], [], [])
         end, out = 0, 0
-        while end < len(row) and row[end] != EOS_ID and out < 6 * n_text:  # eos, or max_len_ratio 6 ids out
+        while end < len(row) and row[end] != EOS_ID and out < max_ratio * n_text:  # eos, or max_ratio ids out
             out += row[end] < SPEECH_VOCAB
             end += 1
         row, dur = row[: end + (end < len(row) and row[end] == EOS_ID)], [0]
@@ -141,11 +153,16 @@ def test_decoding_matches_the_training_forward(fsq_levels):
         assert speech == tokens[i, : int(lengths[i])].tolist()
         assert len(dur) <= n_text and (EOS_ID not in row or len(dur) == n_text)  # eos only after the last token
         dur += [0] * (n_text - len(dur))
-        batch = {**x, "speech_token": torch.tensor([speech]), "speech_token_len": torch.tensor([len(speech)]),
-                 "text_token_dur": torch.tensor([dur])}
+        batch = {"ref_audio": x["ref_audio"], "ref_audio_len": x["ref_audio_len"],
+                 "text_token": torch.cat([torch.tensor([p_text], dtype=torch.long), x["text_token"]], 1),
+                 "text_token_len": torch.tensor([len(p_text) + n_text]),
+                 "speech_token": torch.tensor([p_speech + speech]),
+                 "speech_token_len": torch.tensor([len(p_speech) + len(speech)]),
+                 "text_token_dur": torch.tensor([p_dur + dur])}
         logits, targets = model.logits_and_targets(batch, aligned=torch.tensor([True]))
+        first = 2 + len(p_text) + len(p_speech)  # the input position of the text's first token
         for step in range(len(row)):
-            expected = logits[0, 2 + step].float()
+            expected = logits[0, first + step].float()
             expected[SPEECH_VOCAB + 1] = float("-inf")
             fed = row[:step].count(FILL_ID)
             if fed == n_text - 1:
@@ -156,26 +173,62 @@ def test_decoding_matches_the_training_forward(fsq_levels):
                 expected[EOS_ID] = float("-inf")
             torch.testing.assert_close(rec.seen[step][i], expected.log_softmax(-1), rtol=1e-4, atol=1e-4)
             if EOS_ID in row or step + 1 < len(row):  # the targets are the sampled ids (fill and eos included)
-                assert int(targets[0, 2 + step]) == row[step]
+                assert int(targets[0, first + step]) == row[step]
 
 
-def test_kv_cache_batch_and_stream_agree():
+@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
+def test_decoding_matches_the_training_forward(fsq_levels):
+    model = fill_favoured(make_lm(fsq_levels=fsq_levels, decode_layout="aligned"))
+    inputs = aligned_inputs()
+    rec = Recorder()
+    tokens, lengths = model.generate(**inputs, sampler=rec, min_len_ratio=1, max_len_ratio=6,
+                                     generator=torch.Generator().manual_seed(3))
+    check_against_training_forward(model, inputs, rec, tokens, lengths, 6)
+
+
+@pytest.mark.parametrize("fsq_levels", [None, FSQ_LEVELS])
+def test_prompted_decoding_continues_the_prompt_in_the_training_layout(fsq_levels):
+    """A one-shot prompt (its text, alignment and speech ids) is the start of the same aligned sequence: decoding
+    after it matches the training forward of prompt + decoded text; an item without a prompt text is as unprompted."""
+    model = fill_favoured(make_lm(fsq_levels=fsq_levels, decode_layout="aligned"))
+    inputs = aligned_inputs()
+    rec = Recorder()
+    kw = {"min_len_ratio": 1, "max_len_ratio": 6}
+    tokens, lengths = model.generate(**inputs, **prompt_kwargs(), sampler=rec, **kw,
+                                     generator=RowRandom(torch.arange(3)))
+    check_against_training_forward(model, inputs, rec, tokens, lengths, 6, PROMPTS)
+    plain = model.generate(**inputs, sampler=RasSampler(top_k=5, top_p=0.9, win_size=4), **kw,
+                           generator=RowRandom(torch.arange(3)))
+    assert tokens[1, : int(lengths[1])].tolist() == plain[0][1, : int(plain[1][1])].tolist()
+
+
+@pytest.mark.parametrize("prompted", [False, True])
+def test_kv_cache_batch_and_stream_agree(prompted):
     model = fill_favoured(make_lm(fsq_levels=FSQ_LEVELS, decode_layout="aligned"))
     inputs = aligned_inputs(seed=8)
     seeds = torch.tensor([3, 4, 5])
     kw = {"sampler": RasSampler(top_k=5, win_size=4), "min_len_ratio": 1, "max_len_ratio": 5}
-    cached = model.generate(**inputs, **kw, generator=RowRandom(seeds))
-    full = model.generate(**inputs, **kw, generator=RowRandom(seeds), use_cache=False)
+    prompt = prompt_kwargs() if prompted else {}
+    cached = model.generate(**inputs, **prompt, **kw, generator=RowRandom(seeds))
+    full = model.generate(**inputs, **prompt, **kw, generator=RowRandom(seeds), use_cache=False)
     assert torch.equal(cached[0], full[0]) and torch.equal(cached[1], full[1])
     assert (cached[1] >= inputs["text_token_len"]).all() and (cached[1] <= 5 * inputs["text_token_len"]).all()
     assert (cached[0] < SPEECH_VOCAB).all()
     spk = model.speaker(inputs["ref_audio"], inputs["ref_audio_len"])
     for i in range(3):
         x = one(inputs, i)
-        alone = model.generate(**x, **kw, generator=RowRandom(seeds[i : i + 1]))
+        p_text, p_dur, p_speech = (torch.tensor(v, dtype=torch.long) for v in PROMPTS[i])
+        one_prompt = {"prompt_text_token": p_text, "prompt_text_token_dur": p_dur, "prompt_speech_token": p_speech}
+        one_prompt = one_prompt if prompted and len(p_text) else {}
+        batch_of_one = {k: v[None] for k, v in one_prompt.items()}
+        if one_prompt:
+            batch_of_one.update(prompt_text_token_len=torch.tensor([len(p_text)]),
+                                prompt_speech_token_len=torch.tensor([len(p_speech)]))
+        alone = model.generate(**x, **batch_of_one, **kw, generator=RowRandom(seeds[i : i + 1]))
         n = int(cached[1][i])
         assert alone[0][0].tolist() == cached[0][i, :n].tolist()
-        streamed = list(model.generate_stream(x["text_token"][0], spk[i], generator=RowRandom(seeds[i : i + 1]), **kw))
+        streamed = list(model.generate_stream(x["text_token"][0], spk[i], generator=RowRandom(seeds[i : i + 1]),
+                                              **one_prompt, **kw))
         assert streamed == cached[0][i, :n].tolist()
         # text arriving in pieces (one empty) is read only as the LM asks for it, with the same result
         ids, pulled = x["text_token"][0].tolist(), []
@@ -185,20 +238,27 @@ def test_kv_cache_batch_and_stream_agree():
                 pulled.append(len(piece))
                 yield piece
 
-        stream = model.generate_bistream(pieces(), spk[i], generator=RowRandom(seeds[i : i + 1]), **kw)
+        stream = model.generate_bistream(pieces(), spk[i], generator=RowRandom(seeds[i : i + 1]), **one_prompt, **kw)
         first = next(stream)
         assert sum(pulled) <= 2 and len(pulled) < 4  # two text ids (the first, and one ahead) before speech
         assert [first] + list(stream) == cached[0][i, :n].tolist()
 
 
-def test_aligned_model_refuses_prompt_tokens():
+def test_aligned_model_refuses_a_prompt_without_a_usable_alignment():
     model = make_lm(decode_layout="aligned")
-    inputs = aligned_inputs()
-    with pytest.raises(ValueError, match="aligned"):
-        model.generate(**inputs, prompt_text_token=torch.zeros(3, 2, dtype=torch.long),
-                       prompt_text_token_len=torch.tensor([2, 2, 2]),
-                       prompt_speech_token=torch.zeros(3, 2, dtype=torch.long),
-                       prompt_speech_token_len=torch.tensor([2, 2, 2]), sampler=GreedySampler())
+    inputs, prompt = aligned_inputs(), prompt_kwargs()
+    missing = {k: v for k, v in prompt.items() if k != "prompt_text_token_dur"}
+    with pytest.raises(ValueError, match="aligned-layout LM continues a prompt only with its alignment"):
+        model.generate(**inputs, **missing, sampler=GreedySampler())
+    short = {**prompt, "prompt_text_token_dur": prompt["prompt_text_token_dur"] - 1}
+    with pytest.raises(ValueError, match="add up to each prompt's speech length"):
+        model.generate(**inputs, **short, sampler=GreedySampler())
+    with pytest.raises(ValueError, match="must match prompt_text_token"):
+        model.generate(**inputs, **{**prompt, "prompt_text_token_dur": prompt["prompt_text_token_dur"][:, :1]},
+                       sampler=GreedySampler())
+    with pytest.raises(ValueError, match="aligned-layout LM continues a prompt only"):
+        list(model.generate_stream(inputs["text_token"][0], torch.zeros(12), prompt_text_token=torch.tensor([1]),
+                                   prompt_speech_token=torch.tensor([2])))
 
 
 def test_training_uses_the_aligned_layout_where_durations_add_up():
