@@ -464,20 +464,22 @@ class Synthesizer:
         with_text = [u for u, h in zip(batch, has) if h]
         sr_tok = self.speech_tokenizer.sample_rate
         wavs = [resample(u.prompt, self.sample_rate, sr_tok) for u in with_text]
+
+        def per_item(values: list, fill: Any) -> list:
+            """Values of the items with a transcript, spread over the whole batch (``fill`` for the others)."""
+            it = iter(values)
+            return [next(it) if h else fill for h in has]
+
         aligned = {}
         if self._aligned_lm():  # its prompt goes in the aligned layout: speech tokens per prompt text token
             tokens, durs = self._tokenize_and_align(with_text, wavs)
-            dur = iter(durs)
-            aligned["pt_dur"] = _pad([next(dur).clamp_min(0) if h else empty for h in has], dev)[0]
+            aligned["pt_dur"] = _pad(per_item([d.clamp_min(0) for d in durs], empty), dev)[0]
+            lm_ok = per_item([bool((d >= 0).all()) for d in durs], False)  # the LM skips a prompt that did not align
         else:
-            tokens, durs = self.speech_tokenizer.tokenize(wavs), None
-        ids = iter(tokens)
-        speech_ids = [next(ids).long() if h else empty for h in has]
+            tokens, lm_ok = self.speech_tokenizer.tokenize(wavs), has
+        lm_ok = torch.tensor(lm_ok, device=dev)
         pt, pt_len = _pad(text_ids, dev)
-        ps, ps_len = _pad(speech_ids, dev)
-        # what the LM continues: every prompt with a transcript, except one an aligned LM could not align
-        ok = iter([bool((d >= 0).all()) for d in durs] if durs is not None else [True] * len(with_text))
-        lm_ok = torch.tensor([next(ok) if h else False for h in has], device=dev)
+        ps, ps_len = _pad(per_item([t.long() for t in tokens], empty), dev)
         audio, audio_len = _pad([u.prompt for u in batch], dev)
         mu, _, _ = self.codec.encode(audio, audio_len)
         return {"pt": pt, "pt_len": pt_len, "ps": ps, "ps_len": ps_len, "latent": mu, **aligned,
