@@ -141,3 +141,19 @@ def test_llm_probe_line_shows_both_histories_and_is_left_out_without_a_probe(tmp
     line = report.llm_probe_section(probe, counts)[0]
     assert "1.8x the most-frequent-id baseline (0.500): the text alone predicts part of the speech" in line
     assert "recites" not in report.llm_probe_section(probe, Counter())[0]  # no tokens: no verdict
+
+
+def test_token_consistency_line_compares_same_sentence_and_unrelated_pairs(tmp_path) -> None:
+    report = _report_module()
+    path = tmp_path / "token_consistency.json"
+    assert report.token_consistency_section(path) == []
+    path.write_text(json.dumps({"utterances": 444, "same_text_pairs": 0, "unrelated_pairs": 0}))
+    assert report.token_consistency_section(path) == []  # no sentence shared by two voices: nothing to say
+    figures = {"utterances": 444, "same_text_pairs": 200, "unrelated_pairs": 200, "same_text_ids": 0.861,
+               "unrelated_ids": 0.956}
+    path.write_text(json.dumps(figures))
+    line = report.token_consistency_section(path)[0]
+    assert "token sequences 86% apart (edit distance over length; 200 pairs), unrelated sentences 96%." in line
+    assert "FSQ digits" not in line
+    path.write_text(json.dumps({**figures, "same_text_digits": 0.351, "unrelated_digits": 0.586}))
+    assert "share of FSQ digits that differ, 35% against 59%" in report.token_consistency_section(path)[0]

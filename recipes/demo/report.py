@@ -158,6 +158,25 @@ def llm_probe_section(probe: Path, counts: Counter) -> list[str]:
     return [line, ""]
 
 
+def token_consistency_section(path: Path) -> list[str]:
+    """How voice-dependent the speech tokens are (``python -m speech.tokenizer.consistency``): the same
+    sentence by two training voices against unrelated sentences."""
+    if not path.is_file():
+        return []
+    c = json.loads(path.read_text())
+    if not c.get("same_text_pairs"):
+        return []
+    line = (f"Do the speech tokens follow the text or the voice? The same sentence said by two training voices gives "
+            f"token sequences {c['same_text_ids']:.0%} apart (edit distance over length; {c['same_text_pairs']} "
+            f"pairs), unrelated sentences {c['unrelated_ids']:.0%}")
+    if c.get("same_text_digits") is not None:
+        line += (f"; counting a substitution by the share of FSQ digits that differ, {c['same_text_digits']:.0%} "
+                 f"against {c['unrelated_digits']:.0%}")
+    line += (". The closer the two, the more the tokens depend on the voice rather than the text, and the less an "
+             "LM can learn to say a sentence in a voice it has not heard it in.")
+    return [line, ""]
+
+
 def flow_section(eval_dir: Path, codec: str) -> list[str]:
     summary = eval_dir / "summary.json"
     lines = ["## Stage 2 flow alone: latents sampled from the dev split's true tokens", ""]
@@ -397,6 +416,7 @@ def main() -> None:
     counts = training_target_counts(args.exp)
     lines += unigram_section(counts)
     lines += llm_probe_section(args.exp / "eval" / "llm_probe.json", counts)
+    lines += token_consistency_section(args.exp / "eval" / "token_consistency.json")
     lines += results_section(f"Codec round trip ({codec}), corpus test split",
                              args.exp / "eval" / "codec" / "results.md")
     lines += flow_section(args.exp / "eval" / "flow", codec)

@@ -237,6 +237,9 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
     # does the LM read its text? next-id accuracy on its training utterances with the true and a random history
     python -m speech.llm.probe --checkpoint "$llm_dir/final.pt" --data "$index/train/data.list" \
       --out "$eval_dir/llm_probe.json"
+    # how far apart are two voices' tokens for the same sentence (an LM can only copy one voice's sequence)?
+    python -m speech.tokenizer.consistency --index "$data/train.jsonl" --token_dir "$tokens" --levels $fsq_levels \
+      --out "$eval_dir/token_consistency.json"
     # does each cloned voice sound more like its own speaker than like the other held-out one?
     python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
       "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
