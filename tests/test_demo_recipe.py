@@ -104,7 +104,7 @@ def test_demo_recipe_end_to_end(corpus_dir, tmp_path):
     assert probe["utterances"] > 0 and 0 <= probe["acc_random_history"] <= 1 and 0 <= probe["acc"] <= 1
     assert "Does the LM read its text?" in report
     consistency = json.loads((exp / "eval" / "token_consistency.json").read_text())  # tokens: voice or text?
-    assert consistency["utterances"] == len(SLICE["train"]) and consistency["missing_token_files"] == 0
+    assert consistency["utterances"] == len(SLICE["train"]) and consistency["unusable_token_files"] == 0
 
     # Re-running a finished stage range is safe: extraction skips what exists, nothing is deleted.
     again = subprocess.run(["bash", "recipes/demo/run.sh", "--corpus", str(corpus), "--exp", str(exp),

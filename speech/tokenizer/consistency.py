@@ -95,19 +95,23 @@ def token_consistency(
 
 
 def _load(index: Path, token_dir: Path) -> tuple[list[dict], int]:
-    """Items of a corpus index whose ``<token_dir>/<spk>/<utt>_fsq.pt`` exists (and how many lacked one)."""
-    items, missing = [], 0
+    """Items of a corpus index with a readable 1-D integer ``<token_dir>/<spk>/<utt>_fsq.pt``, and how many
+    had none (missing, unreadable, or not a 1-D integer tensor: counted, not fatal)."""
+    items, skipped = [], 0
     for line in index.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
-        path = token_dir / row["spk"] / f"{row['utt']}_fsq.pt"
-        if not path.is_file():
-            missing += 1
+        path = token_dir / str(row.get("spk", "")) / f"{row.get('utt', '')}_fsq.pt"
+        try:
+            ids = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - missing, truncated, pickled code: all one counted reason
+            ids = None
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point or "text" not in row:
+            skipped += 1
             continue
-        ids = torch.load(path, map_location="cpu", weights_only=True)
         items.append({"text": row["text"], "spk": row["spk"], "tokens": ids.long().numpy()})
-    return items, missing
+    return items, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.levels and any(v < 2 for v in args.levels):
         print(f"error: --levels must be >= 2, got {args.levels}", file=sys.stderr)
         return 2
-    items, missing = _load(args.index, args.token_dir)
+    items, skipped = _load(args.index, args.token_dir)
+    top = max((int(x["tokens"].max()) for x in items if len(x["tokens"])), default=-1)
+    if args.levels and top >= int(np.prod(args.levels)):
+        print(f"error: token id {top} does not fit --levels {args.levels} ({int(np.prod(args.levels))} ids)",
+              file=sys.stderr)
+        return 2
     result = token_consistency(items, args.levels, args.max_pairs, args.seed)
-    result["missing_token_files"] = missing
+    result["unusable_token_files"] = skipped
     if not result["same_text_pairs"]:
         print("no two speakers share a transcript in this index: nothing to compare", file=sys.stderr)
     for kind in ("ids", "digits"):

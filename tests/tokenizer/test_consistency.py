@@ -80,7 +80,7 @@ def test_same_sentence_pairs_are_across_speakers_and_unrelated_pairs_across_text
     assert "same_text_digits" not in token_consistency(_items())  # digits only with levels
 
 
-def test_cli_writes_its_figures_and_counts_missing_token_files(tmp_path):
+def test_cli_writes_its_figures_and_counts_unusable_token_files(tmp_path):
     rows = []
     for spk in ("a", "b"):
         (tmp_path / "tok" / spk).mkdir(parents=True)
@@ -89,14 +89,18 @@ def test_cli_writes_its_figures_and_counts_missing_token_files(tmp_path):
             rows.append({"utt": utt, "spk": spk, "text": text})
             torch.save(torch.tensor([k, 1, 2, 3]), tmp_path / "tok" / spk / f"{utt}_fsq.pt")
     rows.append({"utt": "c_0", "spk": "c", "text": "hello there"})  # no token file
+    rows.append({"utt": "c_1", "spk": "c", "text": "good bye"})  # a broken one
+    (tmp_path / "tok" / "c").mkdir()
+    (tmp_path / "tok" / "c" / "c_1_fsq.pt").write_bytes(b"not a tensor")
     index = tmp_path / "index.jsonl"
     index.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "eval" / "tc.json"
     args = ["--index", str(index), "--token_dir", str(tmp_path / "tok")]
     assert main([*args, "--levels", "3", "3", "--out", str(out)]) == 0
     got = json.loads(out.read_text())
-    assert got["missing_token_files"] == 1 and got["utterances"] == 4
+    assert got["unusable_token_files"] == 2 and got["utterances"] == 4
     assert got["same_text_pairs"] == 2 and got["same_text_ids"] == 0.0
     assert got["unrelated_ids"] == pytest.approx(0.25)  # [0,1,2,3] vs [1,1,2,3]
     assert main(["--index", str(tmp_path / "none.jsonl"), "--token_dir", str(tmp_path)]) == 2
     assert main([*args, "--levels", "1"]) == 2
+    assert main([*args, "--levels", "2"]) == 2  # id 3 does not fit a grid of 2 ids
