@@ -675,10 +675,9 @@ class SpeechLM(nn.Module):
         is zero-shot from the reference alone. An aligned-layout LM also needs the prompt's alignment,
         ``prompt_text_token_dur [B, Lp]`` (speech tokens per prompt text token, as in training). Each item
         yields between ``min_len_ratio`` and ``max_len_ratio`` times its text length (prompt text excluded)
-        tokens. Batched items are
-        left-padded with exact per-item positions and masks, so a batch decodes as each item alone;
-        with a :class:`RowRandom` generator the random draws are per item too, so sampled tokens
-        do not depend on the batch either.
+        tokens. Batched items are left-padded with exact per-item positions and masks, so a batch decodes as
+        each item alone; with a :class:`RowRandom` generator the random draws are per item too, so sampled
+        tokens do not depend on the batch either.
         """
         sampler = sampler if sampler is not None else self.sampler
         min_ratio, max_ratio = self._ratios(min_len_ratio, max_len_ratio)

@@ -17,6 +17,7 @@ its training sequences, and one speaker's sequence rendered in another voice is 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import random
@@ -27,13 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speech.tokenizer.fsq import FSQ
+
 __all__ = ["edit_rate", "digit_matrix", "token_consistency", "main"]
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(levels: tuple[int, ...]) -> FSQ:
+    return FSQ(levels)
+
+
 def digit_matrix(ids: np.ndarray, levels: list[int]) -> np.ndarray:
-    """Ids ``[T]`` -> mixed-radix FSQ digits ``[T, len(levels)]`` (digit 0 varies fastest, as in ``FSQ``)."""
-    basis = np.cumprod([1] + list(levels[:-1]))
-    return (ids[:, None] // basis[None]) % np.asarray(levels)[None]
+    """Ids ``[T]`` -> FSQ digits ``[T, len(levels)]``, by the quantiser's own :meth:`FSQ.ids_to_digits`."""
+    return _grid(tuple(levels)).ids_to_digits(torch.as_tensor(np.asarray(ids))).numpy()
 
 
 def edit_rate(a: np.ndarray, b: np.ndarray, levels: list[int] | None = None) -> float:
@@ -96,18 +103,19 @@ def token_consistency(
 
 def _load(index: Path, token_dir: Path) -> tuple[list[dict], int]:
     """Items of a corpus index with a readable 1-D integer ``<token_dir>/<spk>/<utt>_fsq.pt``, and how many
-    had none (missing, unreadable, or not a 1-D integer tensor: counted, not fatal)."""
+    had none (no utt/spk/text, a missing or unreadable file, not a 1-D integer tensor: counted, not fatal)."""
     items, skipped = [], 0
     for line in index.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
-        path = token_dir / str(row.get("spk", "")) / f"{row.get('utt', '')}_fsq.pt"
-        try:
-            ids = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - missing, truncated, pickled code: all one counted reason
-            ids = None
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point or "text" not in row:
+        ids = None
+        if all(isinstance(row.get(k), str) for k in ("utt", "spk", "text")):
+            try:
+                ids = torch.load(token_dir / row["spk"] / f"{row['utt']}_fsq.pt", map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - missing, truncated, pickled code: all one counted reason
+                pass
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point:
             skipped += 1
             continue
         items.append({"text": row["text"], "spk": row["spk"], "tokens": ids.long().numpy()})
