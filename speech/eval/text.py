@@ -8,7 +8,9 @@ split words, whitespace collapsed. For English, common British spellings become 
 with an American lexicon cannot spell them otherwise, and a spelling is not a recognition error.
 
 Numbers: ``12`` -> ``twelve``; ``2,024`` / ``2024`` -> ``two thousand twenty four`` (cardinal,
-American style without "and"); ``3rd`` -> ``third``; ``7:45`` -> ``seven forty five``,
+American style without "and"), except that a bare ``1100``-``1999`` is a year, as it is read aloud and as
+recognisers write a spoken year: ``1889`` -> ``eighteen eighty nine``, ``1905`` -> ``nineteen oh five``
+(``1,889``, ``$1889``, ``1889%``, ``1889th`` and ``1880s`` stay cardinal); ``3rd`` -> ``third``; ``7:45`` -> ``seven forty five``,
 ``7:05`` -> ``seven oh five``, ``7:00`` -> ``seven o'clock``; ``3.14`` -> ``three point one four``;
 ``50%`` -> ``fifty percent``; ``$5`` -> ``five dollars``; ``007`` -> ``zero zero seven``.
 """
@@ -35,6 +37,8 @@ _TIME_RE = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])")
 _ORDINAL_RE = re.compile(r"(?<![\d.])(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
 _DECIMAL_RE = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.]*\d)")
 _INTEGER_RE = re.compile(r"\d+")
+# a bare 1100-1999: not part of a longer number, an amount, a percentage, an ordinal or a decade ("1880s")
+_YEAR_RE = re.compile(r"(?<![\w.,:$£€¥])1[1-9]\d\d(?![\d,.:]*\d)(?!\s?%)(?![^\W\d_])")
 # British -> American spelling, as word stems. "-our" stems take the same suffixes in both spellings;
 # "-re" stems map their few inflections explicitly; the rest are whole words.
 _OUR_STEMS = (
@@ -115,6 +119,8 @@ def _decimal(m: re.Match, lang: str) -> str:
 
 def expand_numbers(text: str, lang: str = "en") -> str:
     """Replace every number in ``text`` by words (see the module docstring for the rules)."""
+    # years first: after the grouping commas are dropped, 1,889 would look like one
+    text = _YEAR_RE.sub(lambda m: f" {_words(num2words(int(m.group(0)), lang=lang, to='year'))} ", text)
     text = _GROUPED.sub(lambda m: m.group(0).replace(",", ""), text)
     text = _CURRENCY_RE.sub(lambda m: _currency(m, lang), text)
     text = _PERCENT_RE.sub(lambda m: f" {m.group(1)} percent ", text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from num2words import num2words
 
 from speech.eval.text import expand_numbers, normalize_text, spell_number
 
@@ -14,7 +15,13 @@ from speech.eval.text import expand_numbers, normalize_text, spell_number
     [
         ("We counted 12 boats.", "we counted twelve boats"),
         ("He wrote 2024 on the board.", "he wrote two thousand twenty four on the board"),
-        ("It was finished in 1889.", "it was finished in one thousand eight hundred eighty nine"),
+        ("It was finished in 1889.", "it was finished in eighteen eighty nine"),  # a year, as it is read
+        ("in 1905, 1900 and 1999", "in nineteen oh five nineteen hundred and nineteen ninety nine"),
+        ("1099 and 2000", "one thousand ninety nine and two thousand"),  # outside 1100-1999: cardinal
+        ("1,889 people", "one thousand eight hundred eighty nine people"),  # grouped: an amount
+        ("$1889 or 1889% or the 1889th", "one thousand eight hundred eighty nine dollars or one thousand eight "
+         "hundred eighty nine percent or the one thousand eight hundred eighty ninth"),
+        ("1889.5 and 3.1889", "one thousand eight hundred eighty nine point five and three point one eight eight nine"),
         ("250 grams", "two hundred fifty grams"),
         ("1,000,000 people", "one million people"),
         ("closed until the 3rd of May", "closed until the third of may"),
@@ -32,6 +39,13 @@ from speech.eval.text import expand_numbers, normalize_text, spell_number
 )
 def test_numbers_become_words(text: str, expected: str) -> None:
     assert normalize_text(text) == expected
+
+
+def test_a_spoken_year_scores_as_the_digits_a_recogniser_writes() -> None:
+    # the demo corpora say "built in nineteen forty"; Whisper writes "1940"
+    for year in (1100, 1105, 1889, 1900, 1940, 1999):
+        spoken = num2words(year, to="year")
+        assert normalize_text(f"Built in {spoken}.") == normalize_text(f"built in {year}"), year
 
 
 def test_spell_number_rules() -> None:
