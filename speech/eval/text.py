@@ -10,9 +10,10 @@ with an American lexicon cannot spell them otherwise, and a spelling is not a re
 Numbers: ``12`` -> ``twelve``; ``2,024`` / ``2024`` -> ``two thousand twenty four`` (cardinal,
 American style without "and"), except that a bare ``1100``-``1999`` is a year, as it is read aloud and as
 recognisers write a spoken year: ``1889`` -> ``eighteen eighty nine``, ``1905`` -> ``nineteen oh five``
-(``1,889``, ``$1889``, ``1889%``, ``1889th`` and ``1880s`` stay cardinal); ``3rd`` -> ``third``; ``7:45`` -> ``seven forty five``,
-``7:05`` -> ``seven oh five``, ``7:00`` -> ``seven o'clock``; ``3.14`` -> ``three point one four``;
-``50%`` -> ``fifty percent``; ``$5`` -> ``five dollars``; ``007`` -> ``zero zero seven``.
+(``1,889``, ``$1889``, ``1889%``, ``1889th`` and ``1880s`` stay cardinal); ``3rd`` -> ``third``;
+``7:45`` -> ``seven forty five``, ``7:05`` -> ``seven oh five``, ``7:00`` -> ``seven o'clock``;
+``3.14`` -> ``three point one four``; ``50%`` -> ``fifty percent``; ``$5`` -> ``five dollars``;
+``007`` -> ``zero zero seven``.
 """
 
 from __future__ import annotations
