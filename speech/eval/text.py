@@ -8,7 +8,7 @@ split words, whitespace collapsed. For English, common British spellings become 
 with an American lexicon cannot spell them otherwise, and a spelling is not a recognition error.
 
 Numbers: ``12`` -> ``twelve``; ``2,024`` / ``2024`` -> ``two thousand twenty four`` (cardinal,
-American style without "and"), except that a bare ``1100``-``1999`` is a year, as it is read aloud and as
+American style without "and"), except that in English a bare ``1100``-``1999`` is a year, as it is read aloud and as
 recognisers write a spoken year: ``1889`` -> ``eighteen eighty nine``, ``1905`` -> ``nineteen oh five``
 (``1,889``, ``$1889``, ``1889%``, ``1889th`` and ``1880s`` stay cardinal); ``3rd`` -> ``third``;
 ``7:45`` -> ``seven forty five``, ``7:05`` -> ``seven oh five``, ``7:00`` -> ``seven o'clock``;
@@ -120,8 +120,10 @@ def _decimal(m: re.Match, lang: str) -> str:
 
 def expand_numbers(text: str, lang: str = "en") -> str:
     """Replace every number in ``text`` by words (see the module docstring for the rules)."""
-    # years first: after the grouping commas are dropped, 1,889 would look like one
-    text = _YEAR_RE.sub(lambda m: f" {_words(num2words(int(m.group(0)), lang=lang, to='year'))} ", text)
+    # years first: after the grouping commas are dropped, 1,889 would look like one. English only: other
+    # languages read years otherwise (num2words' Japanese "year" is an era name)
+    if lang.startswith("en"):
+        text = _YEAR_RE.sub(lambda m: f" {_words(num2words(int(m.group(0)), lang=lang, to='year'))} ", text)
     text = _GROUPED.sub(lambda m: m.group(0).replace(",", ""), text)
     text = _CURRENCY_RE.sub(lambda m: _currency(m, lang), text)
     text = _PERCENT_RE.sub(lambda m: f" {m.group(1)} percent ", text)

@@ -46,6 +46,8 @@ def test_a_spoken_year_scores_as_the_digits_a_recogniser_writes() -> None:
     for year in (1100, 1105, 1889, 1900, 1940, 1999):
         spoken = num2words(year, to="year")
         assert normalize_text(f"Built in {spoken}.") == normalize_text(f"built in {year}"), year
+    # the year reading is English: other languages keep the cardinal
+    assert normalize_text("1889", lang="de") == spell_number("1889", lang="de")
 
 
 def test_spell_number_rules() -> None:
