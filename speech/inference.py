@@ -47,6 +47,7 @@ __all__ = [
     "add_sampling_arguments",
     "check_model_args",
     "load_synthesizer",
+    "load_codec_checkpoint",
     "resolve_device",
     "main",
 ]
@@ -185,10 +186,12 @@ def _text_tokenizer(text_tokenizer: str | os.PathLike | None, built: dict[str, A
     return tokenizer
 
 
-def _load_codec(
-    codec: str | os.PathLike, codec_config: str | os.PathLike | None, trust_config: bool, loader: Any = None
+def load_codec_checkpoint(
+    codec: str | os.PathLike, codec_config: str | os.PathLike | None = None, trust_config: bool = False,
+    loader: Any = None,
 ) -> nn.Module:
-    """The codec checkpoint ``codec`` with its config (given, beside it, or stored inside it).
+    """The codec checkpoint ``codec`` with its config (given, beside it, or stored inside it); a missing or
+    unusable one is an :class:`InferenceError` (one line).
 
     ``loader(config, checkpoint, trust_config=...)`` builds it; by default
     :func:`flowae.checkpoint.load_any_codec` (DAC-VAE or flowae, by the config's model key)."""
@@ -371,7 +374,7 @@ class Synthesizer:
         # (the saved config has its references resolved, so the flow's own arguments are overridden too).
         unused = {"latent_stats": None, "speaker_checkpoint": None}
         flow_model, _ = load_model(flow, "flow", flow_config, {**unused, "flow": unused}, flow_ema, trust_config)
-        codec_model = _load_codec(codec, codec_config, trust_config)  # DAC-VAE or flowae
+        codec_model = load_codec_checkpoint(codec, codec_config, trust_config)  # DAC-VAE or flowae
         speech_tok = None
         if speech_tokenizer:
             from speech.tokenizer import SpeechTokenizerError, tokenizer_class

@@ -5,6 +5,9 @@
     python tools/evaluate.py --ref_list refs.tsv --hyp_dir exp/tts/wavs --out_dir exp/eval
     # the corpus test split against itself and degraded copies (metric calibration)
     python tools/evaluate.py --corpus data --split test --degrade clean,lowpass8k,noise20db --out_dir exp/eval_cal
+    # a TTS output beside the real recordings and the same recordings through its codec (the codec's ceiling)
+    python tools/evaluate.py --ref_list refs.jsonl --hyp_dir exp/tts/wavs --with_reference \
+        --codec_round_trip exp/dac_vae/final.pt --out_dir exp/eval
     # time a synthesis command (RTF), then score what it wrote
     python tools/evaluate.py --ref_list refs.tsv --hyp_dir out --synth_cmd "python inference.py ..." --out_dir ev
 
@@ -27,13 +30,21 @@ from speech.audio import save_audio
 from speech.eval.asr import ASR_BACKENDS, build_asr, resolve_asr_spec
 from speech.eval.degrade import parse_degradation
 from speech.eval.deps import MissingDependency
-from speech.eval.evaluator import METRIC_GROUPS, Evaluator, degraded_source, hyp_dir_source, reference_source
+from speech.eval.evaluator import (
+    METRIC_GROUPS,
+    Evaluator,
+    codec_source,
+    degraded_source,
+    hyp_dir_source,
+    reference_source,
+)
 from speech.eval.mos import DNSMOS
 from speech.eval.reflist import corpus_items, read_ref_list
 from speech.eval.report import markdown_table, plot_distributions, write_json
 from speech.eval.rtf import time_command
 from speech.eval.speaker import SPEAKER_BACKENDS, build_speaker_encoder
 from speech.eval.whisper_assets import CorruptAsset
+from speech.inference import InferenceError, load_codec_checkpoint
 
 log = logging.getLogger("evaluate")
 
@@ -53,6 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "clean, lowpass8k, noise20db, mulaw8k, whitenoise, noise<N>db, lowpass<N>k",
     )
     p.add_argument("--with_reference", action="store_true", help="also score the references themselves (ceiling row)")
+    p.add_argument(
+        "--codec_round_trip",
+        metavar="CHECKPOINT",
+        help="also score the references encoded and decoded by this codec (DAC-VAE or flowae; the system "
+        "'codec_round_trip'): the most a system that renders through it can reach on these recordings",
+    )
+    p.add_argument(
+        "--codec_config", help="the --codec_round_trip codec's config (default: beside the checkpoint, else inside it)"
+    )
     p.add_argument("--metrics", default="codec,wer,sim", help=f"comma list from {','.join(METRIC_GROUPS)}")
     p.add_argument(
         "--asr",
@@ -111,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     degradations = [d.strip() for d in args.degrade.split(",") if d.strip()]
-    if not (args.hyp_dir or degradations or args.with_reference):
-        sys.exit("evaluate: nothing to score: give --hyp_dir, --degrade or --with_reference")
+    if not (args.hyp_dir or degradations or args.with_reference or args.codec_round_trip):
+        sys.exit("evaluate: nothing to score: give --hyp_dir, --degrade, --with_reference or --codec_round_trip")
     if args.names is not None and len(args.names) != len(args.hyp_dir):
         sys.exit(f"evaluate: {len(args.names)} --names for {len(args.hyp_dir)} --hyp_dir")
     if args.synth_cmd and len(args.hyp_dir) != 1:
@@ -130,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
         spk = build_speaker_encoder(args.spk, device=args.device) if "sim" in metrics else None
         mos = DNSMOS() if "dnsmos" in metrics else None
         evaluator = Evaluator(metrics, args.sample_rate, asr=asr, speaker=spk, mos=mos, lang=args.lang)
-    except (ValueError, FileNotFoundError, MissingDependency, CorruptAsset) as exc:
+        codec = None
+        if args.codec_round_trip:
+            codec = load_codec_checkpoint(args.codec_round_trip, args.codec_config).to(args.device).eval()
+    except (ValueError, FileNotFoundError, MissingDependency, CorruptAsset, InferenceError) as exc:
         sys.exit(f"evaluate: {exc}")
 
     out_dir = Path(args.out_dir)
@@ -149,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     systems = []
     if args.with_reference:
         systems.append(("reference", reference_source))
+    if codec is not None:
+        systems.append(("codec_round_trip", codec_source(codec, args.sample_rate)))
     for name in degradations:
         source = degraded_source(funcs[name], args.sample_rate, args.seed)
         if args.save_degraded:

@@ -42,6 +42,7 @@ __all__ = [
     "hyp_dir_source",
     "degraded_source",
     "reference_source",
+    "codec_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,20 @@ def degraded_source(degradation: Degradation, sample_rate: int, seed: int = 0) -
     def source(item: RefItem, ref: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed + zlib.crc32(item.utt.encode()))
         return degradation(ref, sample_rate, generator)
+
+    return source
+
+
+def codec_source(codec: torch.nn.Module, sample_rate: int) -> HypSource:
+    """The reference encoded and decoded by ``codec`` (a DAC-VAE or flowae in eval mode; the posterior mean),
+    each utterance alone: the most a system that renders through this codec can reach on these recordings."""
+    from dac_vae.inference import roundtrip
+
+    device = next(codec.parameters()).device
+
+    def source(item: RefItem, ref: torch.Tensor) -> torch.Tensor:
+        wav = resample(ref, sample_rate, codec.sample_rate)
+        return resample(roundtrip(codec, [wav], device)[0], codec.sample_rate, sample_rate)
 
     return source
 

@@ -30,10 +30,10 @@ from speech.inference import (
     SynthesisOptions,
     Timer,
     Utterance,
-    _load_codec,
     _pad,
     _text_tokenizer,
     _tokenizer_overrides,
+    load_codec_checkpoint,
     load_model,
 )
 
@@ -105,7 +105,7 @@ class SledSynthesizer(Synthesizer):
         model, built = load_model(sled, "sled", sled_config, {**over, "sled": {"latent_stats": None}},
                                   trust_config=trust_config)
         tokenizer = _text_tokenizer(text_tokenizer, built, "SLED")
-        codec_model = _load_codec(codec, codec_config, trust_config)  # DAC-VAE or flowae
+        codec_model = load_codec_checkpoint(codec, codec_config, trust_config)  # DAC-VAE or flowae
         return cls(model, codec_model, tokenizer, device=device, **kwargs)
 
     @torch.inference_mode()

@@ -14,7 +14,8 @@ import torch
 from speech.audio import save_audio
 from speech.eval.asr import ASR
 from speech.eval.degrade import DEGRADATIONS
-from speech.eval.evaluator import Evaluator, degraded_source, hyp_dir_source, reference_source
+from speech.eval.evaluator import Evaluator, codec_source, degraded_source, hyp_dir_source, reference_source
+from speech.eval.reflist import RefItem, read_ref_list
 from speech.eval.report import markdown_table
 from speech.eval.speaker import SpeakerEncoder
 from tools.evaluate import main
@@ -160,3 +161,35 @@ def test_cli_times_a_synthesis_command_for_rtf(corpus_dir, tmp_path, capsys) -> 
     assert summary["rtf"] == pytest.approx(summary["synth_wall_s"] / audio_s)
     assert summary["pesq_wb"] == pytest.approx(4.64, abs=0.01)
     assert "RTF ↓" in capsys.readouterr().out
+
+
+
+def test_codec_round_trip_renders_the_references_as_the_codec_cli_does(corpus_dir, tmp_path, load) -> None:
+    from dac_vae.inference import main as codec_cli
+    from speech.inference import load_codec_checkpoint
+    from tests.inference.conftest import REPO, save_like_trainer
+
+    ckpt = save_like_trainer(tmp_path / "codec", REPO / "configs/tiny/dac_vae_harmonic.yaml", "dac_vae", {})
+    wavs = corpus_dir / "wavs" / "slt"
+    refs = tmp_path / "refs.tsv"
+    refs.write_text("".join(f"{u}\t{wavs / u}.wav\n" for u in ("slt_001", "slt_002")), encoding="utf-8")
+    common = ["--ref_list", str(refs), "--metrics", "codec", "--no_plots", "--no_progress"]
+    assert main([*common, "--codec_round_trip", str(ckpt), "--with_reference", "--out_dir", str(tmp_path / "a")]) == 0
+    systems = json.loads((tmp_path / "a" / "results.json").read_text())["systems"]
+    assert [(s["name"], s["summary"]["n"]) for s in systems] == [("reference", 2), ("codec_round_trip", 2)]
+    # the slow, obvious way: the codec's own CLI writes the round trips to files
+    rendered = tmp_path / "rendered"
+    assert codec_cli(["roundtrip", "--config", str(ckpt.parent / "config.yaml"), "--checkpoint", str(ckpt),
+                      "--inputs", str(wavs / "slt_001.wav"), str(wavs / "slt_002.wav"), "--output_dir", str(rendered),
+                      "--device", "cpu", "--quiet"]) == 0
+    source = codec_source(load_codec_checkpoint(ckpt).eval(), 24000)
+    for item in read_ref_list(refs):
+        ref = load(item)
+        out, from_file = source(item, ref), load(RefItem(item.utt, str(rendered / f"{item.utt}.wav")))
+        assert out.shape == ref.shape and out.abs().amax() > 0
+        assert torch.allclose(out, from_file, atol=1e-4), item.utt  # 16-bit PCM rounding of the file only
+    # at another scoring rate the reference goes to the codec's rate and back
+    at_16k = codec_source(load_codec_checkpoint(ckpt).eval(), 16000)(item, load(item, 16000))
+    assert at_16k.shape == load(item, 16000).shape
+    with pytest.raises(SystemExit, match="codec checkpoint not found"):
+        main([*common, "--codec_round_trip", str(tmp_path / "none.pt"), "--out_dir", str(tmp_path / "c")])
