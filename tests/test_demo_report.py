@@ -62,6 +62,27 @@ def test_flow_check_shows_the_samples_beside_the_codec_on_the_true_latents(tmp_p
     assert ": flow_samples |" in lines[0] and ": true_latents |" in lines[1]
 
 
+def test_the_codec_round_trip_of_the_real_recordings_follows_its_synthesis(tmp_path) -> None:
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "tts_known").mkdir(parents=True)
+    # evaluate.py writes the systems as reference, codec_round_trip, then the synthesis
+    write_json(
+        eval_dir / "tts_known" / "results.json",
+        [_result("reference", {"a": 0.1, "b": 0.3}), _result("codec_round_trip", {"a": 0.4, "b": 0.2}),
+         _result("synth_known", {"a": 0.9, "b": 0.7})],
+        {"asr": "faster-whisper"},
+    )
+    module = _report_module()
+    trained = "| synthesis, held-out voices, trained"
+    lines = [line for line in module.intelligibility_section(eval_dir) if line.startswith(trained)]
+    assert [line.split(" | ")[0] for line in lines] == [
+        "| synthesis, held-out voices, trained sentences (zero-shot voice, known text)",
+        f"| synthesis, held-out voices, trained sentences (zero-shot voice, known text): {module.CEILING_LABEL}",
+    ]
+    assert [line.split(" | ")[3:6] for line in lines] == [["faster-whisper", "80.0", "20.0"],
+                                                         ["faster-whisper", "30.0", "20.0"]]
+
+
 def test_stage_times_come_from_the_latest_run_and_voice_match_marks_the_own_voice(tmp_path) -> None:
     report = _report_module()
     log = tmp_path / "stage_times.tsv"

@@ -224,27 +224,27 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
   require "$synth/list.jsonl" "synthesis"
   if [ "$synth_test" = 1 ]; then require "$synth_test_dir/list.jsonl" "test-split synthesis"; fi
   # Every WER comes with the same ASR's WER on the real recordings of the same sentences (the
-  # "reference" row): what the judge itself gets wrong is not the model's fault.
+  # "reference" row): what the judge itself gets wrong is not the model's fault. A synthesis also comes
+  # with those recordings encoded and decoded by the codec that renders it: the most it can reach.
+  score_tts() {  # LIST_DIR EVAL_NAME
+    python tools/evaluate.py --ref_list "$1/list.jsonl" --hyp_dir "$1" --out_dir "$eval_dir/$2" --metrics wer,sim \
+      --asr "$asr" --with_reference --codec_round_trip "$codec_dir/final.pt" --no_progress
+  }
   score_synthesis() {
-    python tools/evaluate.py --ref_list "$synth/list.jsonl" --hyp_dir "$synth" --out_dir "$eval_dir/tts" \
-      --metrics wer,sim --asr "$asr" --with_reference --no_progress
-    python tools/evaluate.py --ref_list "$synth_known/list.jsonl" --hyp_dir "$synth_known" \
-      --out_dir "$eval_dir/tts_known" --metrics wer,sim --asr "$asr" --with_reference --no_progress
-    if [ "$synth_test" = 1 ]; then
-      python tools/evaluate.py --ref_list "$synth_test_dir/list.jsonl" --hyp_dir "$synth_test_dir" \
-        --out_dir "$eval_dir/tts_test" --metrics wer,sim --asr "$asr" --with_reference --no_progress
-    fi
+    score_tts "$synth" tts
+    score_tts "$synth_known" tts_known
+    if [ "$synth_test" = 1 ]; then score_tts "$synth_test_dir" tts_test; fi
+  }
+  score_components() {  # each model alone: the voices, the LM's probe, the tokens, the codec, the flow
+    # does each cloned voice sound more like its own speaker than like the other held-out one?
+    python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
+      "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
     # does the LM read its text? next-id accuracy on its training utterances with the true and a random history
     python -m speech.llm.probe --checkpoint "$llm_dir/final.pt" --data "$index/train/data.list" \
       --out "$eval_dir/llm_probe.json"
     # how far apart are two voices' tokens for the same sentence (an LM can only copy one voice's sequence)?
     python -m speech.tokenizer.consistency --index "$data/train.jsonl" --token_dir "$tokens" --levels $fsq_levels \
       --out "$eval_dir/token_consistency.json"
-    # does each cloned voice sound more like its own speaker than like the other held-out one?
-    python recipes/demo/voice_match.py --real "$data/heldout.jsonl" --synth "$synth/list.jsonl" \
-      "$synth_known/list.jsonl" --out "$eval_dir/voice_match.json"
-  }
-  score_codec_and_flow() {
     # the codec alone: test-split wavs encoded and decoded
     python -m $codec_cli roundtrip --config "$codec_dir/config.yaml" --checkpoint "$codec_dir/final.pt" \
       --inputs $(python recipes/demo/make_synth_list.py "$data/test.jsonl" --wav_paths) \
@@ -265,7 +265,7 @@ if run_stage 11 "evaluate: synthesis (WER, SIM), codec round trips, flow samples
   }
   # Two lanes at once, one thread each: every scorer runs single-threaded (evaluate.py --threads 1), so
   # one lane left the second core idle (this stage, the same figures: 277 s in one lane, 134 s in two)
-  run_lanes score_synthesis score_codec_and_flow
+  run_lanes score_synthesis score_components
 fi
 
 if run_stage 12 "report"; then
