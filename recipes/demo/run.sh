@@ -28,7 +28,7 @@ fsq_levels="3 3 3 3 3 3 3 3"   # the speech tokenizer's FSQ levels (3^8 = 6561 i
                      # stages 2, 7, 8 use them. Fewer ids are easier for the LM but carry less for the flow
                      # (dev, true tokens; STOI / WER): 6561 0.723 / 55%, 5^4 = 625 0.680 / 70%, 3^4 = 81 0.659 / 98%
 fsq_overrides=       # more key=value overrides of configs/tiny/fsq.yaml (e.g. fsq.mel_weight=0)
-fsq_steps=700        # training budgets (optimizer steps), sized for <= 25 minutes on 2 cores (idle: 21.1 min)
+fsq_steps=700        # training budgets (optimizer steps), sized for <= 25 minutes on 2 cores (idle: 24.0 min)
 codec_steps=         # default 1500 for the harmonic frame-rate DAC-VAE (configs/tiny/dac_vae_harmonic.yaml, 0.5 s
                      # crops): ~7 minutes with codec_amp (~9 in fp32), as its 1.0 s crops x 750 steps took (dev
                      # PESQ-WB 1.53-1.75 vs 1.88-2.03 now, see the config); 750 for flowae
