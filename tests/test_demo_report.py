@@ -22,6 +22,12 @@ def _result(name: str, wers: dict[str, float]) -> SystemResult:
     return SystemResult(name, rows=[{"utt": u, "wer": w, "cer": w / 2} for u, w in wers.items()])
 
 
+def _write_check(eval_dir: Path, sub: str, results: list[SystemResult]) -> None:
+    """``eval_dir/sub/results.json`` as stage 11's evaluate.py writes it, judged by faster-whisper."""
+    (eval_dir / sub).mkdir(parents=True)
+    write_json(eval_dir / sub / "results.json", results, {"asr": "faster-whisper"})
+
+
 def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> None:
     eval_dir = tmp_path / "eval"
     for sub in ("tts", "codec"):
@@ -47,13 +53,9 @@ def test_each_wer_sits_next_to_the_same_asr_on_the_real_recordings(tmp_path) -> 
 
 def test_flow_check_shows_the_samples_beside_the_codec_on_the_true_latents(tmp_path) -> None:
     eval_dir = tmp_path / "eval"
-    (eval_dir / "flow").mkdir(parents=True)
-    write_json(
-        eval_dir / "flow" / "results.json",
-        [_result("reference", {"a": 0.1, "b": 0.1}), _result("flow_samples", {"a": 0.6, "b": 0.4}),
-         _result("true_latents", {"a": 0.3, "b": 0.1})],
-        {"asr": "faster-whisper"},
-    )
+    _write_check(eval_dir, "flow", [_result("reference", {"a": 0.1, "b": 0.1}),
+                                    _result("flow_samples", {"a": 0.6, "b": 0.4}),
+                                    _result("true_latents", {"a": 0.3, "b": 0.1})])
     lines = [line for line in _report_module().intelligibility_section(eval_dir) if line.startswith("| dev split")]
     assert [line.split(" | ")[1:] for line in lines] == [
         ["dev split", "2", "faster-whisper", "50.0", "10.0", "25.0", "5.0 |"],
@@ -64,14 +66,10 @@ def test_flow_check_shows_the_samples_beside_the_codec_on_the_true_latents(tmp_p
 
 def test_the_codec_round_trip_of_the_real_recordings_follows_its_synthesis(tmp_path) -> None:
     eval_dir = tmp_path / "eval"
-    (eval_dir / "tts_known").mkdir(parents=True)
     # evaluate.py writes the systems as reference, codec_round_trip, then the synthesis
-    write_json(
-        eval_dir / "tts_known" / "results.json",
-        [_result("reference", {"a": 0.1, "b": 0.3}), _result("codec_round_trip", {"a": 0.4, "b": 0.2}),
-         _result("synth_known", {"a": 0.9, "b": 0.7})],
-        {"asr": "faster-whisper"},
-    )
+    _write_check(eval_dir, "tts_known", [_result("reference", {"a": 0.1, "b": 0.3}),
+                                         _result("codec_round_trip", {"a": 0.4, "b": 0.2}),
+                                         _result("synth_known", {"a": 0.9, "b": 0.7})])
     module = _report_module()
     trained = "| synthesis, held-out voices, trained"
     lines = [line for line in module.intelligibility_section(eval_dir) if line.startswith(trained)]
