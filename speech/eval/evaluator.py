@@ -80,14 +80,19 @@ def degraded_source(degradation: Degradation, sample_rate: int, seed: int = 0) -
 
 def codec_source(codec: torch.nn.Module, sample_rate: int) -> HypSource:
     """The reference encoded and decoded by ``codec`` (a DAC-VAE or flowae in eval mode; the posterior mean),
-    each utterance alone: the most a system that renders through this codec can reach on these recordings."""
+    each utterance alone: the most a system that renders through this codec can reach on these recordings.
+    An utterance the codec fails on (e.g. out of memory) is a counted skip, not the end of the run."""
     from dac_vae.inference import roundtrip
 
     device = next(codec.parameters()).device
 
     def source(item: RefItem, ref: torch.Tensor) -> torch.Tensor:
         wav = resample(ref, sample_rate, codec.sample_rate)
-        return resample(roundtrip(codec, [wav], device)[0], codec.sample_rate, sample_rate)
+        try:
+            out = roundtrip(codec, [wav], device)[0]
+        except RuntimeError as exc:
+            raise AudioError(item.wav, f"codec round trip failed ({type(exc).__name__})") from exc
+        return resample(out, codec.sample_rate, sample_rate)
 
     return source
 

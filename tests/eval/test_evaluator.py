@@ -193,3 +193,32 @@ def test_codec_round_trip_renders_the_references_as_the_codec_cli_does(corpus_di
     assert at_16k.shape == load(item, 16000).shape
     with pytest.raises(SystemExit, match="codec checkpoint not found"):
         main([*common, "--codec_round_trip", str(tmp_path / "none.pt"), "--out_dir", str(tmp_path / "c")])
+
+
+def test_an_utterance_the_codec_fails_on_is_a_counted_skip(test_items) -> None:
+    items = test_items[:6]
+    seconds = {i.utt: sf.info(i.wav).duration for i in items}
+    limit = sorted(seconds.values())[2] + 1e-3  # the three shortest pass
+
+    class _FailingCodec(torch.nn.Module):  # fails like a codec out of memory on a long clip
+        sample_rate = 24000
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, audio, audio_len=None):
+            if audio.shape[-1] > limit * 24000:
+                raise RuntimeError("out of memory")
+            mu = audio[:, None, ::480]
+            return mu, torch.zeros_like(mu), torch.full((audio.shape[0],), mu.shape[-1])
+
+        def decode(self, z, latent_len=None):
+            return z[:, 0].repeat_interleave(480, dim=-1)
+
+    long = {u for u, sec in seconds.items() if sec > limit}
+    assert len(long) == 3
+    result = Evaluator(["codec"]).evaluate(items, codec_source(_FailingCodec(), 24000), "codec", progress=False)
+    assert result.skipped == {"test audio: codec round trip failed (RuntimeError)": len(long)}
+    assert {r["utt"] for r in result.rows} == {i.utt for i in items} - long
+
