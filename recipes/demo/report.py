@@ -266,14 +266,13 @@ def intelligibility_section(eval_dir: Path) -> list[str]:
         judges.add(asr.partition(":")[0])
         real_rows = {r["utt"]: r for r in (reference or {}).get("utterances", []) if r.get("wer") is not None}
         ceiling = systems.pop("codec_round_trip", None)  # evaluate.py --codec_round_trip: shown under its system
-        for name, system in [*systems.items(), *([("codec_round_trip", ceiling)] if ceiling else [])]:
+        shown = [(title if len(systems) == 1 else f"{title}: {name}", system) for name, system in systems.items()]
+        if ceiling is not None:
+            shown.append((f"{title}: {CEILING_LABEL}", ceiling))
+        for label, system in shown:
             rows = [r for r in system.get("utterances", []) if r.get("wer") is not None]
             if reference is not None:
                 rows = [r for r in rows if r["utt"] in real_rows]
-            if name == "codec_round_trip":
-                label = f"{title}: {CEILING_LABEL}"
-            else:
-                label = title if len(systems) == 1 else f"{title}: {name}"
             gen = [_mean([r[k] for r in rows]) for k in ("wer", "cer")]
             ref = [_mean([real_rows[r["utt"]][k] for r in rows]) if reference else "–" for k in ("wer", "cer")]
             lines.append(f"| {label} | {real} | {len(rows)} | {asr} | {gen[0]} | {ref[0]} | {gen[1]} | {ref[1]} |")
